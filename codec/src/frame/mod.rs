@@ -1,0 +1,330 @@
+//! Frames: the header ([`head`]) and one module per frame type, each with its `decode` and
+//! `encode`, and the spec sentence above each check it makes (`docs/PROTOCOL.md`).
+
+pub mod head;
+
+use bytes::Bytes;
+
+pub use head::{HEADER_LEN, Head};
+
+/// The frame type byte (`docs/PROTOCOL.md` § Frame types).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FrameType {
+    /// Client hello / authentication.
+    Hello = 0x01,
+    /// Authentication succeeded.
+    AuthOk = 0x02,
+    /// Authentication failed.
+    AuthFail = 0x03,
+    /// Liveness probe.
+    Ping = 0x04,
+    /// Answer to a probe.
+    Pong = 0x05,
+    /// Server-to-client message.
+    Push = 0x06,
+    /// Client acknowledgement of pushes.
+    Ack = 0x07,
+    /// Client-to-backend request.
+    Upstream = 0x08,
+    /// Backend reply to an upstream request.
+    UpstreamReply = 0x09,
+    /// Session ended by the server for a user reason.
+    Kick = 0x0A,
+    /// Go-away: reconnect, possibly elsewhere.
+    Redirect = 0x0B,
+    /// Error about a request or the connection.
+    Error = 0x0C,
+}
+
+impl FrameType {
+    /// Every frame type this version defines.
+    pub const ALL: [FrameType; 12] = [
+        FrameType::Hello,
+        FrameType::AuthOk,
+        FrameType::AuthFail,
+        FrameType::Ping,
+        FrameType::Pong,
+        FrameType::Push,
+        FrameType::Ack,
+        FrameType::Upstream,
+        FrameType::UpstreamReply,
+        FrameType::Kick,
+        FrameType::Redirect,
+        FrameType::Error,
+    ];
+
+    /// The type for a byte, or `None` if this version does not define it.
+    pub fn from_u8(byte: u8) -> Option<FrameType> {
+        FrameType::ALL.iter().copied().find(|t| *t as u8 == byte)
+    }
+
+    /// "Types 0x80–0xFF are extensions": unknown ones are skipped, not fatal.
+    pub fn is_extension(byte: u8) -> bool {
+        byte >= 0x80
+    }
+
+    /// Which side sends this type.
+    pub fn direction(self) -> Direction {
+        use FrameType::*;
+        match self {
+            Hello | Ack | Upstream => Direction::ClientToServer,
+            AuthOk | AuthFail | Push | UpstreamReply | Kick | Redirect => Direction::ServerToClient,
+            Ping | Pong | Error => Direction::Both,
+        }
+    }
+}
+
+/// Which side of a connection may send a frame type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Only the client.
+    ClientToServer,
+    /// Only the server.
+    ServerToClient,
+    /// Either side.
+    Both,
+}
+
+/// The client platform byte in `HELLO` (`docs/PROTOCOL.md` § Platforms).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Platform {
+    /// Not given.
+    #[default]
+    Unknown = 0,
+    /// iOS.
+    Ios = 1,
+    /// Android.
+    Android = 2,
+    /// Windows.
+    Windows = 3,
+    /// macOS.
+    MacOs = 4,
+    /// Linux.
+    Linux = 5,
+    /// A browser.
+    Web = 6,
+    /// Anything else; reserved values 8–255 decode to this.
+    Other = 7,
+}
+
+impl Platform {
+    /// Every platform, in wire order.
+    pub const ALL: [Platform; 8] = [
+        Platform::Unknown,
+        Platform::Ios,
+        Platform::Android,
+        Platform::Windows,
+        Platform::MacOs,
+        Platform::Linux,
+        Platform::Web,
+        Platform::Other,
+    ];
+
+    /// Decode the platform byte; reserved values are [`Platform::Other`].
+    pub fn from_u8(byte: u8) -> Platform {
+        Platform::ALL.get(byte as usize).copied().unwrap_or(Platform::Other)
+    }
+
+    /// A short lower-case name, suitable for a bounded metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::Unknown => "unknown",
+            Platform::Ios => "ios",
+            Platform::Android => "android",
+            Platform::Windows => "windows",
+            Platform::MacOs => "macos",
+            Platform::Linux => "linux",
+            Platform::Web => "web",
+            Platform::Other => "other",
+        }
+    }
+}
+
+/// `HELLO`: the client's first frame (versions, token, device, heartbeat wish).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Hello {
+    /// Protocol versions the client speaks, most preferred first (1–16 entries).
+    pub versions: Vec<u16>,
+    /// Capability bits the client supports.
+    pub capabilities: u32,
+    /// The heartbeat interval the client would like, in ms; 0 = no preference.
+    pub heartbeat_ms: u32,
+    /// The client platform.
+    pub platform: Platform,
+    /// The session this connection continues, or 0.
+    pub resume_session: u64,
+    /// The authentication token (a JWT for the Holdfast gateway), at most 8,192 bytes.
+    pub token: String,
+    /// A stable device or install identifier (at most 255 bytes).
+    pub device_id: String,
+    /// The client application's version (at most 255 bytes).
+    pub app_version: String,
+}
+
+/// `AUTH_OK`: the server accepted the client.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct AuthOk {
+    /// Flag `RESUMED`: `session_id` continues the session the client asked to resume.
+    pub resumed: bool,
+    /// The protocol version chosen.
+    pub version: u16,
+    /// The capability bits in force.
+    pub capabilities: u32,
+    /// This connection's cluster-unique id.
+    pub conn_id: u64,
+    /// The session this connection belongs to (non-zero).
+    pub session_id: u64,
+    /// The heartbeat interval granted, in ms.
+    pub heartbeat_ms: u32,
+    /// Silence after which the server closes the connection, in ms.
+    pub idle_timeout_ms: u32,
+    /// The largest frame (header + body) the server accepts, in bytes.
+    pub max_frame: u32,
+    /// The server's wall clock when it sent the frame, ms since the Unix epoch.
+    pub server_time_ms: u64,
+}
+
+/// `AUTH_FAIL`: the server refused the client; it closes next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthFail {
+    /// Why (2xx, or `UNSUPPORTED_VERSION`).
+    pub code: crate::Code,
+    /// Detail for logs.
+    pub reason: String,
+}
+
+/// `PING` or `PONG`: liveness probe and its echo.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Ping {
+    /// The ping id (header `id`); a `PONG` echoes it.
+    pub id: u32,
+    /// Optional sender timestamp; a `PONG` echoes it.
+    pub timestamp: Option<u64>,
+}
+
+/// `PUSH`: a message from the business backend to the client.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Push {
+    /// Per-connection push sequence (header `id`), starting at 1.
+    pub seq: u32,
+    /// Flag `ACK_REQUIRED`.
+    pub ack_required: bool,
+    /// The backend's message id, stable across redeliveries.
+    pub message_id: u64,
+    /// Content type or topic (at most 255 bytes).
+    pub topic: String,
+    /// The message, opaque; zero-copy.
+    pub payload: Bytes,
+}
+
+/// `ACK`: cumulative and selective acknowledgement of pushes.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Ack {
+    /// Every push with sequence ≤ this has been processed (header `id`); 0 = none.
+    pub cumulative: u32,
+    /// Message ids received beyond the cumulative sequence (at most 1,024).
+    pub message_ids: Vec<u64>,
+}
+
+/// `UPSTREAM`: a client request for the business backend.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Upstream {
+    /// Request id (header `id`); 0 = no reply wanted.
+    pub request_id: u32,
+    /// Business route (at most 255 bytes).
+    pub route: String,
+    /// The request, opaque; zero-copy.
+    pub payload: Bytes,
+}
+
+/// `UPSTREAM_REPLY`: the backend's answer to an `UPSTREAM`.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct UpstreamReply {
+    /// The request id answered (header `id`).
+    pub request_id: u32,
+    /// The backend's status (0 = success).
+    pub status: u16,
+    /// The reply, opaque; zero-copy.
+    pub payload: Bytes,
+}
+
+/// `KICK`: the session ends for a reason about the user; the server closes next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Kick {
+    /// Why (3xx).
+    pub code: crate::Code,
+    /// Detail.
+    pub reason: String,
+}
+
+/// `REDIRECT`: go away and reconnect after a jittered delay, possibly elsewhere.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Redirect {
+    /// Why (4xx).
+    pub code: crate::Code,
+    /// Minimum wait before reconnecting, in ms.
+    pub delay_ms: u32,
+    /// Upper bound of the extra uniform random wait, in ms.
+    pub jitter_ms: u32,
+    /// Suggested gateways as `host:port`, best first (at most 16); empty = ask the scheduler.
+    pub addresses: Vec<String>,
+}
+
+/// `ERROR`: a request failed, or (with `fatal`) the connection is about to close.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrorFrame {
+    /// The request id concerned (header `id`), or 0.
+    pub request_id: u32,
+    /// Flag `FATAL`: the sender closes after this frame.
+    pub fatal: bool,
+    /// What went wrong.
+    pub code: crate::Code,
+    /// Detail.
+    pub message: String,
+}
+
+/// An extension frame (type 0x80–0xFF) this version does not interpret; receivers skip it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Extension {
+    /// The type byte (0x80–0xFF).
+    pub kind: u8,
+    /// The flags byte.
+    pub flags: u8,
+    /// The header `id`.
+    pub id: u32,
+    /// The body, opaque; zero-copy.
+    pub body: Bytes,
+}
+
+/// One decoded frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// `HELLO`.
+    Hello(Hello),
+    /// `AUTH_OK`.
+    AuthOk(AuthOk),
+    /// `AUTH_FAIL`.
+    AuthFail(AuthFail),
+    /// `PING`.
+    Ping(Ping),
+    /// `PONG`.
+    Pong(Ping),
+    /// `PUSH`.
+    Push(Push),
+    /// `ACK`.
+    Ack(Ack),
+    /// `UPSTREAM`.
+    Upstream(Upstream),
+    /// `UPSTREAM_REPLY`.
+    UpstreamReply(UpstreamReply),
+    /// `KICK`.
+    Kick(Kick),
+    /// `REDIRECT`.
+    Redirect(Redirect),
+    /// `ERROR`.
+    Error(ErrorFrame),
+    /// An extension type this version does not interpret.
+    Extension(Extension),
+}

@@ -1,0 +1,51 @@
+//! The Holdfast wire protocol, sans-IO.
+//!
+//! This crate is the executable form of `docs/PROTOCOL.md`: the 10-byte frame header, one
+//! module per frame type, the one table of wire codes, a decoder that enforces the limits,
+//! the rules of what a server accepts in which connection state, and the client side of the
+//! protocol as a state machine. It owns no socket, no clock and no runtime: bytes and `now`
+//! go in, bytes, deadlines and events come out. The gateway, the load generator, the tests
+//! and third-party-style clients all drive it.
+//!
+//! It is **not** responsible for I/O, timers, authentication (tokens are opaque here) or
+//! anything a gateway decides (which heartbeat range, which kick policy).
+//!
+//! # Layout
+//!
+//! - [`frame`]: the header ([`frame::head`]), [`Frame`] and one module per frame type.
+//! - [`code`]: [`Code`], the table of wire codes shared by `AUTH_FAIL`, `KICK`, `REDIRECT`
+//!   and `ERROR`.
+//! - [`error`]: [`DecodeError`], what can be wrong with inbound bytes, and its wire code.
+//! - [`codec`]: [`FrameCodec`], the `decode`/`encode` API over `BytesMut`, also usable as a
+//!   `tokio_util::codec::{Decoder, Encoder}`.
+//! - [`rules`]: pure functions the server applies: which frames each state accepts, version
+//!   negotiation, heartbeat clamping.
+//! - [`client`]: [`client::Session`], the client state machine (handshake, heartbeats, ack
+//!   window, kick/redirect handling, reconnect backoff).
+//!
+//! # A frame's way through
+//!
+//! Bytes arrive in a `BytesMut`; [`FrameCodec::decode`] peeks the header, rejects an
+//! oversized frame before buffering its body, waits (`Ok(None)`) while the frame is
+//! incomplete, then splits the frame off and parses its body zero-copy into a [`Frame`].
+//! [`Frame::encode`] appends a frame to any `BufMut` with no intermediate allocation.
+
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod code;
+pub mod codec;
+pub mod error;
+pub mod frame;
+pub mod rules;
+
+pub use code::{Code, CodeClass};
+pub use codec::{CodecError, DEFAULT_MAX_FRAME, FrameCodec, decode, encode};
+pub use error::DecodeError;
+pub use frame::{
+    Ack, AuthFail, AuthOk, Direction, ErrorFrame, Extension, Frame, FrameType, HEADER_LEN, Head,
+    Hello, Kick, Ping, Platform, Push, Redirect, Upstream, UpstreamReply,
+};
+
+/// The protocol version this crate implements.
+pub const PROTOCOL_VERSION: u16 = 1;

@@ -1,0 +1,2 @@
+//! The gateway: holds client long connections (arrives with the gateway-core issue).
+

@@ -1,0 +1,2 @@
+//! The load generator and benchmark harness: simulated clients driving `codec::client`.
+
