@@ -40,8 +40,8 @@ pub mod frame;
 pub mod rules;
 
 pub use code::{Code, CodeClass};
-pub use codec::{CodecError, DEFAULT_MAX_FRAME, FrameCodec, decode, encode};
-pub use error::DecodeError;
+pub use codec::{CodecError, DEFAULT_MAX_FRAME, FrameCodec, check_head, decode, encode};
+pub use error::{DecodeError, EncodeError};
 pub use frame::{
     Ack, AuthFail, AuthOk, Direction, ErrorFrame, Extension, Frame, FrameType, HEADER_LEN, Head,
     Hello, Kick, Ping, Platform, Push, Redirect, Upstream, UpstreamReply,

@@ -1,11 +1,18 @@
-//! Frames: the header ([`head`]) and one module per frame type, each with its `decode` and
-//! `encode`, and the spec sentence above each check it makes (`docs/PROTOCOL.md`).
+//! Frames: the header ([`head`]), the frame structs and [`Frame`], which ties a header to a
+//! body. The byte layout of each body lives in `body.rs`, the field encodings it is written
+//! in (`str8`, `str16`, ...) in `wire.rs`.
 
+mod body;
 pub mod head;
+mod wire;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
 
+pub use body::{MAX_ACK_IDS, MAX_ADDRESSES, MAX_TOKEN, MAX_VERSIONS};
 pub use head::{HEADER_LEN, Head};
+
+use crate::error::{DecodeError, EncodeError};
+use wire::{Reader, body_u32};
 
 /// The frame type byte (`docs/PROTOCOL.md` § Frame types).
 #[repr(u8)]
@@ -327,4 +334,114 @@ pub enum Frame {
     Error(ErrorFrame),
     /// An extension type this version does not interpret.
     Extension(Extension),
+}
+
+impl Frame {
+    /// The header's type byte for this frame.
+    pub fn kind(&self) -> u8 {
+        match self {
+            Frame::Hello(_) => FrameType::Hello as u8,
+            Frame::AuthOk(_) => FrameType::AuthOk as u8,
+            Frame::AuthFail(_) => FrameType::AuthFail as u8,
+            Frame::Ping(_) => FrameType::Ping as u8,
+            Frame::Pong(_) => FrameType::Pong as u8,
+            Frame::Push(_) => FrameType::Push as u8,
+            Frame::Ack(_) => FrameType::Ack as u8,
+            Frame::Upstream(_) => FrameType::Upstream as u8,
+            Frame::UpstreamReply(_) => FrameType::UpstreamReply as u8,
+            Frame::Kick(_) => FrameType::Kick as u8,
+            Frame::Redirect(_) => FrameType::Redirect as u8,
+            Frame::Error(_) => FrameType::Error as u8,
+            Frame::Extension(e) => e.kind,
+        }
+    }
+
+    /// The header this frame encodes with, after checking every field limit.
+    pub fn head(&self) -> Result<Head, EncodeError> {
+        let (len, flags, id) = match self {
+            Frame::Hello(h) => (h.check()?, 0, 0),
+            Frame::AuthOk(a) => (AuthOk::BODY_LEN, a.flags(), 0),
+            Frame::AuthFail(a) => (a.check()?, 0, 0),
+            Frame::Ping(p) | Frame::Pong(p) => (p.body_len(), 0, p.id),
+            Frame::Push(p) => (p.check()?, p.flags(), p.seq),
+            Frame::Ack(a) => (a.check()?, 0, a.cumulative),
+            Frame::Upstream(u) => (u.check()?, 0, u.request_id),
+            Frame::UpstreamReply(u) => (u.body_len(), 0, u.request_id),
+            Frame::Kick(k) => (k.check()?, 0, 0),
+            Frame::Redirect(r) => (r.check()?, 0, 0),
+            Frame::Error(e) => (e.check()?, e.flags(), e.request_id),
+            Frame::Extension(e) => {
+                if !FrameType::is_extension(e.kind) {
+                    return Err(EncodeError::NotExtension(e.kind));
+                }
+                (e.body.len(), e.flags, e.id)
+            }
+        };
+        let frame = FrameType::from_u8(self.kind()).unwrap_or(FrameType::Error);
+        Ok(Head { length: body_u32(frame, len)?, kind: self.kind(), flags, id })
+    }
+
+    /// The whole frame's size on the wire, header included.
+    pub fn encoded_len(&self) -> Result<usize, EncodeError> {
+        Ok(HEADER_LEN + self.head()?.length as usize)
+    }
+
+    /// Append the frame (header and body) to `dst`.
+    ///
+    /// Every limit is checked before the first byte is written: on error `dst` is unchanged.
+    /// The caller makes sure `dst` has room (a `BytesMut` or `Vec<u8>` grows by itself).
+    pub fn encode<B: BufMut>(&self, dst: &mut B) -> Result<(), EncodeError> {
+        let head = self.head()?;
+        head.encode(dst);
+        match self {
+            Frame::Hello(h) => h.put_body(dst),
+            Frame::AuthOk(a) => a.put_body(dst),
+            Frame::AuthFail(a) => a.put_body(dst),
+            Frame::Ping(p) | Frame::Pong(p) => p.put_body(dst),
+            Frame::Push(p) => p.put_body(dst),
+            Frame::Ack(a) => a.put_body(dst),
+            Frame::Upstream(u) => u.put_body(dst),
+            Frame::UpstreamReply(u) => u.put_body(dst),
+            Frame::Kick(k) => k.put_body(dst),
+            Frame::Redirect(r) => r.put_body(dst),
+            Frame::Error(e) => e.put_body(dst),
+            Frame::Extension(e) => dst.put_slice(&e.body),
+        }
+        Ok(())
+    }
+
+    /// Parse a frame from its header and exactly `head.length` body bytes (zero-copy).
+    ///
+    /// An unknown critical type is [`DecodeError::UnknownType`]; an unknown extension type
+    /// comes back as [`Frame::Extension`] for the caller to skip.
+    pub fn decode(head: Head, body: Bytes) -> Result<Frame, DecodeError> {
+        let Some(kind) = FrameType::from_u8(head.kind) else {
+            if FrameType::is_extension(head.kind) {
+                return Ok(Frame::Extension(Extension {
+                    kind: head.kind,
+                    flags: head.flags,
+                    id: head.id,
+                    body,
+                }));
+            }
+            return Err(DecodeError::UnknownType(head.kind));
+        };
+        let r = Reader::new(kind, body);
+        Ok(match kind {
+            FrameType::Hello => Frame::Hello(Hello::read_body(r)?),
+            FrameType::AuthOk => Frame::AuthOk(AuthOk::read_body(head.flags, r)?),
+            FrameType::AuthFail => Frame::AuthFail(AuthFail::read_body(r)?),
+            FrameType::Ping => Frame::Ping(Ping::read_body(head.id, r)?),
+            FrameType::Pong => Frame::Pong(Ping::read_body(head.id, r)?),
+            FrameType::Push => Frame::Push(Push::read_body(head.id, head.flags, r)?),
+            FrameType::Ack => Frame::Ack(Ack::read_body(head.id, r)?),
+            FrameType::Upstream => Frame::Upstream(Upstream::read_body(head.id, r)?),
+            FrameType::UpstreamReply => {
+                Frame::UpstreamReply(UpstreamReply::read_body(head.id, r)?)
+            }
+            FrameType::Kick => Frame::Kick(Kick::read_body(r)?),
+            FrameType::Redirect => Frame::Redirect(Redirect::read_body(r)?),
+            FrameType::Error => Frame::Error(ErrorFrame::read_body(head.id, head.flags, r)?),
+        })
+    }
 }

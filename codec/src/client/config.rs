@@ -1,0 +1,228 @@
+//! What a [`Session`](super::Session) is told at creation: identity, preferences, limits.
+
+use std::time::Duration;
+
+use super::backoff::BackoffConfig;
+use crate::{PROTOCOL_VERSION, Platform};
+
+/// The largest `HELLO.token` a server accepts, in bytes (`docs/PROTOCOL.md` § Limits).
+pub const MAX_TOKEN_LEN: usize = 8192;
+
+/// The most versions one `HELLO` may offer.
+pub const MAX_VERSIONS: usize = 16;
+
+/// The smallest inbound frame limit a session accepts, in bytes: room for any `AUTH_OK` and
+/// a useful `AUTH_FAIL` reason.
+pub const MIN_MAX_FRAME: u32 = 256;
+
+/// Frame size limit before `AUTH_OK` announces the server's: "before `AUTH_OK` no larger than
+/// 65,536 bytes".
+pub(crate) const PRE_AUTH_MAX_FRAME: u32 = 65_536;
+
+/// Configuration of a client [`Session`](super::Session); `Default` gives the spec's defaults
+/// and an empty token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Versions offered in `HELLO`, most preferred first; 1 to 16 entries
+    /// (default `[PROTOCOL_VERSION]`).
+    pub versions: Vec<u16>,
+    /// Capability bits offered in `HELLO` (default 0; version 1 defines none).
+    pub capabilities: u32,
+    /// The authentication token from the business backend, at most 8,192 bytes (default
+    /// empty, which the server refuses with `TOKEN_MISSING`).
+    pub token: String,
+    /// A stable device or install identifier, at most 255 bytes (default empty).
+    pub device_id: String,
+    /// The application's version, at most 255 bytes (default empty).
+    pub app_version: String,
+    /// The platform sent in `HELLO` (default `Unknown`).
+    pub platform: Platform,
+    /// The heartbeat interval to ask for, ms precision; zero means "no preference" and gets
+    /// the server's default (default zero). Longer saves battery and gateway wake-ups; the
+    /// server clamps it.
+    pub heartbeat_wish: Duration,
+    /// The `session_id` the first connection asks to resume, or 0 (default 0). Later
+    /// connections of the same `Session` resume the last session the server granted.
+    pub resume_session: u64,
+    /// Acknowledge pushes as soon as the session hands them out as events (default true).
+    /// Set false when an acknowledgement must mean the application has durably handled the
+    /// push, and call [`Session::processed`](super::Session::processed) for each.
+    pub auto_ack: bool,
+    /// Send an `ACK` once this many processed `ACK_REQUIRED` pushes are unacknowledged
+    /// (default 32, at least 1). Lower means more upstream frames; higher means more
+    /// redelivery after a disconnect.
+    pub ack_batch: u32,
+    /// Or once the oldest of them has waited this long (default 200 ms).
+    pub ack_delay: Duration,
+    /// The largest inbound frame (header + body) accepted, in bytes (default 65,536, at
+    /// least 256). Larger frames close the connection with `FRAME_TOO_LARGE`. Costs up to
+    /// this much buffer per connection while a frame arrives.
+    pub max_frame: u32,
+    /// How long to wait for `AUTH_OK` or `AUTH_FAIL` after connecting before giving up
+    /// (default 10 s, the server's own handshake deadline).
+    pub handshake_timeout: Duration,
+    /// Reconnect backoff parameters (default base 500 ms, cap 30 s).
+    pub backoff: BackoffConfig,
+    /// Seed of the jitter generator (default 0). Give every client its own seed, or a whole
+    /// fleet reconnects in lockstep; a fixed seed makes a test replay the same delays.
+    pub seed: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            versions: vec![PROTOCOL_VERSION],
+            capabilities: 0,
+            token: String::new(),
+            device_id: String::new(),
+            app_version: String::new(),
+            platform: Platform::Unknown,
+            heartbeat_wish: Duration::ZERO,
+            resume_session: 0,
+            auto_ack: true,
+            ack_batch: 32,
+            ack_delay: Duration::from_millis(200),
+            max_frame: PRE_AUTH_MAX_FRAME,
+            handshake_timeout: Duration::from_secs(10),
+            backoff: BackoffConfig::default(),
+            seed: 0,
+        }
+    }
+}
+
+/// Why a [`Config`] cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// `versions` is empty or has more than 16 entries.
+    #[error("versions must have 1 to {MAX_VERSIONS} entries, not {0}")]
+    VersionCount(usize),
+    /// `token` is longer than 8,192 bytes.
+    #[error("token is {0} bytes; at most {MAX_TOKEN_LEN}")]
+    TokenTooLong(usize),
+    /// `device_id` is longer than 255 bytes.
+    #[error("device_id is {0} bytes; at most 255")]
+    DeviceIdTooLong(usize),
+    /// `app_version` is longer than 255 bytes.
+    #[error("app_version is {0} bytes; at most 255")]
+    AppVersionTooLong(usize),
+    /// `ack_batch` is 0.
+    #[error("ack_batch must be at least 1")]
+    ZeroAckBatch,
+    /// `max_frame` is below [`MIN_MAX_FRAME`].
+    #[error("max_frame {0} is below the minimum {MIN_MAX_FRAME}")]
+    MaxFrameTooSmall(u32),
+    /// `handshake_timeout` is zero.
+    #[error("handshake_timeout must be positive")]
+    ZeroHandshakeTimeout,
+    /// `backoff.base` exceeds `backoff.cap`.
+    #[error("backoff base {base:?} exceeds cap {cap:?}")]
+    BackoffBaseAboveCap {
+        /// The configured base.
+        base: Duration,
+        /// The configured cap.
+        cap: Duration,
+    },
+}
+
+impl Config {
+    /// Check every field against the protocol's limits.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.versions.is_empty() || self.versions.len() > MAX_VERSIONS {
+            return Err(ConfigError::VersionCount(self.versions.len()));
+        }
+        validate_token(&self.token)?;
+        if self.device_id.len() > 255 {
+            return Err(ConfigError::DeviceIdTooLong(self.device_id.len()));
+        }
+        if self.app_version.len() > 255 {
+            return Err(ConfigError::AppVersionTooLong(self.app_version.len()));
+        }
+        if self.ack_batch == 0 {
+            return Err(ConfigError::ZeroAckBatch);
+        }
+        if self.max_frame < MIN_MAX_FRAME {
+            return Err(ConfigError::MaxFrameTooSmall(self.max_frame));
+        }
+        if self.handshake_timeout.is_zero() {
+            return Err(ConfigError::ZeroHandshakeTimeout);
+        }
+        if self.backoff.base > self.backoff.cap {
+            return Err(ConfigError::BackoffBaseAboveCap {
+                base: self.backoff.base,
+                cap: self.backoff.cap,
+            });
+        }
+        Ok(())
+    }
+
+    /// The heartbeat wish in whole ms for `HELLO`, saturating at `u32::MAX`.
+    pub(crate) fn heartbeat_wish_ms(&self) -> u32 {
+        u32::try_from(self.heartbeat_wish.as_millis()).unwrap_or(u32::MAX)
+    }
+}
+
+/// Check a token's length against the `HELLO` limit.
+pub(crate) fn validate_token(token: &str) -> Result<(), ConfigError> {
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(ConfigError::TokenTooLong(token.len()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid_and_limits_are_checked() {
+        assert_eq!(Config::default().validate(), Ok(()));
+        let bad = |f: fn(&mut Config)| {
+            let mut c = Config::default();
+            f(&mut c);
+            c.validate()
+        };
+        assert_eq!(
+            bad(|c| c.versions.clear()),
+            Err(ConfigError::VersionCount(0))
+        );
+        assert_eq!(
+            bad(|c| c.versions = vec![1; 17]),
+            Err(ConfigError::VersionCount(17))
+        );
+        assert_eq!(
+            bad(|c| c.token = "t".repeat(8193)),
+            Err(ConfigError::TokenTooLong(8193))
+        );
+        assert_eq!(
+            bad(|c| c.device_id = "d".repeat(256)),
+            Err(ConfigError::DeviceIdTooLong(256))
+        );
+        assert_eq!(
+            bad(|c| c.app_version = "v".repeat(256)),
+            Err(ConfigError::AppVersionTooLong(256))
+        );
+        assert_eq!(bad(|c| c.ack_batch = 0), Err(ConfigError::ZeroAckBatch));
+        assert_eq!(
+            bad(|c| c.max_frame = 10),
+            Err(ConfigError::MaxFrameTooSmall(10))
+        );
+        assert_eq!(
+            bad(|c| c.handshake_timeout = Duration::ZERO),
+            Err(ConfigError::ZeroHandshakeTimeout)
+        );
+        assert!(matches!(
+            bad(|c| c.backoff.base = Duration::from_secs(60)),
+            Err(ConfigError::BackoffBaseAboveCap { .. })
+        ));
+    }
+
+    #[test]
+    fn heartbeat_wish_saturates() {
+        let mut c = Config::default();
+        assert_eq!(c.heartbeat_wish_ms(), 0);
+        c.heartbeat_wish = Duration::from_secs(90);
+        assert_eq!(c.heartbeat_wish_ms(), 90_000);
+        c.heartbeat_wish = Duration::MAX;
+        assert_eq!(c.heartbeat_wish_ms(), u32::MAX);
+    }
+}

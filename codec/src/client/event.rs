@@ -1,0 +1,103 @@
+//! What a [`Session`](super::Session) tells the application.
+
+use std::time::Duration;
+
+use super::reconnect::Reconnect;
+use crate::{AuthOk, Code, Push, UpstreamReply};
+
+/// Something the application should know, from [`Session::poll_event`].
+///
+/// Every connection ends with exactly one [`Event::Closed`], always the last event of that
+/// connection; the events before it say why in detail.
+///
+/// [`Session::poll_event`]: super::Session::poll_event
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// `AUTH_OK` arrived: the connection is established with these parameters.
+    Authenticated(AuthOk),
+    /// `AUTH_FAIL` arrived; a [`Event::Closed`] follows.
+    AuthFailed {
+        /// Why (2xx or `UNSUPPORTED_VERSION`).
+        code: Code,
+        /// Detail for logs; not for end users as is.
+        reason: String,
+        /// What to do next.
+        reconnect: Reconnect,
+    },
+    /// A push for the application. With `auto_ack` off and `ack_required` set, call
+    /// [`Session::processed`](super::Session::processed) with its `seq` once handled.
+    Push(Push),
+    /// The backend answered an `UPSTREAM`.
+    UpstreamReply(UpstreamReply),
+    /// An `UPSTREAM` failed (a non-fatal `ERROR` naming its request id).
+    UpstreamError {
+        /// The request that failed.
+        request_id: u32,
+        /// Why (usually 5xx).
+        code: Code,
+        /// Detail.
+        message: String,
+    },
+    /// A `PONG` arrived.
+    Pong {
+        /// The ping id it echoes.
+        id: u32,
+        /// Round-trip time on the client's clock, if it answers the latest `PING` sent.
+        rtt: Option<Duration>,
+    },
+    /// `KICK` arrived; a [`Event::Closed`] follows.
+    Kicked {
+        /// Why (3xx).
+        code: Code,
+        /// Detail.
+        reason: String,
+        /// What to do next.
+        reconnect: Reconnect,
+    },
+    /// `REDIRECT` arrived; a [`Event::Closed`] follows.
+    Redirected {
+        /// Why (4xx).
+        code: Code,
+        /// When and where to reconnect: the server's delay plus drawn jitter.
+        reconnect: Reconnect,
+    },
+    /// An `ERROR` not about a request; with `fatal` a [`Event::Closed`] follows.
+    ServerError {
+        /// What went wrong.
+        code: Code,
+        /// Detail.
+        message: String,
+        /// The server closes the connection after it.
+        fatal: bool,
+    },
+    /// The connection is over: flush [`Session::poll_transmit`] once more, close the
+    /// transport, then ask [`Session::handle_closed`] what to do next.
+    ///
+    /// [`Session::poll_transmit`]: super::Session::poll_transmit
+    /// [`Session::handle_closed`]: super::Session::handle_closed
+    Closed {
+        /// Why.
+        reason: CloseReason,
+    },
+}
+
+/// Why a connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    /// The server refused the handshake (`AUTH_FAIL`) with this code.
+    AuthFailed(Code),
+    /// The server kicked the session (`KICK`) with this code.
+    Kicked(Code),
+    /// The server redirected the client (`REDIRECT`) with this code.
+    Redirected(Code),
+    /// The server sent a fatal `ERROR` with this code.
+    ServerError(Code),
+    /// The server broke the protocol; the session queued `ERROR` `FATAL` with this code.
+    ProtocolViolation(Code),
+    /// No frame arrived for `AUTH_OK.idle_timeout_ms`.
+    PeerSilent,
+    /// No `AUTH_OK` or `AUTH_FAIL` within [`Config::handshake_timeout`](super::Config).
+    HandshakeTimeout,
+    /// The transport closed without the server saying why.
+    TransportClosed,
+}

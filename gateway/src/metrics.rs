@@ -1,0 +1,365 @@
+//! The gateway's Prometheus metrics: registered once at start-up, handles kept, so the hot
+//! path is one atomic add. Names are `holdfast_gateway_<what>_<unit>`; labels are bounded
+//! (reason, outcome, endpoint), never a user id or an address.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+
+/// Why a connection closed: the bounded `reason` label of `closes_total` and of disconnect
+/// events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The peer closed the stream or reset it.
+    PeerClosed,
+    /// No `HELLO` within the handshake deadline.
+    HandshakeTimeout,
+    /// Authentication failed (`AUTH_FAIL` sent).
+    AuthFailed,
+    /// Nothing arrived within the idle timeout.
+    IdleTimeout,
+    /// The peer broke the protocol (`ERROR` sent).
+    ProtocolError,
+    /// The peer did not read or acknowledge fast enough.
+    SlowConsumer,
+    /// A newer login or an operator displaced the session (`KICK` sent).
+    Kicked,
+    /// A socket error other than a clean close.
+    IoError,
+    /// The gateway is shutting down.
+    Shutdown,
+}
+
+impl CloseReason {
+    /// Every reason, in label order.
+    pub const ALL: [CloseReason; 9] = [
+        CloseReason::PeerClosed,
+        CloseReason::HandshakeTimeout,
+        CloseReason::AuthFailed,
+        CloseReason::IdleTimeout,
+        CloseReason::ProtocolError,
+        CloseReason::SlowConsumer,
+        CloseReason::Kicked,
+        CloseReason::IoError,
+        CloseReason::Shutdown,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::PeerClosed => "peer_closed",
+            CloseReason::HandshakeTimeout => "handshake_timeout",
+            CloseReason::AuthFailed => "auth_failed",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::ProtocolError => "protocol_error",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::Kicked => "kicked",
+            CloseReason::IoError => "io_error",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Labels of `auth_failures_total`.
+pub const AUTH_FAILURE_REASONS: [&str; 7] = [
+    "missing",
+    "invalid",
+    "expired",
+    "not_yet_valid",
+    "claim_mismatch",
+    "unsupported_version",
+    "malformed_hello",
+];
+
+/// Push API endpoints, the `endpoint` label of `push_api_duration_seconds`.
+pub const PUSH_ENDPOINTS: [&str; 6] = ["user", "users", "conn", "all", "batch", "kick"];
+
+/// Handles for `UPSTREAM` forwarding.
+#[derive(Clone)]
+pub struct UpstreamMetrics {
+    /// Webhook round-trip latency.
+    pub latency: Histogram,
+    /// Requests answered by the webhook.
+    pub ok: IntCounter,
+    /// Requests that timed out.
+    pub timeout: IntCounter,
+    /// Requests that failed (connection error, non-2xx, bad answer).
+    pub error: IntCounter,
+    /// Requests refused before forwarding (no webhook, too many in flight).
+    pub rejected: IntCounter,
+}
+
+/// Handles for the connect/disconnect event webhook.
+#[derive(Clone)]
+pub struct EventsMetrics {
+    /// Events delivered to the webhook.
+    pub sent: IntCounter,
+    /// Events dropped because the queue was full.
+    pub dropped: IntCounter,
+    /// Events given up on after the webhook kept failing.
+    pub failed: IntCounter,
+    /// Unacknowledged push ids carried in disconnect events.
+    pub unacked_reported: IntCounter,
+}
+
+/// Every metric handle of a gateway process.
+#[derive(Clone)]
+pub struct Metrics {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    /// Open client connections, any state.
+    pub connections: IntGauge,
+    /// Authenticated connections.
+    pub connections_established: IntGauge,
+    /// Sockets accepted.
+    pub accepted: IntCounter,
+    /// Sockets refused at accept because `listen.max_connections` was reached.
+    pub rejected_max_connections: IntCounter,
+    /// Handshakes that ended in `AUTH_OK`.
+    pub handshakes_ok: IntCounter,
+    /// Auth failures by reason; index with [`AUTH_FAILURE_REASONS`].
+    pub auth_failures: Vec<IntCounter>,
+    /// Closes by reason; index with `CloseReason as usize`.
+    pub closes: Vec<IntCounter>,
+    /// `PING` frames received.
+    pub heartbeats: IntCounter,
+    /// Inbound frames of every type.
+    pub frames_in: IntCounter,
+    /// Protocol violations (each also closes the connection).
+    pub protocol_errors: IntCounter,
+    /// `KICK` frames sent because a newer login displaced a connection.
+    pub kicks_logged_in_elsewhere: IntCounter,
+    /// `KICK` frames sent on an operator's request.
+    pub kicks_admin: IntCounter,
+    /// Push targets accepted by the push API (one per connection or user addressed).
+    pub pushes_in: IntCounter,
+    /// `PUSH` frames written to connections.
+    pub pushes_out: IntCounter,
+    /// Pushes acknowledged by clients.
+    pub pushes_acked: IntCounter,
+    /// Ack-required pushes still unacknowledged when their connection closed (reported).
+    pub pushes_unacked_on_close: IntCounter,
+    /// Pushes addressed to users with no connection on this node.
+    pub pushes_offline: IntCounter,
+    /// Pushes that could not be written (connection closing or over its hard queue cap).
+    pub pushes_failed: IntCounter,
+    /// Push API latency by endpoint; index with [`PUSH_ENDPOINTS`].
+    pub push_api_duration: Vec<Histogram>,
+    /// Bytes queued for clients that could not take them yet.
+    pub outbound_queue_bytes: IntGauge,
+    /// Upstream forwarding metrics.
+    pub upstream: UpstreamMetrics,
+    /// Event webhook metrics.
+    pub events: EventsMetrics,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("static metric definition is valid");
+    registry.register(Box::new(c.clone())).expect("metric names are unique");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("static metric definition is valid");
+    registry.register(Box::new(g.clone())).expect("metric names are unique");
+    g
+}
+
+fn counter_family(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[&str],
+) -> Vec<IntCounter> {
+    let family =
+        IntCounterVec::new(Opts::new(name, help), &[label]).expect("static metric is valid");
+    registry.register(Box::new(family.clone())).expect("metric names are unique");
+    values.iter().map(|v| family.with_label_values(&[v])).collect()
+}
+
+/// Latency buckets from 50 µs to 10 s.
+fn latency_buckets() -> Vec<f64> {
+    vec![
+        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+        1.0, 2.5, 5.0, 10.0,
+    ]
+}
+
+impl Metrics {
+    /// Registers every gateway metric, plus the process collector (RSS, CPU, open fds).
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let r = &registry;
+        let push_api = HistogramVec::new(
+            HistogramOpts::new(
+                "holdfast_gateway_push_api_duration_seconds",
+                "Push API request latency, by endpoint.",
+            )
+            .buckets(latency_buckets()),
+            &["endpoint"],
+        )
+        .expect("static metric is valid");
+        r.register(Box::new(push_api.clone())).expect("metric names are unique");
+        let upstream_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "holdfast_gateway_upstream_duration_seconds",
+                "Latency of UPSTREAM requests forwarded to the business webhook.",
+            )
+            .buckets(latency_buckets()),
+        )
+        .expect("static metric is valid");
+        r.register(Box::new(upstream_latency.clone())).expect("metric names are unique");
+        let upstream = counter_family(
+            r,
+            "holdfast_gateway_upstream_requests_total",
+            "UPSTREAM requests, by outcome.",
+            "outcome",
+            &["ok", "timeout", "error", "rejected"],
+        );
+        let events = counter_family(
+            r,
+            "holdfast_gateway_events_total",
+            "Connect/disconnect events, by outcome.",
+            "outcome",
+            &["sent", "dropped", "failed"],
+        );
+        let close_labels: Vec<&str> = CloseReason::ALL.iter().map(|c| c.as_str()).collect();
+        let kicks = counter_family(
+            r,
+            "holdfast_gateway_kicks_total",
+            "KICK frames sent, by reason.",
+            "reason",
+            &["logged_in_elsewhere", "admin"],
+        );
+        #[cfg(target_os = "linux")]
+        {
+            let pc = prometheus::process_collector::ProcessCollector::new(
+                std::process::id() as i32,
+                "holdfast_gateway",
+            );
+            r.register(Box::new(pc)).expect("process collector registers once");
+        }
+        Metrics {
+            connections: gauge(r, "holdfast_gateway_connections", "Open client connections."),
+            connections_established: gauge(
+                r,
+                "holdfast_gateway_connections_established",
+                "Authenticated client connections.",
+            ),
+            accepted: counter(r, "holdfast_gateway_accepted_total", "Sockets accepted."),
+            rejected_max_connections: counter(
+                r,
+                "holdfast_gateway_rejected_max_connections_total",
+                "Sockets closed at accept because listen.max_connections was reached.",
+            ),
+            handshakes_ok: counter(
+                r,
+                "holdfast_gateway_handshakes_total",
+                "Handshakes that ended in AUTH_OK.",
+            ),
+            auth_failures: counter_family(
+                r,
+                "holdfast_gateway_auth_failures_total",
+                "Handshakes refused with AUTH_FAIL, by reason.",
+                "reason",
+                &AUTH_FAILURE_REASONS,
+            ),
+            closes: counter_family(
+                r,
+                "holdfast_gateway_closes_total",
+                "Connections closed, by reason.",
+                "reason",
+                &close_labels,
+            ),
+            heartbeats: counter(r, "holdfast_gateway_heartbeats_total", "PING frames received."),
+            frames_in: counter(r, "holdfast_gateway_frames_in_total", "Inbound frames."),
+            protocol_errors: counter(
+                r,
+                "holdfast_gateway_protocol_errors_total",
+                "Protocol violations by clients.",
+            ),
+            kicks_logged_in_elsewhere: kicks[0].clone(),
+            kicks_admin: kicks[1].clone(),
+            pushes_in: counter(
+                r,
+                "holdfast_gateway_pushes_in_total",
+                "Push targets accepted by the push API.",
+            ),
+            pushes_out: counter(r, "holdfast_gateway_pushes_out_total", "PUSH frames written."),
+            pushes_acked: counter(
+                r,
+                "holdfast_gateway_pushes_acked_total",
+                "Ack-required pushes acknowledged by clients.",
+            ),
+            pushes_unacked_on_close: counter(
+                r,
+                "holdfast_gateway_pushes_unacked_on_close_total",
+                "Ack-required pushes unacknowledged when their connection closed (reported).",
+            ),
+            pushes_offline: counter(
+                r,
+                "holdfast_gateway_pushes_offline_total",
+                "Pushes to users with no connection on this node.",
+            ),
+            pushes_failed: counter(
+                r,
+                "holdfast_gateway_pushes_failed_total",
+                "Pushes that could not be written to a connection.",
+            ),
+            push_api_duration: PUSH_ENDPOINTS
+                .iter()
+                .map(|e| push_api.with_label_values(&[e]))
+                .collect(),
+            outbound_queue_bytes: gauge(
+                r,
+                "holdfast_gateway_outbound_queue_bytes",
+                "Bytes queued for clients that could not take them yet.",
+            ),
+            upstream: UpstreamMetrics {
+                latency: upstream_latency,
+                ok: upstream[0].clone(),
+                timeout: upstream[1].clone(),
+                error: upstream[2].clone(),
+                rejected: upstream[3].clone(),
+            },
+            events: EventsMetrics {
+                sent: events[0].clone(),
+                dropped: events[1].clone(),
+                failed: events[2].clone(),
+                unacked_reported: counter(
+                    r,
+                    "holdfast_gateway_events_unacked_reported_total",
+                    "Unacknowledged push ids carried in disconnect events.",
+                ),
+            },
+            registry,
+        }
+    }
+
+    /// The counter for a close reason.
+    pub fn close(&self, reason: CloseReason) -> &IntCounter {
+        &self.closes[reason as usize]
+    }
+
+    /// The counter for an auth failure label (one of [`AUTH_FAILURE_REASONS`]).
+    pub fn auth_failure(&self, label: &str) -> &IntCounter {
+        let i = AUTH_FAILURE_REASONS.iter().position(|l| *l == label).unwrap_or(1);
+        &self.auth_failures[i]
+    }
+
+    /// Renders the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| format!("# error encoding metrics: {e}\n"))
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}

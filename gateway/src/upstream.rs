@@ -1,0 +1,5 @@
+//! (being written)
+
+/// The result of one upstream request (being written).
+#[derive(Debug)]
+pub struct UpstreamResult;
