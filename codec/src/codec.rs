@@ -136,12 +136,8 @@ mod tests {
     #[test]
     fn frame_of_exactly_the_maximum_is_accepted() {
         let body = vec![0u8; 100 - HEADER_LEN];
-        let frame = Frame::Extension(crate::Extension {
-            kind: 0x80,
-            flags: 0,
-            id: 0,
-            body: body.into(),
-        });
+        let frame =
+            Frame::Extension(crate::Extension { kind: 0x80, flags: 0, id: 0, body: body.into() });
         let mut src = BytesMut::new();
         encode(&frame, &mut src).unwrap();
         assert_eq!(src.len(), 100);

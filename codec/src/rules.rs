@@ -85,11 +85,7 @@ pub fn server_accepts(state: ConnState, kind: u8) -> Verdict {
 /// > in `AUTH_OK.version`. If there is none, the server answers `AUTH_FAIL` with
 /// > `UNSUPPORTED_VERSION` (105).
 pub fn negotiate_version(offered: &[u16], supported: &[u16]) -> Result<u16, Code> {
-    offered
-        .iter()
-        .copied()
-        .find(|v| supported.contains(v))
-        .ok_or(Code::UNSUPPORTED_VERSION)
+    offered.iter().copied().find(|v| supported.contains(v)).ok_or(Code::UNSUPPORTED_VERSION)
 }
 
 /// The server's heartbeat range and idle rule (`docs/PROTOCOL.md` § Heartbeats and idle
@@ -110,12 +106,7 @@ pub struct HeartbeatPolicy {
 
 impl Default for HeartbeatPolicy {
     fn default() -> Self {
-        HeartbeatPolicy {
-            min_ms: 10_000,
-            max_ms: 600_000,
-            default_ms: 30_000,
-            idle_factor: 3,
-        }
+        HeartbeatPolicy { min_ms: 10_000, max_ms: 600_000, default_ms: 30_000, idle_factor: 3 }
     }
 }
 
@@ -184,11 +175,7 @@ impl HeartbeatPolicy {
     /// The default is clamped too, and the idle product saturates at `u32::MAX`. Never
     /// panics, even for a policy that fails [`validate`](Self::validate) (then `max_ms` wins).
     pub fn grant(&self, wish_ms: u32) -> (u32, u32) {
-        let wish = if wish_ms == 0 {
-            self.default_ms
-        } else {
-            wish_ms
-        };
+        let wish = if wish_ms == 0 { self.default_ms } else { wish_ms };
         let heartbeat = wish.max(self.min_ms).min(self.max_ms);
         (heartbeat, heartbeat.saturating_mul(self.idle_factor))
     }
@@ -200,22 +187,15 @@ impl HeartbeatPolicy {
 /// > is a protocol error (`ACK_OUT_OF_RANGE`, 108, `FATAL`). Acknowledging again what was
 /// > already acknowledged is harmless.
 pub fn check_ack(cumulative: u32, highest_sent: u32) -> Result<(), Code> {
-    if cumulative > highest_sent {
-        Err(Code::ACK_OUT_OF_RANGE)
-    } else {
-        Ok(())
-    }
+    if cumulative > highest_sent { Err(Code::ACK_OUT_OF_RANGE) } else { Ok(()) }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const STATES: [ConnState; 3] = [
-        ConnState::AwaitHello,
-        ConnState::Established,
-        ConnState::Closing,
-    ];
+    const STATES: [ConnState; 3] =
+        [ConnState::AwaitHello, ConnState::Established, ConnState::Closing];
 
     /// The acceptance table written out independently of `server_accepts`, for every byte.
     fn expected(state: ConnState, kind: u8) -> Verdict {
@@ -285,10 +265,7 @@ mod tests {
         assert_eq!(p.grant(600_000), (600_000, 1_800_000));
         assert_eq!(p.grant(u32::MAX), (600_000, 1_800_000));
 
-        let huge = HeartbeatPolicy {
-            max_ms: u32::MAX,
-            ..p
-        };
+        let huge = HeartbeatPolicy { max_ms: u32::MAX, ..p };
         assert_eq!(huge.grant(u32::MAX), (u32::MAX, u32::MAX));
     }
 
@@ -299,14 +276,8 @@ mod tests {
             HeartbeatPolicy { min_ms: 0, ..p }.validate(),
             Err(InvalidHeartbeatPolicy::ZeroMin)
         );
-        let inverted = HeartbeatPolicy {
-            min_ms: 700_000,
-            ..p
-        };
-        assert!(matches!(
-            inverted.validate(),
-            Err(InvalidHeartbeatPolicy::MinAboveMax { .. })
-        ));
+        let inverted = HeartbeatPolicy { min_ms: 700_000, ..p };
+        assert!(matches!(inverted.validate(), Err(InvalidHeartbeatPolicy::MinAboveMax { .. })));
         // An invalid policy still grants without panicking: the maximum wins.
         assert_eq!(inverted.grant(5), (600_000, 1_800_000));
         assert!(matches!(
@@ -314,11 +285,7 @@ mod tests {
             Err(InvalidHeartbeatPolicy::DefaultOutOfRange { .. })
         ));
         assert_eq!(
-            HeartbeatPolicy {
-                idle_factor: 0,
-                ..p
-            }
-            .validate(),
+            HeartbeatPolicy { idle_factor: 0, ..p }.validate(),
             Err(InvalidHeartbeatPolicy::ZeroIdleFactor)
         );
     }

@@ -36,10 +36,10 @@ pub(crate) struct Conn {
     pub platform: Platform,
     /// The wheel tick of this connection's one live timer entry (0 = none).
     pub timer_tick: u32,
-    /// The tick at which the last complete frame arrived (or the accept, before `HELLO`).
+    /// The tick at which the last complete frame arrived; before `HELLO` the accept (no
+    /// complete frame leaves a connection in `AwaitHello`); while `Closing` the start of
+    /// the close.
     pub last_rx_tick: u32,
-    /// The tick at which the socket was accepted.
-    pub accepted_tick: u32,
     /// Idle timeout in ticks, granted at `AUTH_OK`.
     pub idle_ticks: u32,
     /// The sequence of the last `PUSH` written (0 = none yet).
@@ -74,12 +74,12 @@ pub(crate) struct Extra {
 
 impl Extra {
     /// Bytes queued and not yet written.
-    pub fn queued(&self) -> usize {
+    pub(crate) fn queued(&self) -> usize {
         self.out.len() - self.out_pos
     }
 
     /// True when nothing is left that needs this allocation.
-    pub fn is_idle(&self) -> bool {
+    pub(crate) fn is_idle(&self) -> bool {
         self.partial.is_empty()
             && self.queued() == 0
             && self.unacked.is_empty()
@@ -91,7 +91,7 @@ impl Extra {
 
 impl Conn {
     /// A freshly accepted connection.
-    pub fn new(stream: TcpStream, generation: u16, now_tick: u32) -> Conn {
+    pub(crate) fn new(stream: TcpStream, generation: u16, now_tick: u32) -> Conn {
         Conn {
             stream,
             generation,
@@ -99,7 +99,6 @@ impl Conn {
             platform: Platform::Unknown,
             timer_tick: 0,
             last_rx_tick: now_tick,
-            accepted_tick: now_tick,
             idle_ticks: 0,
             push_seq: 0,
             user: None,
@@ -109,19 +108,19 @@ impl Conn {
     }
 
     /// The rare state, allocating it if needed.
-    pub fn extra(&mut self) -> &mut Extra {
+    pub(crate) fn extra(&mut self) -> &mut Extra {
         self.extra.get_or_insert_with(Box::default)
     }
 
     /// Frees the rare state if nothing in it is live any more.
-    pub fn release_extra(&mut self) {
+    pub(crate) fn release_extra(&mut self) {
         if self.extra.as_ref().is_some_and(|e| e.is_idle()) {
             self.extra = None;
         }
     }
 
     /// Bytes queued for this connection.
-    pub fn queued(&self) -> usize {
+    pub(crate) fn queued(&self) -> usize {
         self.extra.as_ref().map_or(0, |e| e.queued())
     }
 }
@@ -137,7 +136,9 @@ mod tests {
         let size = std::mem::size_of::<Conn>();
         let slot = std::mem::size_of::<slab::Slab<Conn>>(); // not per connection
         println!("Conn = {size} B, slab entry <= {} B", size + 8);
-        assert!(size <= 72, "Conn grew to {size} bytes");
+        // mio adds an 8-byte selector id to every socket in debug builds only.
+        let bound = if cfg!(debug_assertions) { 80 } else { 64 };
+        assert!(size <= bound, "Conn grew to {size} bytes");
         assert!(slot > 0);
         assert_eq!(std::mem::size_of::<Option<Box<Extra>>>(), 8);
     }

@@ -89,7 +89,7 @@ pub enum Command {
         /// The 3xx code.
         code: Code,
         /// Detail for the client.
-        reason: &'static str,
+        reason: String,
     },
     /// The backend's answer to an `UPSTREAM` request.
     Upstream(UpstreamResult),

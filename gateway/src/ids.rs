@@ -137,8 +137,11 @@ mod tests {
     #[test]
     fn fields_are_laid_out_most_significant_first() {
         let id = ConnId::new(0x1234, 0x56, 0x789abc, 0xdef0);
-        assert_eq!(id.0, 0x1234_56_789abc_def0);
-        assert_eq!((id.node(), id.worker(), id.slot(), id.generation()), (0x1234, 0x56, 0x789abc, 0xdef0));
+        assert_eq!(id.0, 0x1234_5678_9abc_def0);
+        assert_eq!(
+            (id.node(), id.worker(), id.slot(), id.generation()),
+            (0x1234, 0x56, 0x789abc, 0xdef0)
+        );
     }
 
     #[test]

@@ -7,7 +7,6 @@ use prometheus::{
     TextEncoder,
 };
 
-
 /// Why a connection closed: the bounded `reason` label of `closes_total` and of disconnect
 /// events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -43,9 +43,12 @@ impl Sessions {
 
 const SHARDS: usize = 64;
 
+/// One shard of the user map.
+type Shard = Mutex<HashMap<Arc<str>, Sessions>>;
+
 /// User → connections on this node, with the kick policy applied at registration.
 pub struct Registry {
-    shards: Box<[Mutex<HashMap<Arc<str>, Sessions>>]>,
+    shards: Box<[Shard]>,
     policy: KickPolicy,
     max_per_user: usize,
 }

@@ -1,3 +1,469 @@
-//! End-to-end test support: starts the real Holdfast binaries and third-party parts (Redis,
-//! HAProxy, promtool) and drives them over real sockets, as users do.
+//! End-to-end test support: starts the real Holdfast binaries and third-party parts and
+//! drives them over real sockets, as users do.
+//!
+//! - [`GatewayProcess`] runs a `holdfast-gateway` process on loopback ports chosen by the
+//!   kernel, waits for its ready line, and kills it when dropped.
+//! - [`Client`] is a blocking test client: a real `TcpStream` driven by
+//!   `holdfast_codec::client::Session`, with every wait bounded by a timeout.
+//! - [`Webhook`] is a local HTTP server standing in for the business backend; it records
+//!   what it receives and answers with a function the test gives.
+//! - [`token`] and [`token_with`] mint tokens with the gateway's development secret.
+//!
+//! Each test crate that uses this passes the path of the binary under test (for example
+//! `env!("CARGO_BIN_EXE_holdfast-gateway")`), so Cargo builds it before the tests run.
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing::post;
+use holdfast_codec::Platform;
+use holdfast_codec::client::{Config, Event, Session};
+
+pub use holdfast_loadtest::DEV_SECRET;
+
+/// Mint a development token for `user`, valid for an hour.
+pub fn token(user: &str) -> String {
+    token_with(user, 3600, None, None)
+}
+
+/// Mint a development token with a validity (negative = already expired) and bindings.
+pub fn token_with(
+    user: &str,
+    ttl_secs: i64,
+    device: Option<&str>,
+    platform: Option<&str>,
+) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64;
+    let mut claims = serde_json::json!({ "sub": user, "exp": now + ttl_secs });
+    if let Some(d) = device {
+        claims["device"] = d.into();
+    }
+    if let Some(p) = platform {
+        claims["platform"] = p.into();
+    }
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(DEV_SECRET.as_bytes()),
+    )
+    .expect("token encodes")
+}
+
+/// A running `holdfast-gateway` process; killed when dropped.
+pub struct GatewayProcess {
+    child: Child,
+    /// The client listener.
+    pub tcp: SocketAddr,
+    /// The HTTP API.
+    pub http: SocketAddr,
+    http_client: reqwest::blocking::Client,
+}
+
+impl GatewayProcess {
+    /// Start `bin` on loopback with two workers and the given `--set` overrides, and wait
+    /// (at most 30 s) for its ready line.
+    pub fn spawn(bin: &str, sets: &[&str]) -> GatewayProcess {
+        let mut cmd = Command::new(bin);
+        for s in ["listen.addr=127.0.0.1:0", "http.addr=127.0.0.1:0", "node.workers=2"] {
+            cmd.arg("--set").arg(s);
+        }
+        for s in sets {
+            cmd.arg("--set").arg(s);
+        }
+        cmd.env_remove("HOLDFAST_JWT_SECRET")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("gateway binary starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.strip_prefix("holdfast-gateway ready: ") {
+                    let _ = tx.send(rest.to_owned());
+                }
+            }
+        });
+        let ready = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(r) => r,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("gateway did not print its ready line within 30 s");
+            }
+        };
+        let mut tcp = None;
+        let mut http = None;
+        for part in ready.split_whitespace() {
+            if let Some(a) = part.strip_prefix("tcp=") {
+                tcp = a.parse().ok();
+            } else if let Some(a) = part.strip_prefix("http=") {
+                http = a.parse().ok();
+            }
+        }
+        GatewayProcess {
+            child,
+            tcp: tcp.expect("ready line has tcp="),
+            http: http.expect("ready line has http="),
+            http_client: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("http client builds"),
+        }
+    }
+
+    /// POST JSON to the API: status and parsed body.
+    pub fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let resp = self
+            .http_client
+            .post(format!("http://{}{path}", self.http))
+            .json(&body)
+            .send()
+            .expect("API answers");
+        let status = resp.status().as_u16();
+        (status, resp.json().unwrap_or(serde_json::Value::Null))
+    }
+
+    /// GET a path: status and body text.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let resp = self
+            .http_client
+            .get(format!("http://{}{path}", self.http))
+            .send()
+            .expect("API answers");
+        let status = resp.status().as_u16();
+        (status, resp.text().unwrap_or_default())
+    }
+
+    /// The `/metrics` text.
+    pub fn metrics(&self) -> String {
+        self.get("/metrics").1
+    }
+
+    /// The value of one sample, named with its labels exactly as exposed (for example
+    /// `holdfast_gateway_closes_total{reason="idle_timeout"}`); 0 if absent.
+    pub fn metric(&self, sample: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|r| r.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Wait (at most `timeout`) until a sample reaches `at_least`; its last value.
+    pub fn wait_metric(&self, sample: &str, at_least: f64, timeout: Duration) -> f64 {
+        let until = Instant::now() + timeout;
+        loop {
+            let v = self.metric(sample);
+            if v >= at_least || Instant::now() > until {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Wait (at most `timeout`) until a sample drops to `at_most`; its last value.
+    pub fn wait_metric_below(&self, sample: &str, at_most: f64, timeout: Duration) -> f64 {
+        let until = Instant::now() + timeout;
+        loop {
+            let v = self.metric(sample);
+            if v <= at_most || Instant::now() > until {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client configuration for `token` on `platform` with device `device`.
+pub fn client_config(token: String, platform: Platform, device: &str) -> Config {
+    Config { token, platform, device_id: device.to_owned(), ..Config::default() }
+}
+
+/// A blocking test client over a real socket, driven by the protocol's client session.
+pub struct Client {
+    stream: TcpStream,
+    session: Session,
+    buf: Vec<u8>,
+    eof: bool,
+}
+
+impl Client {
+    /// Connect to `addr` and send `HELLO`.
+    pub fn connect(addr: SocketAddr, config: Config) -> Client {
+        let stream = TcpStream::connect(addr).expect("gateway accepts");
+        stream.set_nodelay(true).expect("nodelay");
+        let mut session = Session::new(config, Instant::now()).expect("valid client config");
+        session.connect(Instant::now());
+        let mut c = Client { stream, session, buf: vec![0; 64 * 1024], eof: false };
+        c.flush();
+        c
+    }
+
+    /// Connect as `user` (platform Linux, device "dev") and expect `AUTH_OK`.
+    pub fn login(addr: SocketAddr, user: &str) -> Client {
+        Client::login_on(addr, user, Platform::Linux)
+    }
+
+    /// Connect as `user` on `platform` and expect `AUTH_OK`.
+    pub fn login_on(addr: SocketAddr, user: &str, platform: Platform) -> Client {
+        let mut c = Client::connect(addr, client_config(token(user), platform, "dev"));
+        c.expect_auth();
+        c
+    }
+
+    /// The session (for its state, `AUTH_OK`, reconnect advice).
+    pub fn session(&mut self) -> &mut Session {
+        &mut self.session
+    }
+
+    fn flush(&mut self) {
+        while let Some(bytes) = self.session.poll_transmit() {
+            if self.stream.write_all(&bytes).is_err() {
+                self.session.transport_closed(Instant::now());
+            }
+        }
+    }
+
+    /// The next event, driving heartbeats and acks while waiting; `None` after `timeout`.
+    pub fn next_event(&mut self, timeout: Duration) -> Option<Event> {
+        let until = Instant::now() + timeout;
+        loop {
+            self.flush();
+            if let Some(e) = self.session.poll_event() {
+                self.flush();
+                return Some(e);
+            }
+            let now = Instant::now();
+            if now >= until || self.eof {
+                return None;
+            }
+            let wake = self.session.poll_timeout().map_or(until, |t| t.min(until));
+            if wake <= now {
+                self.session.handle_timeout(now);
+                continue;
+            }
+            let wait = (wake - now).max(Duration::from_millis(1));
+            self.stream.set_read_timeout(Some(wait)).expect("read timeout");
+            match self.stream.read(&mut self.buf) {
+                Ok(0) => {
+                    self.eof = true;
+                    self.session.transport_closed(Instant::now());
+                }
+                Ok(n) => {
+                    let n = n.min(self.buf.len());
+                    let bytes = self.buf[..n].to_vec();
+                    self.session.receive(&bytes, Instant::now());
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    self.session.handle_timeout(Instant::now());
+                }
+                Err(_) => {
+                    self.eof = true;
+                    self.session.transport_closed(Instant::now());
+                }
+            }
+        }
+    }
+
+    /// Wait for an event matching `pred`, skipping others; panics after `timeout`.
+    pub fn expect<T>(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        mut pred: impl FnMut(Event) -> Option<T>,
+    ) -> T {
+        let until = Instant::now() + timeout;
+        while Instant::now() < until {
+            if let Some(e) = self.next_event(until - Instant::now())
+                && let Some(t) = pred(e)
+            {
+                return t;
+            }
+        }
+        panic!("expected {what} within {timeout:?}");
+    }
+
+    /// Expect `AUTH_OK`.
+    pub fn expect_auth(&mut self) -> holdfast_codec::AuthOk {
+        self.expect(Duration::from_secs(10), "AUTH_OK", |e| match e {
+            Event::Authenticated(ok) => Some(ok),
+            Event::AuthFailed { code, reason, .. } => panic!("AUTH_FAIL {code}: {reason}"),
+            _ => None,
+        })
+    }
+
+    /// Expect a push.
+    pub fn expect_push(&mut self) -> holdfast_codec::Push {
+        self.expect(Duration::from_secs(10), "PUSH", |e| match e {
+            Event::Push(p) => Some(p),
+            _ => None,
+        })
+    }
+
+    /// Whether the server closed the connection within `timeout` (events are drained).
+    pub fn closed_within(&mut self, timeout: Duration) -> bool {
+        let until = Instant::now() + timeout;
+        while Instant::now() < until && !self.eof {
+            self.next_event(until - Instant::now());
+        }
+        self.eof
+    }
+
+    /// Send `PING`s as the session's heartbeat schedule says, for `duration`.
+    pub fn run_for(&mut self, duration: Duration) -> Vec<Event> {
+        let until = Instant::now() + duration;
+        let mut events = Vec::new();
+        while Instant::now() < until {
+            if let Some(e) = self.next_event(until - Instant::now()) {
+                events.push(e);
+            }
+        }
+        events
+    }
+}
+
+/// Read raw frames from a socket (for tests that speak the protocol by hand).
+pub fn read_frames(
+    stream: &mut TcpStream,
+    timeout: Duration,
+) -> (Vec<holdfast_codec::Frame>, bool) {
+    let until = Instant::now() + timeout;
+    let mut buf = bytes::BytesMut::new();
+    let mut frames = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        while let Ok(Some(f)) = holdfast_codec::decode(&mut buf, 1 << 20) {
+            frames.push(f);
+        }
+        let now = Instant::now();
+        if now >= until {
+            return (frames, false);
+        }
+        stream.set_read_timeout(Some(until - now)).expect("read timeout");
+        match stream.read(&mut chunk) {
+            Ok(0) => return (frames, true),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return (frames, false);
+            }
+            Err(_) => return (frames, true),
+        }
+    }
+}
+
+type Handler = Arc<dyn Fn(&serde_json::Value) -> (u16, serde_json::Value) + Send + Sync>;
+
+/// A local webhook server: records every JSON body POSTed to it, answers with `handler`.
+pub struct Webhook {
+    /// Its address; the URL is `http://{addr}/`.
+    pub addr: SocketAddr,
+    received: Arc<Mutex<Vec<serde_json::Value>>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Webhook {
+    /// Start a webhook answering every POST with `handler(body)`.
+    pub fn start(
+        handler: impl Fn(&serde_json::Value) -> (u16, serde_json::Value) + Send + Sync + 'static,
+    ) -> Webhook {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let handler: Handler = Arc::new(handler);
+        let listener =
+            runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("webhook binds");
+        let addr = listener.local_addr().expect("address");
+        let rec = Arc::clone(&received);
+        let app =
+            Router::new().fallback(post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+                let rec = Arc::clone(&rec);
+                let handler = Arc::clone(&handler);
+                async move {
+                    let (status, answer) = handler(&body);
+                    rec.lock().expect("lock").push(body);
+                    (
+                        axum::http::StatusCode::from_u16(status).expect("valid status"),
+                        axum::Json(answer),
+                    )
+                }
+            }));
+        runtime.spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Webhook { addr, received, runtime: Some(runtime) }
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    /// Every body received so far.
+    pub fn received(&self) -> Vec<serde_json::Value> {
+        self.received.lock().expect("lock").clone()
+    }
+
+    /// Wait (at most `timeout`) until `pred` holds for the bodies received.
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let until = Instant::now() + timeout;
+        loop {
+            let got = self.received();
+            if pred(&got) || Instant::now() > until {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(1));
+        }
+    }
+}

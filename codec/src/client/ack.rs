@@ -66,6 +66,8 @@ pub(crate) struct AckWindow {
     deadline: Option<Instant>,
     batch: u32,
     delay: Duration,
+    /// Most selective ids per `ACK`: 1,024, or fewer when the server's `max_frame` is small.
+    max_ids: usize,
 }
 
 impl AckWindow {
@@ -78,7 +80,16 @@ impl AckWindow {
             deadline: None,
             batch: batch.max(1),
             delay,
+            max_ids: MAX_SELECTIVE_IDS,
         }
+    }
+
+    /// Fit every `ACK` into `max_frame` bytes (the server's `AUTH_OK.max_frame`); at least
+    /// one selective id per `ACK` is always allowed, so draining always progresses.
+    pub(crate) fn fit_frame(&mut self, max_frame: u32) {
+        // Header (10) + count (2), then 8 bytes per id.
+        let room = (max_frame as usize).saturating_sub(crate::HEADER_LEN + 2) / 8;
+        self.max_ids = room.clamp(1, MAX_SELECTIVE_IDS);
     }
 
     /// Start over for a new connection: sequences restart at 1.
@@ -87,9 +98,11 @@ impl AckWindow {
         self.slots.clear();
         self.pending = 0;
         self.deadline = None;
+        self.max_ids = MAX_SELECTIVE_IDS;
     }
 
     /// Highest sequence processed contiguously.
+    #[cfg(test)]
     pub(crate) fn cumulative(&self) -> u32 {
         self.cumulative
     }
@@ -117,12 +130,7 @@ impl AckWindow {
         if expected != Some(seq) {
             return Err(OutOfSequence { expected });
         }
-        self.slots.push_back(Slot {
-            message_id,
-            ack_required,
-            processed: false,
-            reported: false,
-        });
+        self.slots.push_back(Slot { message_id, ack_required, processed: false, reported: false });
         if !ack_required {
             self.processed(seq, now);
         }
@@ -131,8 +139,7 @@ impl AckWindow {
 
     /// The application has processed push `seq`; `false` if it was unknown or already done.
     pub(crate) fn processed(&mut self, seq: u32, now: Instant) -> bool {
-        let Some(offset) = seq.checked_sub(self.cumulative).and_then(|d| d.checked_sub(1))
-        else {
+        let Some(offset) = seq.checked_sub(self.cumulative).and_then(|d| d.checked_sub(1)) else {
             return false;
         };
         let Some(slot) = self.slots.get_mut(offset as usize) else {
@@ -145,7 +152,8 @@ impl AckWindow {
         if slot.ack_required {
             self.pending = self.pending.saturating_add(1);
             if self.deadline.is_none() {
-                self.deadline = Some(now + self.delay);
+                // A delay too long for the clock means "only by batch or before a PING".
+                self.deadline = now.checked_add(self.delay);
             }
         }
         while self.slots.front().is_some_and(|s| s.processed) {
@@ -180,7 +188,7 @@ impl AckWindow {
             if !(slot.processed && slot.ack_required && !slot.reported) {
                 continue;
             }
-            if message_ids.len() < MAX_SELECTIVE_IDS {
+            if message_ids.len() < self.max_ids {
                 slot.reported = true;
                 message_ids.push(slot.message_id);
             } else {
@@ -189,10 +197,7 @@ impl AckWindow {
         }
         self.pending = left;
         self.deadline = (left > 0).then_some(now);
-        Some(Ack {
-            cumulative: self.cumulative,
-            message_ids,
-        })
+        Some(Ack { cumulative: self.cumulative, message_ids })
     }
 }
 
@@ -288,17 +293,42 @@ mod tests {
     }
 
     #[test]
+    fn small_server_frames_split_selective_ids() {
+        let (mut w, t) = window();
+        w.fit_frame(12 + 8 * 2);
+        for seq in 1..=6 {
+            w.on_push(seq, u64::from(seq), true, t).unwrap();
+        }
+        for seq in 2..=6 {
+            w.processed(seq, t);
+        }
+        assert_eq!(w.flush(t).unwrap().message_ids, vec![2, 3]);
+        assert_eq!(w.flush(t).unwrap().message_ids, vec![4, 5]);
+        assert_eq!(w.flush(t).unwrap().message_ids, vec![6]);
+        assert_eq!(w.flush(t), None);
+        w.fit_frame(0);
+        assert_eq!(w.max_ids, 1, "never zero");
+    }
+
+    #[test]
+    fn huge_delay_does_not_overflow_the_clock() {
+        let mut w = AckWindow::new(2, Duration::MAX);
+        let t = Instant::now();
+        w.on_push(1, 1, true, t).unwrap();
+        w.processed(1, t);
+        assert_eq!(w.deadline(), None);
+        assert_eq!(w.poll_ack(t), None);
+        w.on_push(2, 2, true, t).unwrap();
+        w.processed(2, t);
+        assert_eq!(w.poll_ack(t).unwrap().cumulative, 2, "the batch rule still applies");
+    }
+
+    #[test]
     fn sequence_must_be_previous_plus_one() {
         let (mut w, t) = window();
-        assert_eq!(
-            w.on_push(2, 0, true, t),
-            Err(OutOfSequence { expected: Some(1) })
-        );
+        assert_eq!(w.on_push(2, 0, true, t), Err(OutOfSequence { expected: Some(1) }));
         w.on_push(1, 0, true, t).unwrap();
-        assert_eq!(
-            w.on_push(1, 0, true, t),
-            Err(OutOfSequence { expected: Some(2) })
-        );
+        assert_eq!(w.on_push(1, 0, true, t), Err(OutOfSequence { expected: Some(2) }));
         w.reset();
         w.on_push(1, 0, true, t).unwrap();
     }

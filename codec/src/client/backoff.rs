@@ -22,10 +22,7 @@ pub struct BackoffConfig {
 
 impl Default for BackoffConfig {
     fn default() -> Self {
-        BackoffConfig {
-            base: Duration::from_millis(500),
-            cap: Duration::from_secs(30),
-        }
+        BackoffConfig { base: Duration::from_millis(500), cap: Duration::from_secs(30) }
     }
 }
 
@@ -48,11 +45,7 @@ pub struct Backoff {
 impl Backoff {
     /// A backoff at attempt 0 whose random draws are fixed by `seed`.
     pub fn new(config: BackoffConfig, seed: u64) -> Backoff {
-        Backoff {
-            config,
-            attempt: 0,
-            rng: SplitMix64::new(seed),
-        }
+        Backoff { config, attempt: 0, rng: SplitMix64::new(seed) }
     }
 
     /// The delay before the next attempt, uniform in `[0, window(n)]`; then `n += 1`.
@@ -93,10 +86,7 @@ mod tests {
         assert_eq!(c.window(6), Duration::from_secs(30));
         assert_eq!(c.window(1000), Duration::from_secs(30));
         assert_eq!(c.window(u32::MAX), Duration::from_secs(30));
-        let uncapped = BackoffConfig {
-            base: Duration::MAX,
-            cap: Duration::MAX,
-        };
+        let uncapped = BackoffConfig { base: Duration::MAX, cap: Duration::MAX };
         assert_eq!(uncapped.window(1000), Duration::MAX);
     }
 

@@ -3,13 +3,8 @@
 use std::time::Duration;
 
 use super::backoff::BackoffConfig;
-use crate::{PROTOCOL_VERSION, Platform};
-
-/// The largest `HELLO.token` a server accepts, in bytes (`docs/PROTOCOL.md` § Limits).
-pub const MAX_TOKEN_LEN: usize = 8192;
-
-/// The most versions one `HELLO` may offer.
-pub const MAX_VERSIONS: usize = 16;
+use crate::frame::{MAX_TOKEN, MAX_VERSIONS};
+use crate::{DEFAULT_MAX_FRAME, PROTOCOL_VERSION, Platform};
 
 /// The smallest inbound frame limit a session accepts, in bytes: room for any `AUTH_OK` and
 /// a useful `AUTH_FAIL` reason.
@@ -17,7 +12,7 @@ pub const MIN_MAX_FRAME: u32 = 256;
 
 /// Frame size limit before `AUTH_OK` announces the server's: "before `AUTH_OK` no larger than
 /// 65,536 bytes".
-pub(crate) const PRE_AUTH_MAX_FRAME: u32 = 65_536;
+pub(crate) const PRE_AUTH_MAX_FRAME: u32 = DEFAULT_MAX_FRAME;
 
 /// Configuration of a client [`Session`](super::Session); `Default` gives the spec's defaults
 /// and an empty token.
@@ -52,14 +47,16 @@ pub struct Config {
     /// (default 32, at least 1). Lower means more upstream frames; higher means more
     /// redelivery after a disconnect.
     pub ack_batch: u32,
-    /// Or once the oldest of them has waited this long (default 200 ms).
+    /// Or once the oldest of them has waited this long (default 200 ms). Zero acknowledges
+    /// every processed push at the next [`Session::handle_timeout`](super::Session::handle_timeout).
     pub ack_delay: Duration,
     /// The largest inbound frame (header + body) accepted, in bytes (default 65,536, at
     /// least 256). Larger frames close the connection with `FRAME_TOO_LARGE`. Costs up to
     /// this much buffer per connection while a frame arrives.
     pub max_frame: u32,
     /// How long to wait for `AUTH_OK` or `AUTH_FAIL` after connecting before giving up
-    /// (default 10 s, the server's own handshake deadline).
+    /// (default 10 s, the server's own handshake deadline; must be positive). Shorter
+    /// abandons slow-but-working networks; longer keeps a dead connect hanging.
     pub handshake_timeout: Duration,
     /// Reconnect backoff parameters (default base 500 ms, cap 30 s).
     pub backoff: BackoffConfig,
@@ -97,7 +94,7 @@ pub enum ConfigError {
     #[error("versions must have 1 to {MAX_VERSIONS} entries, not {0}")]
     VersionCount(usize),
     /// `token` is longer than 8,192 bytes.
-    #[error("token is {0} bytes; at most {MAX_TOKEN_LEN}")]
+    #[error("token is {0} bytes; at most {MAX_TOKEN}")]
     TokenTooLong(usize),
     /// `device_id` is longer than 255 bytes.
     #[error("device_id is {0} bytes; at most 255")]
@@ -163,7 +160,7 @@ impl Config {
 
 /// Check a token's length against the `HELLO` limit.
 pub(crate) fn validate_token(token: &str) -> Result<(), ConfigError> {
-    if token.len() > MAX_TOKEN_LEN {
+    if token.len() > MAX_TOKEN {
         return Err(ConfigError::TokenTooLong(token.len()));
     }
     Ok(())
@@ -181,31 +178,16 @@ mod tests {
             f(&mut c);
             c.validate()
         };
-        assert_eq!(
-            bad(|c| c.versions.clear()),
-            Err(ConfigError::VersionCount(0))
-        );
-        assert_eq!(
-            bad(|c| c.versions = vec![1; 17]),
-            Err(ConfigError::VersionCount(17))
-        );
-        assert_eq!(
-            bad(|c| c.token = "t".repeat(8193)),
-            Err(ConfigError::TokenTooLong(8193))
-        );
-        assert_eq!(
-            bad(|c| c.device_id = "d".repeat(256)),
-            Err(ConfigError::DeviceIdTooLong(256))
-        );
+        assert_eq!(bad(|c| c.versions.clear()), Err(ConfigError::VersionCount(0)));
+        assert_eq!(bad(|c| c.versions = vec![1; 17]), Err(ConfigError::VersionCount(17)));
+        assert_eq!(bad(|c| c.token = "t".repeat(8193)), Err(ConfigError::TokenTooLong(8193)));
+        assert_eq!(bad(|c| c.device_id = "d".repeat(256)), Err(ConfigError::DeviceIdTooLong(256)));
         assert_eq!(
             bad(|c| c.app_version = "v".repeat(256)),
             Err(ConfigError::AppVersionTooLong(256))
         );
         assert_eq!(bad(|c| c.ack_batch = 0), Err(ConfigError::ZeroAckBatch));
-        assert_eq!(
-            bad(|c| c.max_frame = 10),
-            Err(ConfigError::MaxFrameTooSmall(10))
-        );
+        assert_eq!(bad(|c| c.max_frame = 10), Err(ConfigError::MaxFrameTooSmall(10)));
         assert_eq!(
             bad(|c| c.handshake_timeout = Duration::ZERO),
             Err(ConfigError::ZeroHandshakeTimeout)

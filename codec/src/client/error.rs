@@ -2,14 +2,15 @@
 //! application's commands.
 
 use super::State;
-use crate::{Code, DecodeError};
+use crate::{Code, DecodeError, EncodeError};
 
 /// The server broke the protocol; the session has closed itself.
 ///
 /// Every variant maps to the code of the `ERROR` `FATAL` the session queued for the server
 /// ([`SessionError::code`]) and ends the connection with
-/// [`CloseReason::ProtocolViolation`](super::CloseReason::ProtocolViolation).
-#[derive(Debug, thiserror::Error)]
+/// [`CloseReason::ProtocolViolation`](super::CloseReason::ProtocolViolation); the application
+/// sees it in [`Event::ProtocolViolation`](super::Event::ProtocolViolation).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SessionError {
     /// The bytes are not a valid frame (malformed, too large, unknown critical type).
     #[error("undecodable frame from the server: {0}")]
@@ -66,4 +67,7 @@ pub enum SendError {
         /// The server's limit.
         max: u32,
     },
+    /// The frame cannot be encoded (a field outside its wire limits).
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
 }

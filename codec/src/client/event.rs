@@ -2,13 +2,16 @@
 
 use std::time::Duration;
 
+use super::error::SessionError;
 use super::reconnect::Reconnect;
 use crate::{AuthOk, Code, Push, UpstreamReply};
 
 /// Something the application should know, from [`Session::poll_event`].
 ///
 /// Every connection ends with exactly one [`Event::Closed`], always the last event of that
-/// connection; the events before it say why in detail.
+/// connection; the events before it ([`Event::AuthFailed`], [`Event::Kicked`],
+/// [`Event::Redirected`], a fatal [`Event::ServerError`], [`Event::ProtocolViolation`]) say
+/// why in detail.
 ///
 /// [`Session::poll_event`]: super::Session::poll_event
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,14 +73,22 @@ pub enum Event {
         /// The server closes the connection after it.
         fatal: bool,
     },
-    /// The connection is over: flush [`Session::poll_transmit`] once more, close the
-    /// transport, then ask [`Session::handle_closed`] what to do next.
+    /// The server broke the protocol; the session queued `ERROR` `FATAL` with
+    /// [`SessionError::code`]. A [`Event::Closed`] follows.
+    ProtocolViolation {
+        /// What the server did wrong.
+        error: SessionError,
+    },
+    /// The connection is over: write [`Session::poll_transmit`] once more, close the
+    /// transport, then follow `reconnect` (also kept in [`Session::reconnect`]).
     ///
     /// [`Session::poll_transmit`]: super::Session::poll_transmit
-    /// [`Session::handle_closed`]: super::Session::handle_closed
+    /// [`Session::reconnect`]: super::Session::reconnect
     Closed {
         /// Why.
         reason: CloseReason,
+        /// What to do next.
+        reconnect: Reconnect,
     },
 }
 
@@ -94,10 +105,18 @@ pub enum CloseReason {
     ServerError(Code),
     /// The server broke the protocol; the session queued `ERROR` `FATAL` with this code.
     ProtocolViolation(Code),
-    /// No frame arrived for `AUTH_OK.idle_timeout_ms`.
-    PeerSilent,
-    /// No `AUTH_OK` or `AUTH_FAIL` within [`Config::handshake_timeout`](super::Config).
+    /// No frame arrived for `AUTH_OK.idle_timeout_ms` (the spec's `IDLE_TIMEOUT`, 109).
+    IdleTimeout,
+    /// No `AUTH_OK` or `AUTH_FAIL` within
+    /// [`Config::handshake_timeout`](super::Config::handshake_timeout).
     HandshakeTimeout,
-    /// The transport closed without the server saying why.
+    /// The transport closed without the server saying why
+    /// ([`Session::transport_closed`](super::Session::transport_closed)).
     TransportClosed,
+    /// The transport could not be opened
+    /// ([`Session::connect_failed`](super::Session::connect_failed)).
+    ConnectFailed,
+    /// The application closed the connection on purpose
+    /// ([`Session::close`](super::Session::close)); no automatic reconnect.
+    Local,
 }

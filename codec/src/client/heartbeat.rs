@@ -87,12 +87,12 @@ impl Heartbeat {
 
     /// When the next `PING` is due, if heartbeats are running.
     pub(crate) fn ping_deadline(&self) -> Option<Instant> {
-        self.interval.map(|i| self.last_sent + i)
+        self.interval.and_then(|i| self.last_sent.checked_add(i))
     }
 
     /// When the peer counts as silent, if an idle timeout was granted.
     pub(crate) fn idle_deadline(&self) -> Option<Instant> {
-        self.idle_timeout.map(|t| self.last_received + t)
+        self.idle_timeout.and_then(|t| self.last_received.checked_add(t))
     }
 
     /// A new `PING` sent at `now`, with a timestamp; remembered for the round-trip time.
@@ -101,10 +101,7 @@ impl Heartbeat {
         self.next_ping_id = self.next_ping_id.wrapping_add(1).max(1);
         self.outstanding = Some((id, now));
         let millis = now.saturating_duration_since(self.epoch).as_millis();
-        Ping {
-            id,
-            timestamp: Some(u64::try_from(millis).unwrap_or(u64::MAX)),
-        }
+        Ping { id, timestamp: Some(u64::try_from(millis).unwrap_or(u64::MAX)) }
     }
 
     /// A `PONG` with `id` arrived at `now`: the round-trip time if it answers our latest `PING`.

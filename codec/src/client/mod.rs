@@ -1,1 +1,594 @@
-//! The client side of the protocol as a sans-IO state machine (work in progress).
+//! The client side of the protocol as a sans-IO state machine: [`Session`].
+//!
+//! A [`Session`] speaks `docs/PROTOCOL.md` for one client across any number of successive
+//! connections. It owns no socket and reads no clock: the caller feeds it what happened
+//! (bytes arrived, a transport opened or died, time passed, the application finished with a
+//! push) and drains what it wants done (bytes to write, the next deadline, events).
+//!
+//! # How the pieces fit
+//!
+//! - [`Session`] (this file): the connection state machine ([`State`]), the inbound decoder
+//!   buffer and the outbound byte queue; it routes each decoded frame to the parts below.
+//! - `heartbeat.rs`: when the next `PING` is due (one granted interval after the last frame
+//!   *sent*), when the server counts as silent (idle timeout after the last frame
+//!   *received*), and the round-trip time of the latest `PING`.
+//! - `ack.rs`: the acknowledgement window, cumulative by sequence plus selective message
+//!   ids for pushes processed out of order, and when a batched `ACK` is due.
+//! - `reconnect.rs`: what a `KICK` or `AUTH_FAIL` code means for reconnecting
+//!   ([`Reconnect`]); `backoff.rs`: capped exponential backoff with full jitter
+//!   ([`Backoff`]); `rng.rs`: the seeded generator behind every jitter.
+//! - [`Config`] (`config.rs`), [`Event`] and [`CloseReason`] (`event.rs`), [`SendError`]
+//!   and [`SessionError`] (`error.rs`): what goes in and comes out.
+//!
+//! # Driving a session
+//!
+//! ```text
+//! let mut s = Session::new(config, now)?;
+//! loop {
+//!     open a transport to the gateway;
+//!     on failure: s.connect_failed(now), wait s.reconnect().delay(), retry
+//!     s.connect(now);                              // queues HELLO
+//!     loop {
+//!         while let Some(b) = s.poll_transmit() { write b }
+//!         while let Some(e) = s.poll_event() { handle e }
+//!         if s.state() == State::Closed { break }
+//!         wait for: readable bytes | s.poll_timeout() | an application command
+//!         bytes   => s.receive(&bytes, now)         // EOF => s.transport_closed(now)
+//!         timeout => s.handle_timeout(now)
+//!         command => s.send_upstream(..) / s.processed(seq, now)
+//!     }
+//!     close the transport; follow s.reconnect()  // Never / NewToken / After { delay, .. }
+//! }
+//! ```
+//!
+//! Every connection ends with exactly one [`Event::Closed`]. After it the session ignores
+//! inbound bytes until the next [`Session::connect`]; the bytes still queued (a fatal
+//! `ERROR` the session sent about a protocol violation) should be written before the
+//! transport is closed.
+
+mod ack;
+mod backoff;
+mod config;
+mod error;
+mod event;
+mod heartbeat;
+mod reconnect;
+mod rng;
+#[cfg(test)]
+mod tests;
+
+pub use backoff::{Backoff, BackoffConfig};
+pub use config::{Config, ConfigError, MIN_MAX_FRAME};
+pub use error::{SendError, SessionError};
+pub use event::{CloseReason, Event};
+pub use reconnect::Reconnect;
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::frame::HEADER_LEN;
+use crate::{
+    AuthOk, DEFAULT_MAX_FRAME, EncodeError, ErrorFrame, Frame, Hello, Ping, Push, Upstream, decode,
+};
+use ack::AckWindow;
+use heartbeat::Heartbeat;
+use reconnect::Policy;
+use rng::SplitMix64;
+
+/// Where the session's current connection stands (`docs/PROTOCOL.md` § Connection state
+/// machine, client side).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum State {
+    /// Created; no transport has been opened yet.
+    Idle,
+    /// `HELLO` queued; waiting for `AUTH_OK` or `AUTH_FAIL`.
+    AwaitAuth,
+    /// `AUTH_OK` arrived; frames flow both ways.
+    Established,
+    /// The connection is over; [`Session::reconnect`] says what to do next.
+    Closed,
+}
+
+/// A client session: the protocol state of one client across successive connections.
+///
+/// # Calling contract
+///
+/// - Call [`connect`](Session::connect) each time a transport is up, then feed every byte
+///   read from it to [`receive`](Session::receive), in order, in any split.
+/// - After every input (`connect`, `receive`, `handle_timeout`, `processed`,
+///   `send_upstream`, `transport_closed`) drain [`poll_transmit`](Session::poll_transmit)
+///   into the transport and [`poll_event`](Session::poll_event) into the application, then
+///   re-arm one timer at [`poll_timeout`](Session::poll_timeout).
+/// - When that timer fires, call [`handle_timeout`](Session::handle_timeout). Calling it
+///   early or late is harmless: it acts on what is due at the `now` it is given.
+/// - When the transport dies call [`transport_closed`](Session::transport_closed); when one
+///   cannot be opened call [`connect_failed`](Session::connect_failed). Either way, and after
+///   a `KICK`, `REDIRECT` or `AUTH_FAIL`, [`reconnect`](Session::reconnect) (also carried by
+///   [`Event::Closed`]) says whether and when to try again.
+///
+/// `now` must come from one monotonic clock; a `now` earlier than a previous one is
+/// tolerated (timers do not move backwards) but not meaningful. No input panics.
+#[derive(Debug)]
+pub struct Session {
+    config: Config,
+    state: State,
+    /// Inbound bytes not yet decoded into a whole frame.
+    inbound: BytesMut,
+    /// Encoded frames not yet handed to [`Session::poll_transmit`].
+    outbound: BytesMut,
+    events: VecDeque<Event>,
+    heartbeat: Heartbeat,
+    acks: AckWindow,
+    backoff: Backoff,
+    /// Redirect jitter; the backoff draws from its own generator.
+    rng: SplitMix64,
+    /// The current connection's `AUTH_OK`; kept after it closes until the next `connect`.
+    auth: Option<AuthOk>,
+    /// `HELLO.resume_session` of the next connection.
+    resume_session: u64,
+    /// When the current transport came up.
+    connected_at: Instant,
+    /// When the current connection has been established for one heartbeat interval: a
+    /// close at or after it resets the backoff.
+    stable_at: Option<Instant>,
+    /// The advice computed when the latest connection ended.
+    reconnect: Reconnect,
+    /// The latest `now` any input was given; the time of sends that take no `now`.
+    last_now: Instant,
+}
+
+impl Session {
+    /// A session in [`State::Idle`], after checking `config` ([`Config::validate`]).
+    pub fn new(config: Config, now: Instant) -> Result<Session, ConfigError> {
+        config.validate()?;
+        let mut rng = SplitMix64::new(config.seed);
+        let backoff = Backoff::new(config.backoff, rng.next_u64());
+        Ok(Session {
+            state: State::Idle,
+            inbound: BytesMut::new(),
+            outbound: BytesMut::new(),
+            events: VecDeque::new(),
+            heartbeat: Heartbeat::new(now, now),
+            acks: AckWindow::new(config.ack_batch, config.ack_delay),
+            backoff,
+            rng,
+            auth: None,
+            resume_session: config.resume_session,
+            connected_at: now,
+            stable_at: None,
+            reconnect: Reconnect::After { delay: Duration::ZERO, addresses: Vec::new() },
+            last_now: now,
+            config,
+        })
+    }
+
+    // ----- inputs -----------------------------------------------------------------------
+
+    /// A new transport is up: queue `HELLO` and wait for `AUTH_OK` ([`State::AwaitAuth`]).
+    ///
+    /// Everything about the previous connection is dropped: undecoded input, unsent output,
+    /// unacknowledged pushes (the server redelivers them). `HELLO.resume_session` carries the
+    /// `session_id` of the last `AUTH_OK`, if any. Calling this while a connection is still
+    /// open first ends that one as [`CloseReason::TransportClosed`].
+    pub fn connect(&mut self, now: Instant) {
+        self.tick(now);
+        if self.is_open() {
+            self.close_with(CloseReason::TransportClosed, Policy::Backoff, now);
+        }
+        self.state = State::AwaitAuth;
+        self.inbound.clear();
+        self.outbound.clear();
+        self.auth = None;
+        self.acks.reset();
+        self.heartbeat.reset(now);
+        self.connected_at = now;
+        self.stable_at = None;
+        let hello = Hello {
+            versions: self.config.versions.clone(),
+            capabilities: self.config.capabilities,
+            heartbeat_ms: self.config.heartbeat_wish_ms(),
+            platform: self.config.platform,
+            resume_session: self.resume_session,
+            token: self.config.token.clone(),
+            device_id: self.config.device_id.clone(),
+            app_version: self.config.app_version.clone(),
+        };
+        self.queue_own(&Frame::Hello(hello), now);
+    }
+
+    /// Bytes read from the transport, in order and in any split.
+    ///
+    /// Decodes every whole frame, answers what needs answering (`PONG`, due `ACK`s) and
+    /// queues events. Bytes that are not a valid frame, or a frame the client does not
+    /// accept in the current state, queue `ERROR` `FATAL` and close the connection
+    /// ([`Event::ProtocolViolation`], then [`Event::Closed`]). Ignored unless connected.
+    pub fn receive(&mut self, bytes: &[u8], now: Instant) {
+        self.tick(now);
+        if !self.is_open() {
+            return;
+        }
+        self.inbound.extend_from_slice(bytes);
+        while self.is_open() {
+            match decode(&mut self.inbound, self.config.max_frame) {
+                Ok(None) => break,
+                Ok(Some(frame)) => {
+                    // "Any complete inbound frame counts as liveness."
+                    self.heartbeat.on_received(now);
+                    if let Err(error) = self.on_frame(frame, now) {
+                        self.violation(error, now);
+                    }
+                }
+                Err(error) => self.violation(SessionError::Decode(error), now),
+            }
+        }
+    }
+
+    /// Time has passed: send a due `PING` (after flushing any pending `ACK`), send a due
+    /// batched `ACK`, or close on a handshake or idle timeout.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.tick(now);
+        match self.state {
+            State::AwaitAuth => {
+                if self.handshake_deadline().is_some_and(|d| d <= now) {
+                    self.close_with(CloseReason::HandshakeTimeout, Policy::Backoff, now);
+                }
+            }
+            State::Established => {
+                if self.heartbeat.idle_deadline().is_some_and(|d| d <= now) {
+                    // "A client SHOULD treat a connection as dead when no frame ... has
+                    // arrived for idle_timeout_ms and reconnect."
+                    self.close_with(CloseReason::IdleTimeout, Policy::Backoff, now);
+                    return;
+                }
+                if self.heartbeat.ping_deadline().is_some_and(|d| d <= now) {
+                    // "... one ACK after at most 32 pushes or 200 ms, ... and always before
+                    // its next PING."
+                    while let Some(ack) = self.acks.flush(now) {
+                        self.queue_own(&Frame::Ack(ack), now);
+                    }
+                    let ping = self.heartbeat.make_ping(now);
+                    self.queue_own(&Frame::Ping(ping), now);
+                }
+                self.send_due_acks(now);
+            }
+            State::Idle | State::Closed => {}
+        }
+    }
+
+    /// The application has finished with push `seq` of the current connection, so it may be
+    /// acknowledged (needed only with [`Config::auto_ack`] off).
+    ///
+    /// Unknown, repeated or stale sequences are ignored. Do not report a push of a connection
+    /// that has since closed: sequences restart at 1 on every connection, and the server
+    /// redelivers whatever was not acknowledged anyway.
+    pub fn processed(&mut self, seq: u32, now: Instant) {
+        self.tick(now);
+        if self.state == State::Established && self.acks.processed(seq, now) {
+            self.send_due_acks(now);
+        }
+    }
+
+    /// Queue an `UPSTREAM` request; `request_id` 0 asks for no reply.
+    ///
+    /// Only in [`State::Established`]; the frame must fit the server's `AUTH_OK.max_frame`.
+    /// On error nothing is queued.
+    pub fn send_upstream(
+        &mut self,
+        request_id: u32,
+        route: &str,
+        payload: Bytes,
+    ) -> Result<(), SendError> {
+        if self.state != State::Established {
+            return Err(SendError::NotEstablished(self.state));
+        }
+        if route.len() > usize::from(u8::MAX) {
+            return Err(SendError::RouteTooLong(route.len()));
+        }
+        // Header, str8 route, rest payload.
+        let size = HEADER_LEN + 1 + route.len() + payload.len();
+        let max = self.auth.as_ref().map_or(DEFAULT_MAX_FRAME, |a| a.max_frame);
+        if size > max as usize {
+            return Err(SendError::FrameTooLarge { size, max });
+        }
+        let frame = Frame::Upstream(Upstream { request_id, route: route.to_owned(), payload });
+        // No `now` here: the send counts from the latest input's time, which restarts the
+        // heartbeat timer a little early at worst (a PING slightly sooner, never later).
+        self.queue(&frame, self.last_now)?;
+        Ok(())
+    }
+
+    /// The transport died (EOF, reset, write error): close the connection, if still open,
+    /// as [`CloseReason::TransportClosed`] and draw a backoff delay. Idempotent.
+    pub fn transport_closed(&mut self, now: Instant) {
+        self.tick(now);
+        if self.is_open() {
+            self.close_with(CloseReason::TransportClosed, Policy::Backoff, now);
+        }
+    }
+
+    /// A transport could not be opened: counts as a failed attempt, draws the next backoff
+    /// delay and emits [`Event::Closed`] with [`CloseReason::ConnectFailed`].
+    ///
+    /// If a connection is open, this is [`Session::transport_closed`].
+    pub fn connect_failed(&mut self, now: Instant) {
+        self.tick(now);
+        if self.is_open() {
+            self.transport_closed(now);
+        } else {
+            self.close_with(CloseReason::ConnectFailed, Policy::Backoff, now);
+        }
+    }
+
+    /// The application closes the connection on purpose (logout): [`CloseReason::Local`],
+    /// [`Reconnect::Never`]. Close the transport after draining the events.
+    pub fn close(&mut self) {
+        if self.is_open() {
+            self.stable_at = None;
+            self.finish(CloseReason::Local, Reconnect::Never);
+        }
+    }
+
+    /// Replace the token for the next `HELLO` (after [`Reconnect::NewToken`]).
+    pub fn set_token(&mut self, token: impl Into<String>) -> Result<(), ConfigError> {
+        let token = token.into();
+        config::validate_token(&token)?;
+        self.config.token = token;
+        Ok(())
+    }
+
+    // ----- outputs ----------------------------------------------------------------------
+
+    /// Every byte queued for the transport since the last call, as one buffer, or `None`.
+    ///
+    /// Write all of it, in order, before the next call's bytes.
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        if self.outbound.is_empty() { None } else { Some(self.outbound.split().freeze()) }
+    }
+
+    /// The next event for the application, oldest first.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Session::handle_timeout`] must be called next: the handshake deadline, the
+    /// next `PING`, a batched `ACK` or the idle timeout, whichever is first; `None` when no
+    /// connection is open.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::AwaitAuth => self.handshake_deadline(),
+            State::Established => [
+                self.heartbeat.ping_deadline(),
+                self.heartbeat.idle_deadline(),
+                self.acks.deadline(),
+            ]
+            .into_iter()
+            .flatten()
+            .min(),
+            State::Idle | State::Closed => None,
+        }
+    }
+
+    /// The current connection state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The `AUTH_OK` of the current (or just-closed) connection.
+    pub fn auth(&self) -> Option<&AuthOk> {
+        self.auth.as_ref()
+    }
+
+    /// The latest round-trip time measured with a `PING`, kept across connections as a hint.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.heartbeat.rtt()
+    }
+
+    /// What to do after the latest connection ended; "connect now" before the first one.
+    pub fn reconnect(&self) -> Reconnect {
+        self.reconnect.clone()
+    }
+
+    /// The configuration in force (with the latest [`Session::set_token`]).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The `session_id` the next `HELLO` asks to resume (0 for none).
+    pub fn resume_session(&self) -> u64 {
+        self.resume_session
+    }
+
+    // ----- frames -----------------------------------------------------------------------
+
+    /// Act on one decoded frame; an `Err` is a protocol violation by the server.
+    fn on_frame(&mut self, frame: Frame, now: Instant) -> Result<(), SessionError> {
+        let kind = frame.kind();
+        let unexpected = |state| SessionError::UnexpectedFrame { kind, state };
+        match (self.state, frame) {
+            // "Types 0x80–0xFF are extensions: a receiver that does not know one MUST skip
+            // the frame."
+            (_, Frame::Extension(_)) => {}
+            (State::AwaitAuth, Frame::AuthOk(auth)) => self.on_auth_ok(auth, now)?,
+            (State::AwaitAuth, Frame::AuthFail(fail)) => {
+                let reconnect = self.decide(reconnect::after_auth_fail(fail.code), now);
+                self.events.push_back(Event::AuthFailed {
+                    code: fail.code,
+                    reason: fail.reason,
+                    reconnect: reconnect.clone(),
+                });
+                self.finish(CloseReason::AuthFailed(fail.code), reconnect);
+            }
+            (State::AwaitAuth | State::Established, Frame::Error(error)) => {
+                self.on_error(error, now)
+            }
+            // "A client MUST answer a PING with a PONG if one arrives", echoing id and body.
+            (State::Established, Frame::Ping(ping)) => self.queue_own(&Frame::Pong(ping), now),
+            (State::Established, Frame::Pong(Ping { id, .. })) => {
+                let rtt = self.heartbeat.on_pong(id, now);
+                self.events.push_back(Event::Pong { id, rtt });
+            }
+            (State::Established, Frame::Push(push)) => self.on_push(push, now)?,
+            (State::Established, Frame::UpstreamReply(reply)) => {
+                self.events.push_back(Event::UpstreamReply(reply));
+            }
+            (State::Established, Frame::Kick(kick)) => {
+                let reconnect = self.decide(reconnect::after_kick(kick.code), now);
+                self.events.push_back(Event::Kicked {
+                    code: kick.code,
+                    reason: kick.reason,
+                    reconnect: reconnect.clone(),
+                });
+                self.finish(CloseReason::Kicked(kick.code), reconnect);
+            }
+            (State::Established, Frame::Redirect(redirect)) => {
+                // "A redirect is not a failure: the client's reconnect backoff is reset, not
+                // increased." Wait delay_ms + uniform(0, jitter_ms).
+                self.stable_at = None;
+                self.backoff.reset();
+                let jitter = self.rng.duration_up_to(ms(redirect.jitter_ms));
+                let delay = ms(redirect.delay_ms).saturating_add(jitter);
+                let reconnect = Reconnect::After { delay, addresses: redirect.addresses };
+                self.events.push_back(Event::Redirected {
+                    code: redirect.code,
+                    reconnect: reconnect.clone(),
+                });
+                self.finish(CloseReason::Redirected(redirect.code), reconnect);
+            }
+            // PING/PONG/PUSH/... before AUTH_OK, AUTH_OK twice, client-to-server types.
+            (state, _) => return Err(unexpected(state)),
+        }
+        Ok(())
+    }
+
+    /// `AUTH_OK`: adopt the granted parameters and become [`State::Established`].
+    fn on_auth_ok(&mut self, auth: AuthOk, now: Instant) -> Result<(), SessionError> {
+        // "The server picks the first entry in the client's list that it also speaks."
+        if !self.config.versions.contains(&auth.version) {
+            return Err(SessionError::VersionNotOffered(auth.version));
+        }
+        self.heartbeat.grant(auth.heartbeat_ms, auth.idle_timeout_ms);
+        self.acks.fit_frame(auth.max_frame);
+        // "The attempt counter resets once a connection reaches ESTABLISHED and stays up for
+        // one heartbeat interval."
+        self.stable_at = self.heartbeat.interval().and_then(|i| now.checked_add(i));
+        if auth.session_id != 0 {
+            self.resume_session = auth.session_id;
+        }
+        self.state = State::Established;
+        self.auth = Some(auth.clone());
+        self.events.push_back(Event::Authenticated(auth));
+        Ok(())
+    }
+
+    /// `PUSH`: check its sequence, hand it out, acknowledge per the batching policy.
+    fn on_push(&mut self, push: Push, now: Instant) -> Result<(), SessionError> {
+        let seq = push.seq;
+        self.acks
+            .on_push(seq, push.message_id, push.ack_required, now)
+            .map_err(|e| SessionError::PushSequence { got: seq, expected: e.expected })?;
+        self.events.push_back(Event::Push(push));
+        if self.config.auto_ack {
+            self.acks.processed(seq, now);
+        }
+        self.send_due_acks(now);
+        Ok(())
+    }
+
+    /// `ERROR`: about one request, or (fatal) about the connection.
+    fn on_error(&mut self, error: ErrorFrame, now: Instant) {
+        let ErrorFrame { request_id, fatal, code, message } = error;
+        if fatal {
+            self.events.push_back(Event::ServerError { code, message, fatal });
+            self.close_with(CloseReason::ServerError(code), Policy::Backoff, now);
+        } else if request_id != 0 {
+            self.events.push_back(Event::UpstreamError { request_id, code, message });
+        } else {
+            self.events.push_back(Event::ServerError { code, message, fatal });
+        }
+    }
+
+    /// The server broke the protocol: queue `ERROR` `FATAL` and close.
+    fn violation(&mut self, error: SessionError, now: Instant) {
+        let code = error.code();
+        let frame = ErrorFrame { request_id: 0, fatal: true, code, message: error.to_string() };
+        self.queue_own(&Frame::Error(frame), now);
+        self.events.push_back(Event::ProtocolViolation { error });
+        self.close_with(CloseReason::ProtocolViolation(code), Policy::Backoff, now);
+    }
+
+    // ----- closing ----------------------------------------------------------------------
+
+    /// Turn a policy into advice, drawing a backoff delay where one is needed.
+    fn decide(&mut self, policy: Policy, now: Instant) -> Reconnect {
+        if self.stable_at.take().is_some_and(|t| t <= now) {
+            self.backoff.reset();
+        }
+        match policy {
+            Policy::Never => Reconnect::Never,
+            Policy::NewToken => Reconnect::NewToken { delay: self.backoff.next_delay() },
+            Policy::Backoff => {
+                Reconnect::After { delay: self.backoff.next_delay(), addresses: Vec::new() }
+            }
+        }
+    }
+
+    /// Close for `reason` with the advice of `policy`.
+    fn close_with(&mut self, reason: CloseReason, policy: Policy, now: Instant) {
+        let reconnect = self.decide(policy, now);
+        self.finish(reason, reconnect);
+    }
+
+    /// Enter [`State::Closed`] and emit the connection's one [`Event::Closed`].
+    fn finish(&mut self, reason: CloseReason, reconnect: Reconnect) {
+        self.state = State::Closed;
+        // "CLOSING: input is read and discarded until the close."
+        self.inbound.clear();
+        self.reconnect = reconnect.clone();
+        self.events.push_back(Event::Closed { reason, reconnect });
+    }
+
+    // ----- helpers ----------------------------------------------------------------------
+
+    /// Remember the latest `now` (for sends that take none).
+    fn tick(&mut self, now: Instant) {
+        self.last_now = self.last_now.max(now);
+    }
+
+    /// A transport is up and the connection has not ended.
+    fn is_open(&self) -> bool {
+        matches!(self.state, State::AwaitAuth | State::Established)
+    }
+
+    fn handshake_deadline(&self) -> Option<Instant> {
+        self.connected_at.checked_add(self.config.handshake_timeout)
+    }
+
+    /// Send every `ACK` the batch and delay rules make due.
+    fn send_due_acks(&mut self, now: Instant) {
+        while let Some(ack) = self.acks.poll_ack(now) {
+            self.queue_own(&Frame::Ack(ack), now);
+        }
+    }
+
+    /// Append `frame` to the outbound queue; any frame sent restarts the heartbeat timer.
+    fn queue(&mut self, frame: &Frame, now: Instant) -> Result<(), EncodeError> {
+        frame.encode(&mut self.outbound)?;
+        self.heartbeat.on_sent(now);
+        Ok(())
+    }
+
+    /// [`Session::queue`] for frames the session builds itself within every wire limit
+    /// (`HELLO` from a validated config, `ACK` of at most 1,024 ids, `PING`/`PONG`, `ERROR`
+    /// with a short message), so encoding cannot fail; were it to, nothing is queued.
+    fn queue_own(&mut self, frame: &Frame, now: Instant) {
+        // Unreachable by construction; on error nothing was written, the safe fallback.
+        let _ = self.queue(frame, now);
+    }
+}
+
+/// A `u32` millisecond count from the wire as a [`Duration`].
+fn ms(millis: u32) -> Duration {
+    Duration::from_millis(u64::from(millis))
+}

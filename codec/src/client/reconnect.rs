@@ -1,8 +1,10 @@
 //! What a client does after a connection ends (`docs/PROTOCOL.md` § Kick and redirect,
 //! § Reconnecting).
 //!
-//! The decision depends only on how the connection ended; the session turns
-//! [`Policy::Backoff`] into a concrete jittered delay from its [`Backoff`](super::Backoff).
+//! The decision depends only on how the connection ended; the session turns a [`Policy`]
+//! into a [`Reconnect`] with a concrete jittered delay from its [`Backoff`](super::Backoff).
+//! A redirect bypasses the policy: its delay comes from the `REDIRECT` frame and it resets
+//! the backoff.
 
 use std::time::Duration;
 
@@ -13,10 +15,15 @@ use crate::Code;
 pub enum Reconnect {
     /// Do not reconnect automatically (banned, logged in elsewhere, bad credentials, ...).
     Never,
-    /// Get a new token from the business backend ([`Session::set_token`]), then reconnect.
+    /// Get a new token from the business backend ([`Session::set_token`]), then reconnect
+    /// no sooner than `delay` (a backoff delay, so a server that keeps refusing fresh tokens
+    /// is not hammered).
     ///
     /// [`Session::set_token`]: super::Session::set_token
-    NewTokenThenRetry,
+    NewToken {
+        /// How long to wait before connecting with the new token.
+        delay: Duration,
+    },
     /// Wait `delay`, then connect to the first reachable of `addresses`, in order, or ask
     /// the scheduler when the list is empty or all fail.
     After {
@@ -27,12 +34,22 @@ pub enum Reconnect {
     },
 }
 
+impl Reconnect {
+    /// How long to wait before reconnecting, or `None` for [`Reconnect::Never`].
+    pub fn delay(&self) -> Option<Duration> {
+        match self {
+            Reconnect::Never => None,
+            Reconnect::NewToken { delay } | Reconnect::After { delay, .. } => Some(*delay),
+        }
+    }
+}
+
 /// The decision before a delay is drawn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Policy {
     /// [`Reconnect::Never`].
     Never,
-    /// [`Reconnect::NewTokenThenRetry`].
+    /// [`Reconnect::NewToken`] with a backoff delay.
     NewToken,
     /// [`Reconnect::After`] with a backoff delay and no addresses.
     Backoff,
@@ -60,6 +77,8 @@ pub(crate) fn after_kick(code: Code) -> Policy {
 /// > A client that was told `TOKEN_EXPIRED` (202, in `AUTH_FAIL`) ... gets a new token
 /// > before retrying; after `BANNED` or `INVALID_TOKEN` it does not retry with the same token.
 ///
+/// `INVALID_TOKEN` is `Never` rather than `NewToken`: a backend that issued a token the
+/// gateway rejects will likely issue another, and only the application can tell.
 /// `TOKEN_MISSING`, `CLAIM_MISMATCH` and `UNSUPPORTED_VERSION` cannot succeed on a retry
 /// either, so they are `Never`. `TOKEN_NOT_YET_VALID` (clock skew), `OVERLOADED` and anything
 /// else retry with backoff.
@@ -97,6 +116,7 @@ mod tests {
             Code::TOKEN_MISSING,
             Code::CLAIM_MISMATCH,
             Code::UNSUPPORTED_VERSION,
+            Code::BANNED,
         ] {
             assert_eq!(after_auth_fail(never), Policy::Never, "{never}");
         }

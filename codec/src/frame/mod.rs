@@ -436,9 +436,7 @@ impl Frame {
             FrameType::Push => Frame::Push(Push::read_body(head.id, head.flags, r)?),
             FrameType::Ack => Frame::Ack(Ack::read_body(head.id, r)?),
             FrameType::Upstream => Frame::Upstream(Upstream::read_body(head.id, r)?),
-            FrameType::UpstreamReply => {
-                Frame::UpstreamReply(UpstreamReply::read_body(head.id, r)?)
-            }
+            FrameType::UpstreamReply => Frame::UpstreamReply(UpstreamReply::read_body(head.id, r)?),
             FrameType::Kick => Frame::Kick(Kick::read_body(r)?),
             FrameType::Redirect => Frame::Redirect(Redirect::read_body(r)?),
             FrameType::Error => Frame::Error(ErrorFrame::read_body(head.id, head.flags, r)?),

@@ -1,0 +1,858 @@
+//! Session tests: a conversation with a scripted server on a virtual clock.
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use super::rng::SplitMix64;
+use super::*;
+use crate::{
+    Ack, AuthFail, Code, DEFAULT_MAX_FRAME, Extension, Kick, Platform, Redirect, UpstreamReply,
+    encode,
+};
+
+/// A session plus a virtual clock: `at(ms)` is the base instant plus `ms` milliseconds.
+struct Harness {
+    s: Session,
+    t0: Instant,
+}
+
+fn config() -> Config {
+    Config {
+        token: "tok".into(),
+        device_id: "dev-1".into(),
+        app_version: "5.2.1".into(),
+        platform: Platform::Android,
+        heartbeat_wish: Duration::from_secs(60),
+        seed: 7,
+        ..Config::default()
+    }
+}
+
+/// What the test server grants unless a test says otherwise.
+fn auth_ok() -> AuthOk {
+    AuthOk {
+        resumed: false,
+        version: 1,
+        capabilities: 0,
+        conn_id: 0xABCD,
+        session_id: 77,
+        heartbeat_ms: 10_000,
+        idle_timeout_ms: 30_000,
+        max_frame: DEFAULT_MAX_FRAME,
+        server_time_ms: 1_700_000_000_000,
+    }
+}
+
+fn bytes_of(frames: &[Frame]) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    for f in frames {
+        encode(f, &mut out).unwrap();
+    }
+    out.to_vec()
+}
+
+fn push(seq: u32, ack_required: bool) -> Frame {
+    Frame::Push(Push {
+        seq,
+        ack_required,
+        message_id: 1000 + u64::from(seq),
+        topic: "chat.msg".into(),
+        payload: Bytes::from_static(b"hi"),
+    })
+}
+
+impl Harness {
+    fn new(config: Config) -> Harness {
+        let t0 = Instant::now();
+        Harness { s: Session::new(config, t0).unwrap(), t0 }
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.t0 + Duration::from_millis(ms)
+    }
+
+    /// Connected at `ms` and established with `auth`; HELLO and the events drained.
+    fn established_with(config: Config, auth: AuthOk) -> Harness {
+        let mut h = Harness::new(config);
+        h.s.connect(h.at(0));
+        h.sent();
+        h.feed(&[Frame::AuthOk(auth)], 0);
+        assert_eq!(h.s.state(), State::Established);
+        h.events();
+        h
+    }
+
+    fn established() -> Harness {
+        Harness::established_with(config(), auth_ok())
+    }
+
+    fn feed(&mut self, frames: &[Frame], ms: u64) {
+        let now = self.at(ms);
+        self.s.receive(&bytes_of(frames), now);
+    }
+
+    fn tick(&mut self, ms: u64) {
+        let now = self.at(ms);
+        self.s.handle_timeout(now);
+    }
+
+    /// Every frame the session queued since the last call, decoded.
+    fn sent(&mut self) -> Vec<Frame> {
+        let mut buf = BytesMut::new();
+        while let Some(b) = self.s.poll_transmit() {
+            buf.extend_from_slice(&b);
+        }
+        let mut frames = Vec::new();
+        while let Some(f) = decode(&mut buf, DEFAULT_MAX_FRAME).unwrap() {
+            frames.push(f);
+        }
+        assert!(buf.is_empty(), "partial frame queued");
+        frames
+    }
+
+    fn events(&mut self) -> Vec<Event> {
+        std::iter::from_fn(|| self.s.poll_event()).collect()
+    }
+
+    fn closed_reason(&mut self) -> (CloseReason, Reconnect) {
+        assert_eq!(self.s.state(), State::Closed);
+        match self.events().pop() {
+            Some(Event::Closed { reason, reconnect }) => (reason, reconnect),
+            other => panic!("last event is not Closed: {other:?}"),
+        }
+    }
+}
+
+// ----- handshake ---------------------------------------------------------------------------
+
+#[test]
+fn handshake_against_hand_built_auth_ok() {
+    let mut h = Harness::new(config());
+    assert_eq!(h.s.state(), State::Idle);
+    assert_eq!(h.s.poll_timeout(), None);
+    assert_eq!(h.s.reconnect(), Reconnect::After { delay: Duration::ZERO, addresses: vec![] });
+
+    h.s.connect(h.at(0));
+    assert_eq!(h.s.state(), State::AwaitAuth);
+    let hello = Hello {
+        versions: vec![1],
+        capabilities: 0,
+        heartbeat_ms: 60_000,
+        platform: Platform::Android,
+        resume_session: 0,
+        token: "tok".into(),
+        device_id: "dev-1".into(),
+        app_version: "5.2.1".into(),
+    };
+    assert_eq!(h.sent(), vec![Frame::Hello(hello)]);
+    assert_eq!(h.s.poll_timeout(), Some(h.at(10_000)), "handshake deadline");
+
+    #[rustfmt::skip]
+    let auth_ok_bytes: [u8; 52] = [
+        0, 0, 0, 42,             // length
+        0x02, 0x01,              // AUTH_OK, RESUMED
+        0, 0, 0, 0,              // id
+        0, 1,                    // version 1
+        0, 0, 0, 0,              // capabilities
+        0, 0, 0, 0, 0, 0, 0xAB, 0xCD, // conn_id
+        0, 0, 0, 0, 0, 0, 0, 77, // session_id
+        0, 0, 0x27, 0x10,        // heartbeat_ms 10,000
+        0, 0, 0x75, 0x30,        // idle_timeout_ms 30,000
+        0, 1, 0, 0,              // max_frame 65,536
+        0, 0, 1, 0x8B, 0xCF, 0xE5, 0x68, 0x00, // server_time_ms
+    ];
+    h.s.receive(&auth_ok_bytes, h.at(30));
+    assert_eq!(h.s.state(), State::Established);
+    let expected = AuthOk { resumed: true, server_time_ms: 1_700_000_000_000, ..auth_ok() };
+    assert_eq!(h.events(), vec![Event::Authenticated(expected.clone())]);
+    assert_eq!(h.s.auth(), Some(&expected));
+    assert_eq!(h.s.resume_session(), 77);
+    assert!(h.sent().is_empty(), "nothing to say yet");
+    // Next PING one interval after HELLO, the last frame sent.
+    assert_eq!(h.s.poll_timeout(), Some(h.at(10_000)));
+
+    // The next connection resumes the granted session.
+    h.s.transport_closed(h.at(1_000));
+    h.s.connect(h.at(2_000));
+    match h.sent().as_slice() {
+        [Frame::Hello(hello)] => assert_eq!(hello.resume_session, 77),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.s.auth(), None, "cleared by connect");
+}
+
+#[test]
+fn handshake_timeout_closes_with_backoff() {
+    let mut h = Harness::new(config());
+    h.s.connect(h.at(0));
+    h.tick(9_999);
+    assert_eq!(h.s.state(), State::AwaitAuth);
+    h.tick(10_000);
+    let (reason, reconnect) = h.closed_reason();
+    assert_eq!(reason, CloseReason::HandshakeTimeout);
+    assert!(reconnect.delay().unwrap() <= Duration::from_millis(500));
+    assert_eq!(h.s.poll_timeout(), None);
+}
+
+#[test]
+fn auth_fail_code_decides_the_reconnect_policy() {
+    enum Want {
+        Never,
+        NewToken,
+        Backoff,
+    }
+    let cases = [
+        (Code::TOKEN_EXPIRED, Want::NewToken),
+        (Code::INVALID_TOKEN, Want::Never),
+        (Code::TOKEN_MISSING, Want::Never),
+        (Code::CLAIM_MISMATCH, Want::Never),
+        (Code::UNSUPPORTED_VERSION, Want::Never),
+        (Code::TOKEN_NOT_YET_VALID, Want::Backoff),
+        (Code::OVERLOADED, Want::Backoff),
+        (Code(299), Want::Backoff),
+    ];
+    for (code, want) in cases {
+        let mut h = Harness::new(config());
+        h.s.connect(h.at(0));
+        h.feed(&[Frame::AuthFail(AuthFail { code, reason: "no".into() })], 5);
+        let events = h.events();
+        let [
+            Event::AuthFailed { code: c, reason, reconnect },
+            Event::Closed { reason: r, reconnect: r2 },
+        ] = events.as_slice()
+        else {
+            panic!("{code}: {events:?}");
+        };
+        assert_eq!((*c, reason.as_str(), *r), (code, "no", CloseReason::AuthFailed(code)));
+        assert_eq!(reconnect, r2);
+        assert_eq!(&h.s.reconnect(), reconnect);
+        match (want, reconnect) {
+            (Want::Never, Reconnect::Never) => {}
+            (Want::NewToken, Reconnect::NewToken { delay })
+            | (Want::Backoff, Reconnect::After { delay, .. }) => {
+                assert!(*delay <= Duration::from_millis(500), "{code}: first window");
+            }
+            (_, other) => panic!("{code}: {other:?}"),
+        }
+        h.s.transport_closed(h.at(6));
+        assert!(h.events().is_empty(), "{code}: one Closed per connection");
+    }
+}
+
+#[test]
+fn new_token_is_used_by_the_next_hello() {
+    let mut h = Harness::new(config());
+    assert!(h.s.set_token("t".repeat(8193)).is_err());
+    h.s.set_token("fresh").unwrap();
+    h.s.connect(h.at(0));
+    match h.sent().as_slice() {
+        [Frame::Hello(hello)] => assert_eq!(hello.token, "fresh"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn auth_ok_with_a_version_not_offered_is_a_violation() {
+    let mut h = Harness::new(config());
+    h.s.connect(h.at(0));
+    h.sent();
+    h.feed(&[Frame::AuthOk(AuthOk { version: 9, ..auth_ok() })], 1);
+    match h.sent().as_slice() {
+        [Frame::Error(e)] => assert_eq!((e.code, e.fatal), (Code::UNSUPPORTED_VERSION, true)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.closed_reason().0, CloseReason::ProtocolViolation(Code::UNSUPPORTED_VERSION));
+}
+
+#[test]
+fn invalid_config_is_refused() {
+    let bad = Config { ack_batch: 0, ..config() };
+    assert_eq!(Session::new(bad, Instant::now()).unwrap_err(), ConfigError::ZeroAckBatch);
+}
+
+// ----- heartbeats --------------------------------------------------------------------------
+
+#[test]
+fn ping_due_after_heartbeat_of_silence_and_not_before() {
+    let mut h = Harness::established();
+    h.tick(9_999);
+    assert!(h.sent().is_empty(), "not before");
+    assert_eq!(h.s.poll_timeout(), Some(h.at(10_000)));
+    h.tick(10_000);
+    let ping = match h.sent().as_slice() {
+        [Frame::Ping(p)] => *p,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(ping.id, 1);
+    assert_eq!(ping.timestamp, Some(10_000), "8-byte timestamp, ms since creation");
+    assert_eq!(h.s.poll_timeout(), Some(h.at(20_000)), "next one an interval later");
+
+    // The PONG gives the round-trip time on the client's clock.
+    h.feed(&[Frame::Pong(ping)], 10_040);
+    assert_eq!(h.events(), vec![Event::Pong { id: 1, rtt: Some(Duration::from_millis(40)) }]);
+    assert_eq!(h.s.rtt(), Some(Duration::from_millis(40)));
+    // An unsolicited or stale PONG has no rtt.
+    h.feed(&[Frame::Pong(Ping { id: 99, timestamp: None })], 10_050);
+    assert_eq!(h.events(), vec![Event::Pong { id: 99, rtt: None }]);
+}
+
+#[test]
+fn any_send_resets_the_ping_timer() {
+    let mut h = Harness::established();
+    // A PONG sent at 4 s.
+    h.feed(&[Frame::Ping(Ping { id: 5, timestamp: None })], 4_000);
+    assert_eq!(h.sent().len(), 1);
+    assert_eq!(h.s.poll_timeout(), Some(h.at(14_000)));
+    // An UPSTREAM sent after an input at 7 s.
+    h.tick(7_000);
+    h.s.send_upstream(3, "chat.send", Bytes::from_static(b"x")).unwrap();
+    assert_eq!(h.s.poll_timeout(), Some(h.at(17_000)));
+    // An ACK sent at 8 s (batch of 1).
+    let mut h2 = Harness::established_with(Config { ack_batch: 1, ..config() }, auth_ok());
+    h2.feed(&[push(1, true)], 8_000);
+    assert!(matches!(h2.sent().as_slice(), [Frame::Ack(_)]));
+    assert_eq!(h2.s.poll_timeout(), Some(h2.at(18_000)));
+    // Receiving does not count as sending.
+    h.feed(&[push(1, false)], 16_000);
+    h.tick(17_000);
+    assert!(matches!(h.sent().as_slice(), [Frame::Upstream(_), Frame::Ping(_)]));
+}
+
+#[test]
+fn idle_timeout_closes_after_silence_from_the_server() {
+    let mut h = Harness::established();
+    h.feed(&[push(1, false)], 20_000);
+    h.tick(10_000); // a PING, no reply
+    h.tick(30_000);
+    h.tick(49_999);
+    assert_eq!(h.s.state(), State::Established);
+    assert_eq!(h.s.poll_timeout(), Some(h.at(50_000)), "idle deadline comes first");
+    h.tick(50_000);
+    let (reason, reconnect) = h.closed_reason();
+    assert_eq!(reason, CloseReason::IdleTimeout);
+    assert!(matches!(reconnect, Reconnect::After { .. }));
+    // Bytes after the close are ignored.
+    h.feed(&[push(2, false)], 50_001);
+    assert!(h.events().is_empty());
+}
+
+#[test]
+fn server_ping_is_answered_with_an_echo() {
+    let mut h = Harness::established();
+    let with = Ping { id: 0xDEAD_BEEF, timestamp: Some(0x0102_0304_0506_0708) };
+    let without = Ping { id: 3, timestamp: None };
+    h.feed(&[Frame::Ping(with), Frame::Ping(without)], 1_000);
+    assert_eq!(h.sent(), vec![Frame::Pong(with), Frame::Pong(without)]);
+    assert!(h.events().is_empty(), "answered by the session, not the application");
+}
+
+// ----- acknowledgement ---------------------------------------------------------------------
+
+#[test]
+fn acks_flush_on_batch_size() {
+    let mut h = Harness::established_with(Config { ack_batch: 3, ..config() }, auth_ok());
+    h.feed(&[push(1, true), push(2, true)], 100);
+    assert!(h.sent().is_empty());
+    assert_eq!(h.events().len(), 2);
+    h.feed(&[push(3, true)], 110);
+    assert_eq!(h.sent(), vec![Frame::Ack(Ack { cumulative: 3, message_ids: vec![] })]);
+}
+
+#[test]
+fn acks_flush_on_delay() {
+    let mut h = Harness::established();
+    h.feed(&[push(1, true)], 100);
+    h.feed(&[push(2, true)], 250);
+    assert_eq!(h.s.poll_timeout(), Some(h.at(300)), "200 ms after the first");
+    h.tick(299);
+    assert!(h.sent().is_empty());
+    h.tick(300);
+    assert_eq!(h.sent(), vec![Frame::Ack(Ack { cumulative: 2, message_ids: vec![] })]);
+    assert_eq!(h.s.poll_timeout(), Some(h.at(10_300)), "only the heartbeat left");
+    // Pushes without ACK_REQUIRED never make an ACK due.
+    h.feed(&[push(3, false)], 400);
+    assert_eq!(h.s.poll_timeout(), Some(h.at(10_300)));
+}
+
+#[test]
+fn manual_processing_acks_cumulatively_and_selectively() {
+    let cfg = Config { auto_ack: false, ..config() };
+    let mut h = Harness::established_with(cfg, auth_ok());
+    h.feed(&[push(1, true), push(2, true), push(3, true), push(4, true)], 100);
+    assert_eq!(h.s.poll_timeout(), Some(h.at(10_000)), "nothing processed, nothing due");
+    h.s.processed(3, h.at(150));
+    h.s.processed(4, h.at(160));
+    h.s.processed(4, h.at(160)); // twice is harmless
+    h.s.processed(99, h.at(160)); // never received
+    h.tick(350);
+    assert_eq!(h.sent(), vec![Frame::Ack(Ack { cumulative: 0, message_ids: vec![1003, 1004] })]);
+    h.s.processed(1, h.at(400));
+    h.s.processed(2, h.at(410));
+    h.tick(600);
+    assert_eq!(h.sent(), vec![Frame::Ack(Ack { cumulative: 4, message_ids: vec![] })]);
+}
+
+#[test]
+fn pending_ack_is_flushed_before_ping() {
+    let cfg = Config { ack_delay: Duration::from_secs(60), ..config() };
+    let mut h = Harness::established_with(cfg, auth_ok());
+    h.feed(&[push(1, true), push(2, true)], 1_000);
+    assert_eq!(h.s.poll_timeout(), Some(h.at(10_000)));
+    h.tick(10_000);
+    match h.sent().as_slice() {
+        [Frame::Ack(ack), Frame::Ping(_)] => assert_eq!(ack.cumulative, 2),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn push_out_of_sequence_is_a_violation() {
+    let mut h = Harness::established();
+    h.feed(&[push(1, true), push(3, true)], 100);
+    let sent = h.sent();
+    let Some(Frame::Error(e)) = sent.last() else { panic!("{sent:?}") };
+    assert_eq!((e.code, e.fatal, e.request_id), (Code::UNEXPECTED_FRAME, true, 0));
+    let events = h.events();
+    assert!(matches!(events[0], Event::Push(_)));
+    assert!(matches!(
+        events[1],
+        Event::ProtocolViolation {
+            error: SessionError::PushSequence { got: 3, expected: Some(2) }
+        }
+    ));
+    assert!(matches!(
+        events[2],
+        Event::Closed { reason: CloseReason::ProtocolViolation(Code::UNEXPECTED_FRAME), .. }
+    ));
+}
+
+// ----- kick, redirect, errors --------------------------------------------------------------
+
+#[test]
+fn kick_codes_decide_the_reconnect_policy() {
+    for (code, new_token) in [
+        (Code::LOGGED_IN_ELSEWHERE, false),
+        (Code::BANNED, false),
+        (Code::TOKEN_EXPIRED_KICK, true),
+        (Code::KICKED_BY_ADMIN, false),
+        (Code(399), false),
+    ] {
+        let mut h = Harness::established();
+        h.feed(&[Frame::Kick(Kick { code, reason: "bye".into() }), push(1, true)], 500);
+        let events = h.events();
+        let [Event::Kicked { code: c, reconnect, .. }, Event::Closed { reason, reconnect: r2 }] =
+            events.as_slice()
+        else {
+            panic!("{code}: {events:?}");
+        };
+        assert_eq!((*c, *reason), (code, CloseReason::Kicked(code)));
+        assert_eq!(reconnect, r2);
+        if new_token {
+            assert!(matches!(reconnect, Reconnect::NewToken { .. }), "{code}");
+        } else {
+            assert_eq!(*reconnect, Reconnect::Never, "{code}");
+        }
+        assert!(h.sent().is_empty(), "frames after KICK are discarded, nothing is answered");
+    }
+}
+
+#[test]
+fn redirect_waits_delay_plus_bounded_jitter_and_resets_backoff() {
+    let mut delays = Vec::new();
+    for seed in 0..200 {
+        let mut h = Harness::established_with(Config { seed, ..config() }, auth_ok());
+        // Earlier failures grew the backoff; a redirect resets it.
+        for _ in 0..5 {
+            h.s.backoff.next_delay();
+        }
+        let redirect = Redirect {
+            code: Code::SERVER_DRAINING,
+            delay_ms: 1_000,
+            jitter_ms: 500,
+            addresses: vec!["10.0.0.2:7100".into(), "[::1]:7100".into()],
+        };
+        h.feed(&[Frame::Redirect(redirect.clone())], 100);
+        let events = h.events();
+        let [Event::Redirected { code, reconnect }, Event::Closed { reason, reconnect: r2 }] =
+            events.as_slice()
+        else {
+            panic!("{events:?}");
+        };
+        assert_eq!((*code, *reason), (Code::SERVER_DRAINING, CloseReason::Redirected(*code)));
+        assert_eq!(reconnect, r2);
+        let Reconnect::After { delay, addresses } = reconnect else { panic!("{reconnect:?}") };
+        assert!((Duration::from_millis(1_000)..=Duration::from_millis(1_500)).contains(delay));
+        assert_eq!(addresses, &redirect.addresses);
+        assert_eq!(h.s.backoff.attempt(), 0, "reset, not increased");
+        delays.push(*delay);
+        // The next failure starts from the base window again.
+        h.s.connect(h.at(2_000));
+        h.s.transport_closed(h.at(2_100));
+        assert!(h.s.reconnect().delay().unwrap() <= Duration::from_millis(500));
+    }
+    delays.sort();
+    delays.dedup();
+    assert!(delays.len() > 100, "jitter actually spreads clients");
+    // Zero jitter is exactly the delay.
+    let mut h = Harness::established();
+    let redirect = Redirect { code: Code::REBALANCE, delay_ms: 0, jitter_ms: 0, addresses: vec![] };
+    h.feed(&[Frame::Redirect(redirect)], 100);
+    assert_eq!(h.s.reconnect(), Reconnect::After { delay: Duration::ZERO, addresses: vec![] });
+}
+
+#[test]
+fn errors_about_requests_and_the_connection() {
+    let mut h = Harness::established();
+    h.s.send_upstream(9, "chat.send", Bytes::from_static(b"hello")).unwrap();
+    assert_eq!(
+        h.sent(),
+        vec![Frame::Upstream(Upstream {
+            request_id: 9,
+            route: "chat.send".into(),
+            payload: Bytes::from_static(b"hello")
+        })]
+    );
+    let reply = UpstreamReply { request_id: 9, status: 0, payload: Bytes::from_static(b"ok") };
+    let failed = ErrorFrame {
+        request_id: 10,
+        fatal: false,
+        code: Code::UPSTREAM_TIMEOUT,
+        message: "slow".into(),
+    };
+    let notice =
+        ErrorFrame { request_id: 0, fatal: false, code: Code::OVERLOADED, message: "busy".into() };
+    let fatal = ErrorFrame {
+        request_id: 0,
+        fatal: true,
+        code: Code::SLOW_CONSUMER,
+        message: "behind".into(),
+    };
+    let frames = [
+        Frame::UpstreamReply(reply.clone()),
+        Frame::Error(failed),
+        Frame::Error(notice),
+        Frame::Error(fatal),
+    ];
+    h.feed(&frames, 1_000);
+    let events = h.events();
+    assert_eq!(events[0], Event::UpstreamReply(reply));
+    assert_eq!(
+        events[1],
+        Event::UpstreamError {
+            request_id: 10,
+            code: Code::UPSTREAM_TIMEOUT,
+            message: "slow".into()
+        }
+    );
+    assert_eq!(
+        events[2],
+        Event::ServerError { code: Code::OVERLOADED, message: "busy".into(), fatal: false }
+    );
+    assert_eq!(
+        events[3],
+        Event::ServerError { code: Code::SLOW_CONSUMER, message: "behind".into(), fatal: true }
+    );
+    assert!(matches!(
+        &events[4],
+        Event::Closed {
+            reason: CloseReason::ServerError(Code::SLOW_CONSUMER),
+            reconnect: Reconnect::After { .. }
+        }
+    ));
+    assert_eq!(events.len(), 5);
+}
+
+#[test]
+fn send_upstream_refusals_queue_nothing() {
+    let mut h = Harness::new(config());
+    let payload = Bytes::from_static(b"x");
+    assert_eq!(
+        h.s.send_upstream(1, "r", payload.clone()),
+        Err(SendError::NotEstablished(State::Idle))
+    );
+    h.s.connect(h.at(0));
+    h.sent();
+    assert_eq!(
+        h.s.send_upstream(1, "r", payload.clone()),
+        Err(SendError::NotEstablished(State::AwaitAuth))
+    );
+    let small = AuthOk { max_frame: 64, ..auth_ok() };
+    let mut h = Harness::established_with(config(), small);
+    assert_eq!(
+        h.s.send_upstream(1, &"r".repeat(256), payload.clone()),
+        Err(SendError::RouteTooLong(256))
+    );
+    let big = Bytes::from(vec![0u8; 53]);
+    assert_eq!(h.s.send_upstream(1, "r", big), Err(SendError::FrameTooLarge { size: 65, max: 64 }));
+    assert!(h.sent().is_empty());
+    let fits = Bytes::from(vec![0u8; 52]);
+    assert_eq!(h.s.send_upstream(1, "r", fits), Ok(()));
+    assert_eq!(h.sent().len(), 1);
+}
+
+// ----- backoff -----------------------------------------------------------------------------
+
+#[test]
+fn backoff_is_full_jitter_capped_and_grows_per_failure() {
+    let mut h = Harness::new(config());
+    let base = Duration::from_millis(500);
+    let cap = Duration::from_secs(30);
+    let mut seen_above_half = false;
+    for n in 0..12u32 {
+        h.s.connect_failed(h.at(u64::from(n)));
+        let (reason, reconnect) = h.closed_reason();
+        assert_eq!(reason, CloseReason::ConnectFailed);
+        let delay = reconnect.delay().unwrap();
+        let window = base.saturating_mul(2u32.pow(n)).min(cap);
+        assert!(delay <= window, "attempt {n}: {delay:?} > {window:?}");
+        assert!(delay <= cap);
+        seen_above_half |= delay > window / 2;
+    }
+    assert!(seen_above_half, "draws cover the whole window");
+    assert_eq!(h.s.backoff.attempt(), 12);
+}
+
+#[test]
+fn backoff_draws_cover_zero_to_window_uniformly() {
+    let mut b = Backoff::new(BackoffConfig::default(), 3);
+    let mut lo = 0;
+    let mut hi = 0;
+    for _ in 0..2_000 {
+        b.reset();
+        let d = b.next_delay();
+        assert!(d <= Duration::from_millis(500));
+        if d < Duration::from_millis(100) {
+            lo += 1;
+        } else if d > Duration::from_millis(400) {
+            hi += 1;
+        }
+    }
+    // Each fifth of the window gets roughly 400 of 2,000 draws.
+    assert!((300..500).contains(&lo) && (300..500).contains(&hi), "{lo} {hi}");
+}
+
+#[test]
+fn backoff_resets_after_established_for_one_heartbeat() {
+    // Grow the backoff with failures, then establish and close.
+    let run = |close_after_ms: u64| {
+        let mut h = Harness::new(config());
+        for _ in 0..8 {
+            h.s.connect_failed(h.at(0));
+        }
+        assert_eq!(h.s.backoff.attempt(), 8);
+        h.s.connect(h.at(1_000));
+        h.feed(&[Frame::AuthOk(auth_ok())], 1_000);
+        h.s.transport_closed(h.at(1_000 + close_after_ms));
+        h.s.backoff.attempt()
+    };
+    assert_eq!(run(10_000), 1, "stayed up one interval: reset, then one draw");
+    assert_eq!(run(9_999), 9, "closed too early: keeps growing");
+    // Established but never stable, repeatedly: still backs off.
+    let mut h = Harness::new(config());
+    for n in 0..5u64 {
+        h.s.connect(h.at(n * 100));
+        h.feed(&[Frame::AuthOk(auth_ok())], n * 100);
+        h.s.transport_closed(h.at(n * 100 + 50));
+    }
+    assert_eq!(h.s.backoff.attempt(), 5);
+}
+
+#[test]
+fn transport_closed_is_idempotent_and_close_is_local() {
+    let mut h = Harness::established();
+    h.s.transport_closed(h.at(100));
+    assert_eq!(h.closed_reason().0, CloseReason::TransportClosed);
+    h.s.transport_closed(h.at(101));
+    assert!(h.events().is_empty());
+    assert_eq!(h.s.backoff.attempt(), 1);
+
+    let mut h = Harness::established();
+    h.s.close();
+    assert_eq!(h.closed_reason(), (CloseReason::Local, Reconnect::Never));
+    h.s.close();
+    assert!(h.events().is_empty());
+}
+
+#[test]
+fn connect_while_open_closes_the_old_connection_first() {
+    let mut h = Harness::established();
+    h.feed(&[push(1, true)], 10);
+    h.s.connect(h.at(20));
+    let events = h.events();
+    assert!(matches!(events[0], Event::Push(_)));
+    assert!(matches!(events[1], Event::Closed { reason: CloseReason::TransportClosed, .. }));
+    assert_eq!(h.s.state(), State::AwaitAuth);
+    assert!(matches!(h.sent().as_slice(), [Frame::Hello(_)]), "no stale ACK for the new stream");
+}
+
+// ----- input robustness --------------------------------------------------------------------
+
+/// A whole conversation, as the server writes it.
+fn script() -> Vec<u8> {
+    bytes_of(&[
+        Frame::AuthOk(auth_ok()),
+        push(1, true),
+        Frame::Extension(Extension { kind: 0x90, flags: 1, id: 2, body: Bytes::from_static(b"x") }),
+        Frame::Ping(Ping { id: 4, timestamp: Some(9) }),
+        push(2, false),
+        Frame::UpstreamReply(UpstreamReply {
+            request_id: 1,
+            status: 3,
+            payload: Bytes::from_static(b"r"),
+        }),
+        Frame::Error(ErrorFrame {
+            request_id: 2,
+            fatal: false,
+            code: Code::TOO_MANY_REQUESTS,
+            message: "slow down".into(),
+        }),
+        push(3, true),
+        Frame::Kick(Kick { code: Code::TOKEN_EXPIRED_KICK, reason: "exp".into() }),
+    ])
+}
+
+fn run_script(chunk: usize) -> (Vec<Event>, Vec<u8>) {
+    let cfg = Config { ack_batch: 2, ..config() };
+    let mut h = Harness::new(cfg);
+    h.s.connect(h.at(0));
+    h.sent();
+    let mut out = Vec::new();
+    for part in script().chunks(chunk) {
+        h.s.receive(part, h.at(5));
+        while let Some(b) = h.s.poll_transmit() {
+            out.extend_from_slice(&b);
+        }
+    }
+    (h.events(), out)
+}
+
+#[test]
+fn bytes_one_at_a_time_give_the_same_events_and_replies() {
+    let (whole, whole_out) = run_script(usize::MAX);
+    assert_eq!(whole.len(), 8, "{whole:?}");
+    assert!(matches!(whole[0], Event::Authenticated(_)));
+    assert!(matches!(whole.last(), Some(Event::Closed { reason: CloseReason::Kicked(_), .. })));
+    let replies = decode_all(&whole_out);
+    assert!(matches!(
+        replies.as_slice(),
+        [Frame::Pong(Ping { id: 4, timestamp: Some(9) }), Frame::Ack(Ack { cumulative: 3, .. })]
+    ));
+    for chunk in [1, 2, 3, 7, 11] {
+        let (events, out) = run_script(chunk);
+        assert_eq!(events, whole, "chunk {chunk}");
+        assert_eq!(out, whole_out, "chunk {chunk}");
+    }
+}
+
+fn decode_all(bytes: &[u8]) -> Vec<Frame> {
+    let mut buf = BytesMut::from(bytes);
+    std::iter::from_fn(|| decode(&mut buf, DEFAULT_MAX_FRAME).unwrap()).collect()
+}
+
+#[test]
+fn garbage_input_queues_a_fatal_error_and_closes() {
+    let hello = bytes_of(&[Frame::Hello(Hello { versions: vec![1], ..Hello::default() })]);
+    #[rustfmt::skip]
+    let cases: [(Vec<u8>, Code, bool); 6] = [
+        // Unknown critical type 0x7F.
+        (vec![0, 0, 0, 0, 0x7F, 0, 0, 0, 0, 0], Code::UNKNOWN_FRAME_TYPE, true),
+        // Announces a 4 GiB frame: refused from the first four bytes.
+        (vec![0xFF, 0xFF, 0xFF, 0xFF], Code::FRAME_TOO_LARGE, true),
+        // PING with a 3-byte body.
+        (vec![0, 0, 0, 3, 0x04, 0, 0, 0, 0, 1, 1, 2, 3], Code::MALFORMED_FRAME, true),
+        // PUSH before AUTH_OK.
+        (vec![0, 0, 0, 9, 0x06, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0], Code::UNEXPECTED_FRAME, true),
+        // HELLO from the server, established.
+        (hello, Code::UNEXPECTED_FRAME, false),
+        // AUTH_OK twice.
+        (vec![], Code::UNEXPECTED_FRAME, false),
+    ];
+    for (i, (bytes, code, pre_auth)) in cases.into_iter().enumerate() {
+        let mut h = if pre_auth {
+            let mut h = Harness::new(config());
+            h.s.connect(h.at(0));
+            h.sent();
+            h
+        } else {
+            Harness::established()
+        };
+        if bytes.is_empty() {
+            h.feed(&[Frame::AuthOk(auth_ok())], 1);
+        } else {
+            h.s.receive(&bytes, h.at(1));
+        }
+        match h.sent().as_slice() {
+            [Frame::Error(e)] => {
+                assert_eq!((e.code, e.fatal, e.request_id), (code, true, 0), "case {i}");
+                assert!(!e.message.is_empty());
+            }
+            other => panic!("case {i}: {other:?}"),
+        }
+        let events = h.events();
+        let [Event::ProtocolViolation { error }, Event::Closed { reason, reconnect }] =
+            events.as_slice()
+        else {
+            panic!("case {i}: {events:?}");
+        };
+        assert_eq!(error.code(), code, "case {i}");
+        assert_eq!(*reason, CloseReason::ProtocolViolation(code), "case {i}");
+        assert!(matches!(reconnect, Reconnect::After { .. }), "case {i}");
+        // Everything after is discarded.
+        h.s.receive(&[0xFF; 64], h.at(2));
+        assert!(h.sent().is_empty() && h.events().is_empty(), "case {i}");
+    }
+}
+
+#[test]
+fn random_input_never_panics_and_always_ends_in_one_close() {
+    let mut rng = SplitMix64::new(99);
+    let valid = script();
+    for round in 0..500u64 {
+        let mut h = Harness::new(Config { seed: round, ..config() });
+        h.s.connect(h.at(0));
+        // Half the rounds corrupt a valid conversation, half are pure noise.
+        let mut input = if round % 2 == 0 {
+            valid.clone()
+        } else {
+            (0..rng.below_inclusive(300)).map(|_| rng.next_u64() as u8).collect()
+        };
+        if round % 2 == 0 && !input.is_empty() {
+            for _ in 0..=rng.below_inclusive(3) {
+                let at = rng.below_inclusive(input.len() as u64 - 1) as usize;
+                input[at] = rng.next_u64() as u8;
+            }
+        }
+        let mut ms = 0;
+        for part in input.chunks(1 + rng.below_inclusive(16) as usize) {
+            ms += rng.below_inclusive(2_000);
+            h.s.receive(part, h.at(ms));
+            h.tick(ms);
+            h.s.processed(rng.below_inclusive(5) as u32, h.at(ms));
+            let _ = h.s.send_upstream(1, "r", Bytes::new());
+            h.s.poll_transmit();
+        }
+        h.s.transport_closed(h.at(ms + 1));
+        let closes = h.events().iter().filter(|e| matches!(e, Event::Closed { .. })).count();
+        assert_eq!(closes, 1, "round {round}");
+    }
+}
+
+#[test]
+fn extreme_durations_do_not_overflow() {
+    let cfg = Config {
+        handshake_timeout: Duration::MAX,
+        ack_delay: Duration::MAX,
+        backoff: BackoffConfig { base: Duration::MAX, cap: Duration::MAX },
+        ..config()
+    };
+    let mut h = Harness::new(cfg);
+    h.s.connect(h.at(0));
+    assert_eq!(h.s.poll_timeout(), None);
+    h.tick(u64::from(u32::MAX));
+    let auth = AuthOk { heartbeat_ms: u32::MAX, idle_timeout_ms: u32::MAX, ..auth_ok() };
+    h.feed(&[Frame::AuthOk(auth), push(1, true)], 1);
+    h.tick(1);
+    h.s.transport_closed(h.at(2));
+    assert!(h.s.reconnect().delay().is_some());
+}
