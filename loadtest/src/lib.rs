@@ -100,6 +100,7 @@ pub async fn drive(
             }
         }
         if stop {
+            session.close();
             while let Some(bytes) = session.poll_transmit() {
                 wr.write_all(&bytes).await?;
             }

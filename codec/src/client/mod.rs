@@ -322,9 +322,18 @@ impl Session {
     }
 
     /// The application closes the connection on purpose (logout): [`CloseReason::Local`],
-    /// [`Reconnect::Never`]. Close the transport after draining the events.
+    /// [`Reconnect::Never`]. Acknowledgements still pending are queued first: write
+    /// [`poll_transmit`](Self::poll_transmit), then close the transport.
     pub fn close(&mut self) {
         if self.is_open() {
+            // Acknowledge what was processed first, so the server does not report it as
+            // unacknowledged when the stream closes.
+            if self.state == State::Established {
+                let now = self.last_now;
+                while let Some(ack) = self.acks.flush(now) {
+                    self.queue_own(&Frame::Ack(ack), now);
+                }
+            }
             self.stable_at = None;
             self.finish(CloseReason::Local, Reconnect::Never);
         }

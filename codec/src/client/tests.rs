@@ -856,3 +856,14 @@ fn extreme_durations_do_not_overflow() {
     h.s.transport_closed(h.at(2));
     assert!(h.s.reconnect().delay().is_some());
 }
+
+#[test]
+fn close_acknowledges_processed_pushes_first() {
+    let mut h = Harness::established();
+    h.feed(&[push(1, true)], 100);
+    assert_eq!(h.events().len(), 1);
+    assert!(h.sent().is_empty(), "ack batched, not sent yet");
+    h.s.close();
+    assert_eq!(h.sent(), vec![Frame::Ack(Ack { cumulative: 1, message_ids: vec![] })]);
+    assert_eq!(h.closed_reason().1, Reconnect::Never);
+}
