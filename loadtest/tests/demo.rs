@@ -38,8 +38,10 @@ fn token_command_mints_a_token_the_gateway_accepts() {
         .unwrap();
     assert!(out.status.success());
     let token = String::from_utf8(out.stdout).unwrap();
-    let mut auth = holdfast_gateway::config::AuthConfig::default();
-    auth.secret = Some("s3cret".into());
+    let auth = holdfast_gateway::config::AuthConfig {
+        secret: Some("s3cret".into()),
+        ..Default::default()
+    };
     let verifier = holdfast_gateway::auth::Verifier::from_config(&auth).unwrap();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     assert_eq!(verifier.verify(token.trim(), now).unwrap().sub, "zoe");
