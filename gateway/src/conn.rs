@@ -46,7 +46,7 @@ pub(crate) struct Conn {
     pub push_seq: u32,
     /// The authenticated user id, interned by the registry.
     pub user: Option<Arc<str>>,
-    /// The device id from `HELLO`, if not empty.
+    /// The device id from `HELLO`, kept only when a webhook (upstream or events) needs it.
     pub device: Option<Arc<str>>,
     /// Rare per-connection state; `None` for an idle connection.
     pub extra: Option<Box<Extra>>,

@@ -622,7 +622,11 @@ impl Worker {
         conn.platform = hello.platform;
         conn.idle_ticks = ticks(Duration::from_millis(u64::from(idle_timeout_ms)), self.tick);
         conn.user = Some(Arc::clone(&registered.user));
-        conn.device = (!hello.device_id.is_empty()).then(|| Arc::from(hello.device_id.as_str()));
+        // The device id is only ever read by the webhooks; without them an idle connection
+        // does not pay an allocation for it.
+        let keep_device = shared.upstream.enabled() || shared.events.enabled();
+        conn.device = (keep_device && !hello.device_id.is_empty())
+            .then(|| Arc::from(hello.device_id.as_str()));
         let remote = conn.stream.peer_addr().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
         m.handshakes_ok.inc();
         m.connections_established.inc();
