@@ -1,26 +1,9 @@
 //! The node's HTTP API (axum): push, kick, stats, health and `/metrics`.
 //!
-//! | method and path | body | answer |
-//! |---|---|---|
-//! | `POST /v1/push/user` | `{"user": "alice", <message>}` | delivered, offline_users, failed |
-//! | `POST /v1/push/users` | `{"users": ["alice", "bob"], <message>}` | same |
-//! | `POST /v1/push/conn` | `{"conn_id": "281…", <message>}` | same |
-//! | `POST /v1/push/all` | `{<message>}` | delivered_count, failed |
-//! | `POST /v1/push/batch` | `{"pushes": [{"user"｜"users"｜"conn_id"｜"all": …, <message>}, …]}` | one answer per push |
-//! | `POST /v1/kick` | `{"user": "alice"}` or `{"conn_id": "…"}`, optional `code`, `reason` | kicked |
-//! | `GET /v1/stats` | — | connection and user counts |
-//! | `GET /healthz` | — | `ok` |
-//! | `GET /metrics` | — | Prometheus text format |
-//!
-//! A `<message>` is `message_id` (u64, number or decimal string; generated if absent),
-//! `topic` (string, ≤ 255 bytes), `payload` (UTF-8 text) or `payload_base64`, and `ack`
-//! (bool, default true: the client must acknowledge, and unacknowledged pushes are reported
-//! in the disconnect event). Connection ids are decimal strings in answers.
-//!
-//! "Delivered" means written to the connection's socket or queued for it with its sequence
-//! number; whether the client *processed* it is what its `ACK` says. Every target the API
-//! accepted appears in the answer as delivered, offline or failed: nothing is dropped
-//! silently.
+//! The routes, bodies and answers are documented for users in `docs/API.md` § Push API;
+//! keep that section and this module in step. Every target a request names ends up in the
+//! answer as delivered (with its connection and sequence), offline or failed: nothing the
+//! API accepted is dropped silently.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -10,44 +10,8 @@
 //!
 //! # The event webhook contract
 //!
-//! ```text
-//! POST <events.webhook_url>
-//! content-type: application/json
-//!
-//! {"events": [
-//!   {"type": "connected", "conn_id": "72058693549555712", "user": "u-123", "device": "d-9",
-//!    "platform": "ios", "remote": "203.0.113.7:51234", "resume_session": "0",
-//!    "region": null, "at_ms": 1767225600000},
-//!   {"type": "disconnected", "conn_id": "72058693549555712", "user": "u-123", "device": "d-9",
-//!    "platform": "ios", "reason": "idle_timeout", "at_ms": 1767225900000,
-//!    "unacked": [{"seq": 3, "message_id": "42"}]}
-//! ]}
-//! ```
-//!
-//! - 64-bit ids (`conn_id`, `resume_session`, `message_id`) are decimal strings, because
-//!   JavaScript numbers lose precision above 2^53; `seq` and `at_ms` (ms since the Unix epoch)
-//!   are numbers.
-//! - `platform` is one of `unknown`, `ios`, `android`, `windows`, `macos`, `linux`, `web`,
-//!   `other`. `remote` is the client's address as `ip:port` (`[ipv6]:port`). `resume_session`
-//!   is the session the client asked to resume, `"0"` for none. `region` is a string or null.
-//! - `reason` is why the connection closed: `peer_closed`, `handshake_timeout`,
-//!   `auth_failed`, `idle_timeout`, `protocol_error`, `slow_consumer`, `kicked`, `io_error`,
-//!   `shutdown`. `unacked` lists the pushes sent with `ACK_REQUIRED` and never acknowledged,
-//!   in sequence order; it may be empty.
-//! - A batch holds 1 to `events.batch_max` events, in the order the gateway emitted them. It is
-//!   sent when it is full or `events.flush_interval_ms` after its first event was taken from
-//!   the queue. One batch is in flight at a time.
-//! - Any `2xx` answer accepts the whole batch; the body is ignored. Anything else (or no answer
-//!   within 5 s) fails it: the gateway retries the same batch up to 3 times, after 200, 400 and
-//!   800 ms, then gives up on it and logs the unacknowledged ids it carried. Delivery is
-//!   therefore at least once: a batch the webhook took but failed to acknowledge in time may
-//!   arrive again, so make handling idempotent (an event is identified by `type`, `conn_id`).
-//! - Events of one node arrive in order; events of different nodes for the same user are not
-//!   ordered with each other (compare `at_ms`, and prefer `conn_id` over user for matching a
-//!   disconnect to its connect).
-//!
-//! The gateway connects to the webhook directly (proxy environment variables are ignored),
-//! over plain `http://` in this build.
+//! The batch format, reasons and retry rules are documented for users in `docs/API.md`
+//! § Event webhook; keep that section and this module in step.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -22,46 +22,8 @@
 //!
 //! # The upstream webhook contract
 //!
-//! For each `UPSTREAM` frame the gateway sends one HTTP request:
-//!
-//! ```text
-//! POST <upstream.webhook_url>
-//! content-type: application/json
-//!
-//! {
-//!   "user": "u-123",               // the authenticated user id
-//!   "conn_id": "72058693549555712", // the connection id, a decimal string (u64)
-//!   "device": "d-9",               // the HELLO device id (may be "")
-//!   "platform": "ios",             // unknown, ios, android, windows, macos, linux, web, other
-//!   "request_id": 7,               // the client's request id; 0 = no reply wanted
-//!   "route": "chat.send",          // the UPSTREAM route
-//!   "payload_base64": "aGk="       // the UPSTREAM payload, standard base64 with padding
-//! }
-//! ```
-//!
-//! The webhook answers `2xx` with a JSON object, every field optional:
-//!
-//! ```text
-//! { "status": 0, "payload_base64": "..." }   // binary reply payload
-//! { "status": 0, "payload": "utf-8 text" }   // or a text reply payload
-//! ```
-//!
-//! - `status` (`u16`, default 0) becomes `UPSTREAM_REPLY.status`: 0 is success, other values
-//!   are the backend's own.
-//! - The reply payload is `payload_base64` decoded, or `payload` as UTF-8 bytes, or empty
-//!   if neither is given. Giving both is an error. An empty body (for example `204`) means
-//!   status 0 and an empty payload.
-//! - The answer body may be at most [`MAX_REPLY_BODY_BYTES`]; the reply payload must also fit
-//!   in one frame to reach the client.
-//!
-//! Anything else, a non-`2xx` status, a body that is not such an object, or a connection
-//! failure, is answered to the client with `ERROR` `UPSTREAM_UNAVAILABLE` (502). If the whole
-//! exchange (connect, send, answer headers and body) takes longer than
-//! `upstream.timeout_ms`, the gateway gives up and answers `ERROR` `UPSTREAM_TIMEOUT` (501);
-//! the webhook may still have acted on the request. The gateway does not retry: a request is
-//! sent at most once. Requests of one connection may reach the webhook concurrently and in any
-//! order. The gateway connects to the webhook directly (proxy environment variables are
-//! ignored), over plain `http://` in this build.
+//! The request and answer formats are documented for users in `docs/API.md` § Upstream
+//! webhook; keep that section and this module in step.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
