@@ -431,3 +431,29 @@ fn metrics_pass_promtool() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn rs256_tokens_are_verified_with_the_configured_public_key() {
+    let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys");
+    let key = format!("auth.public_key_file={keys}/rsa_public.pem");
+    let gw = gateway(&["auth.algorithm=RS256", &key]);
+    let sign = |pem: &str| {
+        let pem = std::fs::read(format!("{keys}/{pem}")).unwrap();
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+            &json!({"sub": "mia", "exp": 4_000_000_000u64}),
+            &jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap(),
+        )
+        .unwrap()
+    };
+    let mut ok =
+        Client::connect(gw.tcp, client_config(sign("rsa_private.pem"), Platform::Ios, "p"));
+    ok.expect_auth();
+    let wrong = client_config(sign("rsa_wrong_private.pem"), Platform::Ios, "p");
+    assert_eq!(auth_fail(&gw, wrong), Code::INVALID_TOKEN);
+    // An HS256 token signed with the development secret is refused under RS256.
+    assert_eq!(
+        auth_fail(&gw, client_config(token("mia"), Platform::Ios, "p")),
+        Code::INVALID_TOKEN
+    );
+}
