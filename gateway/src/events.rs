@@ -13,6 +13,7 @@
 //! The batch format, reasons and retry rules are documented for users in `docs/API.md`
 //! § Event webhook; keep that section and this module in step.
 
+use crate::webhook::UrlProblem;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -440,15 +441,10 @@ struct BatchBody<'a> {
 
 /// Parses a webhook URL and checks that this build can speak its scheme.
 fn parse_http_url(raw: &str) -> Result<reqwest::Url, EventsError> {
-    let url = reqwest::Url::parse(raw)
-        .map_err(|e| EventsError::InvalidUrl { url: raw.to_owned(), reason: e.to_string() })?;
-    if url.scheme() != "http" {
-        return Err(EventsError::UnsupportedScheme(raw.to_owned()));
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(EventsError::InvalidUrl { url: raw.to_owned(), reason: "no host".into() });
-    }
-    Ok(url)
+    crate::webhook::check_http_url(raw).map_err(|problem| match problem {
+        UrlProblem::Invalid(reason) => EventsError::InvalidUrl { url: raw.to_owned(), reason },
+        UrlProblem::UnsupportedScheme => EventsError::UnsupportedScheme(raw.to_owned()),
+    })
 }
 
 #[cfg(test)]

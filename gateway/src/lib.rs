@@ -28,6 +28,7 @@ pub mod presence;
 pub mod registry;
 pub mod server;
 pub mod upstream;
+mod webhook;
 pub mod wheel;
 pub mod worker;
 

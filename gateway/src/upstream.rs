@@ -25,6 +25,7 @@
 //! The request and answer formats are documented for users in `docs/API.md` § Upstream
 //! webhook; keep that section and this module in step.
 
+use crate::webhook::UrlProblem;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -404,15 +405,10 @@ fn parse_reply(body: &[u8]) -> Result<(u16, Bytes), Failure> {
 
 /// Parses a webhook URL and checks that this build can speak its scheme.
 fn parse_http_url(raw: &str) -> Result<reqwest::Url, UpstreamError> {
-    let url = reqwest::Url::parse(raw)
-        .map_err(|e| UpstreamError::InvalidUrl { url: raw.to_owned(), reason: e.to_string() })?;
-    if url.scheme() != "http" {
-        return Err(UpstreamError::UnsupportedScheme(raw.to_owned()));
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(UpstreamError::InvalidUrl { url: raw.to_owned(), reason: "no host".into() });
-    }
-    Ok(url)
+    crate::webhook::check_http_url(raw).map_err(|problem| match problem {
+        UrlProblem::Invalid(reason) => UpstreamError::InvalidUrl { url: raw.to_owned(), reason },
+        UrlProblem::UnsupportedScheme => UpstreamError::UnsupportedScheme(raw.to_owned()),
+    })
 }
 
 #[cfg(test)]
