@@ -461,32 +461,7 @@ mod tests {
 
     const WAIT: Duration = Duration::from_secs(5);
 
-    /// A webhook server on 127.0.0.1:0, stopped on drop.
-    struct Webhook {
-        addr: SocketAddr,
-        task: tokio::task::JoinHandle<()>,
-    }
-
-    impl Webhook {
-        async fn start(router: Router) -> Webhook {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let addr = listener.local_addr().expect("local addr");
-            let task = tokio::spawn(async move {
-                axum::serve(listener, router).await.expect("serve");
-            });
-            Webhook { addr, task }
-        }
-
-        fn url(&self) -> String {
-            format!("http://{}/events", self.addr)
-        }
-    }
-
-    impl Drop for Webhook {
-        fn drop(&mut self) {
-            self.task.abort();
-        }
-    }
+    use crate::webhook::test_server::Webhook;
 
     /// A webhook that records every body it gets and answers `status`.
     fn recording(status: StatusCode) -> (Router, Arc<Mutex<Vec<Value>>>) {
@@ -589,7 +564,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn events_are_batched_and_all_delivered() {
         let (router, bodies) = recording(StatusCode::NO_CONTENT);
-        let hook = Webhook::start(router).await;
+        let hook = Webhook::start(router, "/events").await;
         let m = metrics();
         let events = Events::new(
             &config(Some(hook.url()), 4, 100),
@@ -645,7 +620,7 @@ mod tests {
                 async { StatusCode::INTERNAL_SERVER_ERROR }
             }),
         );
-        let hook = Webhook::start(router).await;
+        let hook = Webhook::start(router, "/events").await;
         let m = metrics();
         let events = Events::new(
             &config(Some(hook.url()), 10, 100),
@@ -673,7 +648,7 @@ mod tests {
             .build()
             .expect("server runtime");
         let (router, bodies) = recording(StatusCode::OK);
-        let hook = server_rt.block_on(Webhook::start(router));
+        let hook = server_rt.block_on(Webhook::start(router, "/events"));
         let events_rt =
             tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
         let m = metrics();

@@ -414,7 +414,6 @@ fn parse_http_url(raw: &str) -> Result<reqwest::Url, UpstreamError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::SocketAddr;
     use std::sync::Mutex;
     use std::sync::atomic::AtomicUsize;
 
@@ -426,32 +425,7 @@ mod tests {
 
     const WAIT: Duration = Duration::from_secs(5);
 
-    /// A webhook server on 127.0.0.1:0, stopped on drop.
-    struct Webhook {
-        addr: SocketAddr,
-        task: tokio::task::JoinHandle<()>,
-    }
-
-    impl Webhook {
-        async fn start(router: Router) -> Webhook {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let addr = listener.local_addr().expect("local addr");
-            let task = tokio::spawn(async move {
-                axum::serve(listener, router).await.expect("serve");
-            });
-            Webhook { addr, task }
-        }
-
-        fn url(&self) -> String {
-            format!("http://{}/upstream", self.addr)
-        }
-    }
-
-    impl Drop for Webhook {
-        fn drop(&mut self) {
-            self.task.abort();
-        }
-    }
+    use crate::webhook::test_server::Webhook;
 
     fn metrics() -> UpstreamMetrics {
         let c = |n: &str| IntCounter::new(n, "test").expect("counter");
@@ -529,7 +503,7 @@ mod tests {
                 }
             }),
         );
-        let hook = Webhook::start(router).await;
+        let hook = Webhook::start(router, "/upstream").await;
         let (up, m, mut rx) = upstream(&config(Some(hook.url()), 2_000, 4));
         assert!(up.enabled());
 
@@ -584,7 +558,7 @@ mod tests {
                 "{}"
             }),
         );
-        let hook = Webhook::start(router).await;
+        let hook = Webhook::start(router, "/upstream").await;
         let (up, m, mut rx) = upstream(&config(Some(hook.url()), 100, 4));
         let started = Instant::now();
         up.try_submit(request(9, "slow", b"")).expect("submit");
@@ -609,7 +583,7 @@ mod tests {
                 }
             }),
         );
-        let hook = Webhook::start(router).await;
+        let hook = Webhook::start(router, "/upstream").await;
         let (up, m, mut rx) = upstream(&config(Some(hook.url()), 2_000, 4));
         let routes = ["500", "not-json", "bad-base64", "both", "status-out-of-range"];
         for (id, route) in (1..).zip(routes) {
@@ -680,7 +654,7 @@ mod tests {
                 }
             }),
         );
-        let hook = Webhook::start(router).await;
+        let hook = Webhook::start(router, "/upstream").await;
         let max_concurrency = 2;
         let (up, m, mut rx) = upstream(&config(Some(hook.url()), 5_000, max_concurrency));
         let capacity = max_concurrency * (1 + QUEUE_PER_SLOT);
@@ -727,7 +701,7 @@ mod tests {
                 async { r#"{"payload":"ignored"}"# }
             }),
         );
-        let hook = Webhook::start(router).await;
+        let hook = Webhook::start(router, "/upstream").await;
         let (up, m, mut rx) = upstream(&config(Some(hook.url()), 2_000, 4));
         up.try_submit(request(0, "fire", b"")).expect("submit");
         up.try_submit(request(1, "r", b"")).expect("submit");
