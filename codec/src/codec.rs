@@ -1,7 +1,9 @@
-//! The decode/encode API over `BytesMut`, and the same as a
-//! `tokio_util::codec::{Decoder, Encoder}` pair ([`FrameCodec`]).
+//! The decode/encode API over `BytesMut` ([`decode`], [`encode`], [`check_head`]), and with
+//! the `tokio-codec` feature the same as a `tokio_util::codec::{Decoder, Encoder}` pair
+//! (`FrameCodec`).
 
 use bytes::BytesMut;
+#[cfg(feature = "tokio-codec")]
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::error::{DecodeError, EncodeError};
@@ -54,6 +56,7 @@ pub fn encode(frame: &Frame, dst: &mut BytesMut) -> Result<(), EncodeError> {
 }
 
 /// What the `tokio_util` codec can fail with: the peer's bytes, our frame, or the stream.
+#[cfg(feature = "tokio-codec")]
 #[derive(thiserror::Error, Debug)]
 pub enum CodecError {
     /// The peer sent bytes that are not a valid frame.
@@ -67,13 +70,16 @@ pub enum CodecError {
     Io(#[from] std::io::Error),
 }
 
-/// [`decode`] and [`encode`] as a `tokio_util` codec, with a maximum frame size.
+/// [`decode`] and [`encode`] as a `tokio_util` codec, with a maximum frame size (feature
+/// `tokio-codec`).
+#[cfg(feature = "tokio-codec")]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameCodec {
     /// The largest frame (header + body) accepted, in bytes.
     pub max_frame: u32,
 }
 
+#[cfg(feature = "tokio-codec")]
 impl FrameCodec {
     /// A codec accepting frames up to `max_frame` bytes, header included.
     pub fn new(max_frame: u32) -> FrameCodec {
@@ -81,12 +87,14 @@ impl FrameCodec {
     }
 }
 
+#[cfg(feature = "tokio-codec")]
 impl Default for FrameCodec {
     fn default() -> FrameCodec {
         FrameCodec::new(DEFAULT_MAX_FRAME)
     }
 }
 
+#[cfg(feature = "tokio-codec")]
 impl Decoder for FrameCodec {
     type Item = Frame;
     type Error = CodecError;
@@ -104,6 +112,7 @@ impl Decoder for FrameCodec {
     }
 }
 
+#[cfg(feature = "tokio-codec")]
 impl Encoder<&Frame> for FrameCodec {
     type Error = CodecError;
 
@@ -112,6 +121,7 @@ impl Encoder<&Frame> for FrameCodec {
     }
 }
 
+#[cfg(feature = "tokio-codec")]
 impl Encoder<Frame> for FrameCodec {
     type Error = CodecError;
 

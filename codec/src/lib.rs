@@ -16,16 +16,23 @@
 //! - [`code`]: [`Code`], the table of wire codes shared by `AUTH_FAIL`, `KICK`, `REDIRECT`
 //!   and `ERROR`.
 //! - [`error`]: [`DecodeError`], what can be wrong with inbound bytes, and its wire code.
-//! - [`codec`]: [`FrameCodec`], the `decode`/`encode` API over `BytesMut`, also usable as a
-//!   `tokio_util::codec::{Decoder, Encoder}`.
+//! - [`codec`]: the `decode`/`encode` API over `BytesMut` and the size check on the header;
+//!   with feature `tokio-codec`, `FrameCodec` as a `tokio_util::codec::{Decoder, Encoder}`.
 //! - [`rules`]: pure functions the server applies: which frames each state accepts, version
 //!   negotiation, heartbeat clamping.
 //! - [`client`]: [`client::Session`], the client state machine (handshake, heartbeats, ack
 //!   window, kick/redirect handling, reconnect backoff).
 //!
+//! # Cargo features
+//!
+//! - `tokio-codec` (off by default): implements `tokio_util::codec::{Decoder, Encoder}` for
+//!   `codec::FrameCodec` (and adds `codec::CodecError`), for use with `tokio_util`'s
+//!   `Framed`. Without it the crate depends on `bytes` and `thiserror` only: the codec never
+//!   depends on tokio.
+//!
 //! # A frame's way through
 //!
-//! Bytes arrive in a `BytesMut`; [`FrameCodec::decode`] peeks the header, rejects an
+//! Bytes arrive in a `BytesMut`; [`decode`] peeks the header, rejects an
 //! oversized frame before buffering its body, waits (`Ok(None)`) while the frame is
 //! incomplete, then splits the frame off and parses its body zero-copy into a [`Frame`].
 //! [`Frame::encode`] appends a frame to any `BufMut` with no intermediate allocation.
@@ -40,7 +47,9 @@ pub mod frame;
 pub mod rules;
 
 pub use code::{Code, CodeClass};
-pub use codec::{CodecError, DEFAULT_MAX_FRAME, FrameCodec, check_head, decode, encode};
+#[cfg(feature = "tokio-codec")]
+pub use codec::{CodecError, FrameCodec};
+pub use codec::{DEFAULT_MAX_FRAME, check_head, decode, encode};
 pub use error::{DecodeError, EncodeError};
 pub use frame::{
     Ack, AuthFail, AuthOk, Direction, ErrorFrame, Extension, Frame, FrameType, HEADER_LEN, Head,

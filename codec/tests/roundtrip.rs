@@ -4,7 +4,8 @@
 //! own bytes (consumed + rest = input); "need more bytes" is `Ok(None)` at every split
 //! point and consumes nothing; no input makes `decode` panic; every limit of § Limits is
 //! refused on encode (writing nothing) and on decode (`MALFORMED_FRAME`); the size check
-//! runs on the first 4 bytes.
+//! runs on the first 4 bytes. The `tokio_util` impls (feature `tokio-codec`, on for the
+//! crate's own tests) decode and encode the same way.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use holdfast_codec::codec::CodecError;
