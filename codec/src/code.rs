@@ -73,6 +73,9 @@ codes! {
     IDLE_TIMEOUT = 109;
     /// The push sequence space of this connection is used up.
     SEQUENCE_EXHAUSTED = 110;
+    /// The client sent frames faster than the server's per-connection limit for too long
+    /// (`ERROR` `FATAL`).
+    RATE_LIMITED = 111;
     /// The token is malformed, its signature or algorithm is wrong, or a claim is missing.
     INVALID_TOKEN = 201;
     /// The token's `exp` has passed.
@@ -103,6 +106,8 @@ codes! {
     UPSTREAM_UNAVAILABLE = 502;
     /// Too many `UPSTREAM` requests of this connection are in flight.
     TOO_MANY_REQUESTS = 503;
+    /// The backend's reply to an `UPSTREAM` would exceed the client's maximum frame size.
+    REPLY_TOO_LARGE = 504;
     /// The server failed; retry with backoff.
     INTERNAL_ERROR = 601;
     /// The server refuses new work for now; retry with backoff.

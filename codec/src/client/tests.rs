@@ -564,6 +564,44 @@ fn errors_about_requests_and_the_connection() {
 }
 
 #[test]
+fn new_codes_are_handled_by_their_class() {
+    let mut h = Harness::established();
+    let too_large = ErrorFrame {
+        request_id: 9,
+        fatal: false,
+        code: Code::REPLY_TOO_LARGE,
+        message: "reply of 70000 bytes".into(),
+    };
+    let rate_limited = ErrorFrame {
+        request_id: 0,
+        fatal: true,
+        code: Code::RATE_LIMITED,
+        message: "too fast".into(),
+    };
+    h.feed(&[Frame::Error(too_large), Frame::Error(rate_limited)], 100);
+    let events = h.events();
+    assert_eq!(
+        events[0],
+        Event::UpstreamError {
+            request_id: 9,
+            code: Code::REPLY_TOO_LARGE,
+            message: "reply of 70000 bytes".into()
+        }
+    );
+    assert_eq!(
+        events[1],
+        Event::ServerError { code: Code::RATE_LIMITED, message: "too fast".into(), fatal: true }
+    );
+    assert!(matches!(
+        &events[2],
+        Event::Closed {
+            reason: CloseReason::ServerError(Code::RATE_LIMITED),
+            reconnect: Reconnect::After { .. }
+        }
+    ));
+}
+
+#[test]
 fn send_upstream_refusals_queue_nothing() {
     let mut h = Harness::new(config());
     let payload = Bytes::from_static(b"x");
