@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use holdfast_codec::{Ack, DEFAULT_MAX_FRAME, Frame, Hello, Ping, Platform, Push, decode, encode};
+use holdfast_codec::{
+    Ack, AuthOk, DEFAULT_MAX_FRAME, Frame, Hello, Ping, Platform, Push, Refresh, decode, encode,
+};
 
 fn push(payload_len: usize) -> Frame {
     Frame::Push(Push {
@@ -33,13 +35,28 @@ fn cases() -> Vec<(&'static str, Frame)> {
                 versions: vec![1],
                 capabilities: 0,
                 heartbeat_ms: 240_000,
+                max_frame: 65_536,
                 platform: Platform::Android,
-                resume_session: 0x0123_4567_89AB_CDEF,
                 token: "t".repeat(300),
                 device_id: "3f2a9c4e-5b1d-4e8f-9a7c-2d6b8e1f0a3c".into(),
                 app_version: "5.2.1".into(),
             }),
         ),
+        (
+            "auth_ok",
+            Frame::AuthOk(AuthOk {
+                version: 1,
+                capabilities: 0,
+                conn_id: 0x0007_0100_0000_0001,
+                heartbeat_ms: 240_000,
+                idle_timeout_ms: 720_000,
+                max_frame: 65_536,
+                max_unacked: 1_024,
+                token_expires_ms: 1_700_003_600_000,
+                server_time_ms: 1_700_000_000_000,
+            }),
+        ),
+        ("refresh_token_300B", Frame::Refresh(Refresh { request_id: 1, token: "t".repeat(300) })),
         (
             "ack_32_ids",
             Frame::Ack(Ack {

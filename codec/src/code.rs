@@ -3,6 +3,11 @@
 //! `AUTH_FAIL`, `KICK`, `REDIRECT` and `ERROR` all carry a [`Code`]. The table below is the
 //! only place a code's number, name and meaning are written in Rust; everything else refers
 //! to the constants.
+//!
+//! Which frame carries which range (`docs/PROTOCOL.md` § Code registry): 1xx in `ERROR`
+//! `FATAL` (and 105 in `AUTH_FAIL`); 2xx in `AUTH_FAIL`, and in a non-fatal `ERROR`
+//! answering a `REFRESH`; 3xx in `KICK`; 4xx in `REDIRECT`; 5xx in a non-fatal `ERROR`
+//! answering an `UPSTREAM`; 6xx in `AUTH_FAIL` or `ERROR`.
 
 use std::fmt;
 
@@ -17,13 +22,14 @@ pub enum CodeClass {
     Ok,
     /// 1xx: the peer broke the protocol.
     Protocol,
-    /// 2xx: authentication failed.
+    /// 2xx: authentication failed (`AUTH_FAIL`), or a `REFRESH` was refused (non-fatal
+    /// `ERROR`).
     Auth,
     /// 3xx: the session was ended for a reason about the user.
     Kick,
     /// 4xx: the server asks the client to reconnect (elsewhere).
     Redirect,
-    /// 5xx: one request failed; the connection stays up.
+    /// 5xx: one `UPSTREAM` request failed; the connection stays up.
     Request,
     /// 6xx: the server failed or is overloaded.
     Server,
@@ -84,7 +90,8 @@ codes! {
     TOKEN_NOT_YET_VALID = 203;
     /// `HELLO.token` is empty.
     TOKEN_MISSING = 204;
-    /// The token's audience, issuer, device or platform does not match.
+    /// The token's audience, issuer, device or platform does not match; in answer to a
+    /// `REFRESH`, also a token for another user (`sub`).
     CLAIM_MISMATCH = 205;
     /// A newer login of the same user displaced this connection.
     LOGGED_IN_ELSEWHERE = 301;
@@ -106,7 +113,7 @@ codes! {
     UPSTREAM_UNAVAILABLE = 502;
     /// Too many `UPSTREAM` requests of this connection are in flight.
     TOO_MANY_REQUESTS = 503;
-    /// The backend's reply to an `UPSTREAM` would exceed the client's maximum frame size.
+    /// The backend's reply to an `UPSTREAM` would exceed the client's `HELLO.max_frame`.
     REPLY_TOO_LARGE = 504;
     /// The server failed; retry with backoff.
     INTERNAL_ERROR = 601;

@@ -68,6 +68,17 @@ pub enum EncodeError {
         /// The largest length allowed.
         max: usize,
     },
+    /// A field holds a value its type forbids, for example a `HELLO.max_frame` that is
+    /// non-zero and below 1,024 or a `REFRESH` with request id 0.
+    #[error("{frame:?} field `{field}` is invalid: {reason}")]
+    FieldValue {
+        /// The frame type.
+        frame: FrameType,
+        /// The field's name as in `docs/PROTOCOL.md` (`id` for the header's).
+        field: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// The body would not fit the header's 32-bit length field.
     #[error("{frame:?} body of {len} bytes does not fit the 32-bit length field")]
     BodyTooLarge {

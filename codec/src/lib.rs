@@ -12,16 +12,18 @@
 //!
 //! # Layout
 //!
-//! - [`frame`]: the header ([`frame::head`]), [`Frame`] and one module per frame type.
+//! - [`frame`]: the header ([`frame::head`]), one struct per frame type and [`Frame`];
+//!   the body layouts live in `frame/body.rs`, the field encodings in `frame/wire.rs`.
 //! - [`code`]: [`Code`], the table of wire codes shared by `AUTH_FAIL`, `KICK`, `REDIRECT`
 //!   and `ERROR`.
-//! - [`error`]: [`DecodeError`], what can be wrong with inbound bytes, and its wire code.
+//! - [`error`]: [`DecodeError`], what can be wrong with inbound bytes, and its wire code;
+//!   [`EncodeError`], a frame the wire format cannot carry.
 //! - [`codec`]: the `decode`/`encode` API over `BytesMut` and the size check on the header;
 //!   with feature `tokio-codec`, `FrameCodec` as a `tokio_util::codec::{Decoder, Encoder}`.
 //! - [`rules`]: pure functions the server applies: which frames each state accepts, version
-//!   negotiation, heartbeat clamping.
+//!   negotiation, heartbeat clamping, the client's frame limit, the ack range check.
 //! - [`client`]: [`client::Session`], the client state machine (handshake, heartbeats, ack
-//!   window, kick/redirect handling, reconnect backoff).
+//!   window, token refresh, kick/redirect handling, reconnect backoff).
 //!
 //! # Cargo features
 //!
@@ -53,7 +55,7 @@ pub use codec::{DEFAULT_MAX_FRAME, check_head, decode, encode};
 pub use error::{DecodeError, EncodeError};
 pub use frame::{
     Ack, AuthFail, AuthOk, Direction, ErrorFrame, Extension, Frame, FrameType, HEADER_LEN, Head,
-    Hello, Kick, Ping, Platform, Push, Redirect, Upstream, UpstreamReply,
+    Hello, Kick, Ping, Platform, Push, Redirect, Refresh, RefreshOk, Upstream, UpstreamReply,
 };
 
 /// The protocol version this crate implements.

@@ -1,11 +1,12 @@
 //! Pure rules the server applies: which frame types each connection state accepts, version
-//! negotiation, heartbeat clamping and the acknowledgement range check.
+//! negotiation, heartbeat clamping, the largest frame a client accepts and the
+//! acknowledgement range check.
 //!
 //! Nothing here does I/O or keeps state; the gateway calls these with what it knows and acts
 //! on the answer. Each function quotes the `docs/PROTOCOL.md` sentences it implements, so a
 //! change to the spec and a change here are reviewed together.
 
-use crate::{Code, FrameType};
+use crate::{Code, DEFAULT_MAX_FRAME, FrameType};
 
 /// Where a server-side connection is in the state machine (`docs/PROTOCOL.md` § Connection
 /// state machine).
@@ -35,9 +36,9 @@ pub enum Verdict {
 /// The spec's acceptance table:
 ///
 /// > | `AWAIT_HELLO` | `HELLO` | `ERROR` `UNEXPECTED_FRAME` (104, `FATAL`), close |
-/// > | `ESTABLISHED` | `PING`, `PONG`, `ACK`, `UPSTREAM`, `ERROR`, unknown extension types
-/// > (skipped) | `HELLO` again, or a server-to-client type: `ERROR` `UNEXPECTED_FRAME`
-/// > (`FATAL`), close |
+/// > | `ESTABLISHED` | `PING`, `PONG`, `ACK`, `UPSTREAM`, `REFRESH`, `ERROR`, unknown
+/// > extension types (skipped) | `HELLO` again, or a server-to-client type: `ERROR`
+/// > `UNEXPECTED_FRAME` (`FATAL`), close |
 /// > | `CLOSING` | nothing; input is read and discarded until the close | — |
 ///
 /// and the rule for unknown types:
@@ -67,7 +68,7 @@ pub fn server_accepts(state: ConnState, kind: u8) -> Verdict {
     use FrameType::*;
     let accepted = match state {
         ConnState::AwaitHello => known == Hello,
-        ConnState::Established => matches!(known, Ping | Pong | Ack | Upstream | Error),
+        ConnState::Established => matches!(known, Ping | Pong | Ack | Upstream | Refresh | Error),
         ConnState::Closing => false,
     };
     if accepted {
@@ -181,6 +182,18 @@ impl HeartbeatPolicy {
     }
 }
 
+/// The largest frame (header + body) the server may send to a client that announced
+/// `hello_max_frame` in `HELLO`.
+///
+/// > `max_frame`: the largest frame (header + body) the client accepts; 0 means the default
+/// > 65,536. [...] The server never sends a larger frame.
+///
+/// A non-zero value below 1,024 never gets here: the decoder refuses that `HELLO` as
+/// `MALFORMED_FRAME`.
+pub fn client_max_frame(hello_max_frame: u32) -> u32 {
+    if hello_max_frame == 0 { DEFAULT_MAX_FRAME } else { hello_max_frame }
+}
+
 /// Check a client's cumulative `ACK` against the highest push sequence sent.
 ///
 /// > Acknowledging a sequence the server never sent (greater than the highest sequence sent)
@@ -202,12 +215,12 @@ mod tests {
         match (state, kind) {
             (ConnState::Closing, _) => Verdict::Skip,
             (ConnState::AwaitHello, 0x01) => Verdict::Accept,
-            (ConnState::AwaitHello, 0x02..=0x0C) => Verdict::Reject(Code::UNEXPECTED_FRAME),
+            (ConnState::AwaitHello, 0x02..=0x0E) => Verdict::Reject(Code::UNEXPECTED_FRAME),
             (ConnState::AwaitHello, 0x80..=0xFF) => Verdict::Reject(Code::UNEXPECTED_FRAME),
-            (ConnState::Established, 0x04 | 0x05 | 0x07 | 0x08 | 0x0C) => Verdict::Accept,
-            (ConnState::Established, 0x01..=0x0C) => Verdict::Reject(Code::UNEXPECTED_FRAME),
+            (ConnState::Established, 0x04 | 0x05 | 0x07 | 0x08 | 0x0C | 0x0D) => Verdict::Accept,
+            (ConnState::Established, 0x01..=0x0E) => Verdict::Reject(Code::UNEXPECTED_FRAME),
             (ConnState::Established, 0x80..=0xFF) => Verdict::Skip,
-            (_, 0x00 | 0x0D..=0x7F) => Verdict::Reject(Code::UNKNOWN_FRAME_TYPE),
+            (_, 0x00 | 0x0F..=0x7F) => Verdict::Reject(Code::UNKNOWN_FRAME_TYPE),
         }
     }
 
@@ -223,8 +236,8 @@ mod tests {
                 }
             }
         }
-        // HELLO alone before authentication; five types once established; nothing closing.
-        assert_eq!(counts, [1, 5, 0]);
+        // HELLO alone before authentication; six types once established; nothing closing.
+        assert_eq!(counts, [1, 6, 0]);
     }
 
     #[test]
@@ -242,6 +255,25 @@ mod tests {
             server_accepts(ConnState::Established, FrameType::Hello as u8),
             Verdict::Reject(Code::UNEXPECTED_FRAME)
         );
+    }
+
+    #[test]
+    fn refresh_only_once_established() {
+        let refresh = FrameType::Refresh as u8;
+        assert_eq!(server_accepts(ConnState::Established, refresh), Verdict::Accept);
+        assert_eq!(
+            server_accepts(ConnState::AwaitHello, refresh),
+            Verdict::Reject(Code::UNEXPECTED_FRAME)
+        );
+        assert_eq!(server_accepts(ConnState::Closing, refresh), Verdict::Skip);
+    }
+
+    #[test]
+    fn client_max_frame_zero_is_the_default() {
+        assert_eq!(client_max_frame(0), 65_536);
+        assert_eq!(client_max_frame(1_024), 1_024);
+        assert_eq!(client_max_frame(1 << 20), 1 << 20);
+        assert_eq!(client_max_frame(u32::MAX), u32::MAX);
     }
 
     #[test]

@@ -13,12 +13,14 @@ use std::sync::OnceLock;
 use bytes::{Bytes, BytesMut};
 use holdfast_codec::{
     Ack, AuthFail, AuthOk, Code, DEFAULT_MAX_FRAME, ErrorFrame, Extension, Frame, FrameType,
-    HEADER_LEN, Hello, Kick, Ping, Platform, Push, Redirect, Upstream, UpstreamReply, decode,
-    encode,
+    HEADER_LEN, Hello, Kick, Ping, Platform, Push, Redirect, Refresh, RefreshOk, Upstream,
+    UpstreamReply, decode, encode,
 };
 
-/// Fewer vectors than this means the directory was emptied or not found.
-const MIN_VECTORS: usize = 20;
+/// Fewer vectors than this means the directory was emptied, not found or lost a file: the
+/// vectors `tests/golden/README.md` lists, which
+/// `readme_and_spec_list_exactly_the_vectors_there_are` checks name for name.
+const MIN_VECTORS: usize = 31;
 
 fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("golden")
@@ -47,13 +49,14 @@ fn wire_name(t: FrameType) -> &'static str {
         FrameType::Kick => "KICK",
         FrameType::Redirect => "REDIRECT",
         FrameType::Error => "ERROR",
+        FrameType::Refresh => "REFRESH",
+        FrameType::RefreshOk => "REFRESH_OK",
     }
 }
 
 /// The flag bit each type defines (bit 0 in version 1), by name.
 fn flag_name(t: FrameType) -> Option<&'static str> {
     match t {
-        FrameType::AuthOk => Some("RESUMED"),
         FrameType::Push => Some("ACK_REQUIRED"),
         FrameType::Error => Some("FATAL"),
         _ => None,
@@ -281,6 +284,7 @@ fn parse_vector(text: &str) -> Result<Frame, String> {
                 versions: l.list("versions", parse_uint)?,
                 capabilities: l.uint("capabilities")?,
                 heartbeat_ms: l.uint("heartbeat_ms")?,
+                max_frame: l.uint("max_frame")?,
                 platform: {
                     let p: u8 = l.uint("platform")?;
                     let platform = Platform::from_u8(p);
@@ -289,7 +293,6 @@ fn parse_vector(text: &str) -> Result<Frame, String> {
                     }
                     platform
                 },
-                resume_session: l.uint("resume_session")?,
                 token: l.string("token")?,
                 device_id: l.string("device_id")?,
                 app_version: l.string("app_version")?,
@@ -298,14 +301,14 @@ fn parse_vector(text: &str) -> Result<Frame, String> {
         FrameType::AuthOk => {
             l.zero_id()?;
             Frame::AuthOk(AuthOk {
-                resumed: flag,
                 version: l.uint("version")?,
                 capabilities: l.uint("capabilities")?,
                 conn_id: l.uint("conn_id")?,
-                session_id: l.uint("session_id")?,
                 heartbeat_ms: l.uint("heartbeat_ms")?,
                 idle_timeout_ms: l.uint("idle_timeout_ms")?,
                 max_frame: l.uint("max_frame")?,
+                max_unacked: l.uint("max_unacked")?,
+                token_expires_ms: l.uint("token_expires_ms")?,
                 server_time_ms: l.uint("server_time_ms")?,
             })
         }
@@ -361,6 +364,13 @@ fn parse_vector(text: &str) -> Result<Frame, String> {
             fatal: flag,
             code: Code(l.uint("code")?),
             message: l.string("message")?,
+        }),
+        FrameType::Refresh => {
+            Frame::Refresh(Refresh { request_id: l.uint("id")?, token: l.string("token")? })
+        }
+        FrameType::RefreshOk => Frame::RefreshOk(RefreshOk {
+            request_id: l.uint("id")?,
+            token_expires_ms: l.uint("token_expires_ms")?,
         }),
     };
     l.done()?;
@@ -419,8 +429,8 @@ fn format_vector(frame: &Frame) -> String {
                 f.push(("versions", list(&h.versions, u16::to_string)));
                 f.push(("capabilities", h.capabilities.to_string()));
                 f.push(("heartbeat_ms", h.heartbeat_ms.to_string()));
+                f.push(("max_frame", h.max_frame.to_string()));
                 f.push(("platform", (h.platform as u8).to_string()));
-                f.push(("resume_session", h.resume_session.to_string()));
                 f.push(("token", quote(&h.token)));
                 f.push(("device_id", quote(&h.device_id)));
                 f.push(("app_version", quote(&h.app_version)));
@@ -429,10 +439,11 @@ fn format_vector(frame: &Frame) -> String {
                 f.push(("version", a.version.to_string()));
                 f.push(("capabilities", a.capabilities.to_string()));
                 f.push(("conn_id", a.conn_id.to_string()));
-                f.push(("session_id", a.session_id.to_string()));
                 f.push(("heartbeat_ms", a.heartbeat_ms.to_string()));
                 f.push(("idle_timeout_ms", a.idle_timeout_ms.to_string()));
                 f.push(("max_frame", a.max_frame.to_string()));
+                f.push(("max_unacked", a.max_unacked.to_string()));
+                f.push(("token_expires_ms", a.token_expires_ms.to_string()));
                 f.push(("server_time_ms", a.server_time_ms.to_string()));
             }
             Frame::AuthFail(AuthFail { code, reason }) | Frame::Kick(Kick { code, reason }) => {
@@ -467,6 +478,8 @@ fn format_vector(frame: &Frame) -> String {
                 f.push(("code", e.code.0.to_string()));
                 f.push(("message", quote(&e.message)));
             }
+            Frame::Refresh(r) => f.push(("token", quote(&r.token))),
+            Frame::RefreshOk(r) => f.push(("token_expires_ms", r.token_expires_ms.to_string())),
             Frame::Extension(_) => unreachable!("handled above"),
         }
     }
@@ -603,12 +616,23 @@ fn vectors_cover_every_frame_type_and_the_listed_variants() {
     let has = |what: &str, pred: &dyn Fn(&Frame) -> bool| {
         assert!(frames.iter().any(|f| pred(f)), "no golden vector with {what}");
     };
+    has("HELLO with several versions", &|f| matches!(f, Frame::Hello(h) if h.versions.len() > 1));
+    has("HELLO with the default max_frame", &|f| matches!(f, Frame::Hello(h) if h.max_frame == 0));
+    has("HELLO with a max_frame", &|f| matches!(f, Frame::Hello(h) if h.max_frame != 0));
     has(
-        "HELLO resuming with several versions",
-        &|f| matches!(f, Frame::Hello(h) if h.resume_session != 0 && h.versions.len() > 1),
+        "AUTH_OK with a token expiry",
+        &|f| matches!(f, Frame::AuthOk(a) if a.token_expires_ms != 0),
     );
-    has("AUTH_OK resumed", &|f| matches!(f, Frame::AuthOk(a) if a.resumed));
-    has("AUTH_OK fresh", &|f| matches!(f, Frame::AuthOk(a) if !a.resumed));
+    has("AUTH_OK without one", &|f| matches!(f, Frame::AuthOk(a) if a.token_expires_ms == 0));
+    has("REFRESH_OK", &|f| matches!(f, Frame::RefreshOk(_)));
+    has(
+        "ERROR refusing a refresh",
+        &|f| matches!(f, Frame::Error(e) if !e.fatal && e.request_id != 0 && e.code.0 / 100 == 2),
+    );
+    has(
+        "ERROR answering an upstream",
+        &|f| matches!(f, Frame::Error(e) if !e.fatal && e.request_id != 0 && e.code.0 / 100 == 5),
+    );
     has("PING without timestamp", &|f| matches!(f, Frame::Ping(p) if p.timestamp.is_none()));
     has("PING with timestamp", &|f| matches!(f, Frame::Ping(p) if p.timestamp.is_some()));
     has("PONG", &|f| matches!(f, Frame::Pong(_)));
@@ -711,21 +735,50 @@ fn vectors_match_the_byte_layout_written_in_the_spec() {
     assert_eq!(&error[4..10], &[0x0C, 0x01, 0, 0, 0, 0]);
     assert_eq!(&error[10..12], &107u16.to_be_bytes());
 
-    // HELLO: versions, capabilities, heartbeat_ms, platform, resume_session, token str16,
+    // HELLO: versions, capabilities, heartbeat_ms, max_frame, platform, token str16,
     // device_id str8, app_version str8.
-    let hello = &find(vectors, "hello_resume").bin;
+    let hello = &find(vectors, "hello_two_versions").bin;
     assert_eq!(hello[4], 0x01);
     let body = &hello[HEADER_LEN..];
     assert_eq!(&body[..5], &[2, 0, 2, 0, 1]);
     assert_eq!(&body[5..9], &0u32.to_be_bytes());
     assert_eq!(&body[9..13], &240_000u32.to_be_bytes());
-    assert_eq!(body[13], 1);
-    assert_eq!(&body[14..22], &0x0123_4567_89AB_CDEFu64.to_be_bytes());
-    let token_len = usize::from(u16::from_be_bytes([body[22], body[23]]));
-    let device = &body[24 + token_len..];
+    assert_eq!(&body[13..17], &0u32.to_be_bytes(), "max_frame 0: the default");
+    assert_eq!(body[17], 1);
+    let token_len = usize::from(u16::from_be_bytes([body[18], body[19]]));
+    let device = &body[20 + token_len..];
     assert_eq!(usize::from(device[0]), "Zoë’s iPhone".len());
     assert_eq!(&device[1..=device[0] as usize], "Zoë’s iPhone".as_bytes());
     assert_eq!(&body[body.len() - 6..], b"\x055.2.1");
+    let hello = &find(vectors, "hello_max_frame").bin;
+    assert_eq!(&hello[HEADER_LEN + 11..HEADER_LEN + 15], &1_024u32.to_be_bytes());
+
+    // AUTH_OK: version u16, capabilities u32, conn_id u64, heartbeat_ms u32,
+    // idle_timeout_ms u32, max_frame u32, max_unacked u32, token_expires_ms u64,
+    // server_time_ms u64; no flags.
+    let mut auth_ok = vec![0, 0, 0, 46, 0x02, 0, 0, 0, 0, 0];
+    auth_ok.extend_from_slice(&1u16.to_be_bytes());
+    auth_ok.extend_from_slice(&0u32.to_be_bytes());
+    auth_ok.extend_from_slice(&72_058_697_861_300_225u64.to_be_bytes());
+    auth_ok.extend_from_slice(&30_000u32.to_be_bytes());
+    auth_ok.extend_from_slice(&90_000u32.to_be_bytes());
+    auth_ok.extend_from_slice(&65_536u32.to_be_bytes());
+    auth_ok.extend_from_slice(&1_024u32.to_be_bytes());
+    auth_ok.extend_from_slice(&1_700_003_600_000u64.to_be_bytes());
+    auth_ok.extend_from_slice(&1_700_000_000_000u64.to_be_bytes());
+    assert_eq!(find(vectors, "auth_ok").bin, auth_ok);
+
+    // REFRESH: header id = request id, token str16. REFRESH_OK: the same id,
+    // token_expires_ms u64. The refusal: ERROR, no FATAL flag, the same id, code 202.
+    let refresh = &find(vectors, "refresh").bin;
+    assert_eq!(&refresh[4..10], &[0x0D, 0, 0, 0, 0, 3]);
+    let token_len = usize::from(u16::from_be_bytes([refresh[10], refresh[11]]));
+    assert_eq!(refresh.len(), HEADER_LEN + 2 + token_len);
+    let mut refresh_ok = vec![0, 0, 0, 8, 0x0E, 0, 0, 0, 0, 3];
+    refresh_ok.extend_from_slice(&1_700_007_200_000u64.to_be_bytes());
+    assert_eq!(find(vectors, "refresh_ok").bin, refresh_ok);
+    let refused = &find(vectors, "error_refresh_refused").bin;
+    assert_eq!(&refused[4..12], &[0x0C, 0, 0, 0, 0, 3, 0, 202]);
 
     // EXTENSION: the header as given, the body as is.
     assert_eq!(
@@ -748,6 +801,99 @@ fn protocol_md_describes_every_frame_type() {
     }
     assert!(spec.contains("`0x80`–`0xFF`"), "PROTOCOL.md does not define the extension range");
     assert!(spec.contains("codec/tests/golden/"), "PROTOCOL.md does not point at the vectors");
+}
+
+/// The section of `spec` under `heading`, up to the next `## `.
+fn section<'a>(spec: &'a str, heading: &str) -> &'a str {
+    let start = spec.find(heading).unwrap_or_else(|| panic!("PROTOCOL.md has no {heading:?}"));
+    let rest = &spec[start + heading.len()..];
+    &rest[..rest.find("\n## ").unwrap_or(rest.len())]
+}
+
+#[test]
+fn protocol_md_registries_cover_every_type_byte_flag_and_code() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/PROTOCOL.md");
+    let spec = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+
+    // Opcode registry: one row per assigned type, then the reserved and extension ranges,
+    // which together cover every byte 0x00-0xFF.
+    let opcodes = section(&spec, "\n## Opcode registry\n");
+    let mut covered = vec![false; 256];
+    for line in opcodes.lines().filter(|l| l.starts_with("| `0x")) {
+        let cell = line.split(" | ").next().unwrap().trim_start_matches("| ");
+        let bytes: Vec<u8> = cell
+            .split('–')
+            .map(|b| u8::from_str_radix(b.trim_matches('`').trim_start_matches("0x"), 16).unwrap())
+            .collect();
+        let (lo, hi) = (bytes[0], *bytes.last().unwrap());
+        for b in lo..=hi {
+            assert!(!covered[usize::from(b)], "type {b:#04x} is in two rows");
+            covered[usize::from(b)] = true;
+        }
+        if let Some(t) = FrameType::from_u8(lo) {
+            assert_eq!(lo, hi);
+            assert!(line.contains(&format!("`{}`", wire_name(t))), "row {line:?}");
+        }
+    }
+    assert!(covered.iter().all(|c| *c), "the opcode registry misses a type byte");
+    assert!(opcodes.contains("| `0x80`–`0xFF` |") && opcodes.contains("| `0x0F`–`0x7F` |"));
+
+    // Flag registry: the defined bits by name; AUTH_OK bit 0 reserved.
+    let flags = section(&spec, "\n## Flag registry\n");
+    for t in FrameType::ALL {
+        let row = flags
+            .lines()
+            .find(|l| l.starts_with("| ") && l.split(" | ").next().unwrap().contains(wire_name(t)))
+            .unwrap_or_else(|| panic!("no flag registry row for {}", wire_name(t)));
+        match flag_name(t) {
+            Some(name) => assert!(row.contains(&format!("| `{name}`")), "{row}"),
+            None => assert!(row.contains("| reserved"), "{row}"),
+        }
+    }
+
+    // Code registry: every code with its number and name, nothing else.
+    let codes = section(&spec, "\n## Codes\n");
+    let rows: Vec<&str> =
+        codes.lines().filter(|l| l.starts_with("| ") && l.contains(" | `")).collect();
+    for code in Code::ALL {
+        let row = format!("| {} | `{}` |", code.0, code.name().unwrap());
+        assert!(rows.iter().any(|r| r.starts_with(&row)), "PROTOCOL.md § Codes has no row {row}");
+    }
+    let numbered = rows
+        .iter()
+        .filter(|r| r[2..].split(" | ").next().is_some_and(|c| c.parse::<u16>().is_ok()))
+        .count();
+    assert_eq!(numbered, Code::ALL.len(), "the codes table lists a code the crate does not know");
+}
+
+/// Every backticked vector name in the first cell of the table rows of `text` after
+/// `heading`, up to the next heading of the same level.
+fn listed_vectors(text: &str, heading: &str) -> Vec<String> {
+    let start = text.find(heading).unwrap_or_else(|| panic!("no section {heading:?}"));
+    let level = heading.split(' ').next().unwrap_or("#");
+    let section = &text[start + heading.len()..];
+    let end = section.find(&format!("\n{level} ")).unwrap_or(section.len());
+    let mut names = Vec::new();
+    for line in section[..end].lines() {
+        let Some(cell) = line.strip_prefix("| ").and_then(|l| l.split(" |").next()) else {
+            continue;
+        };
+        names.extend(cell.split('`').skip(1).step_by(2).map(str::to_owned));
+    }
+    names.sort();
+    names
+}
+
+#[test]
+fn readme_and_spec_list_exactly_the_vectors_there_are() {
+    let mut have: Vec<String> = load_vectors().iter().map(|v| v.name.clone()).collect();
+    have.sort();
+    assert_eq!(have.len(), MIN_VECTORS, "update MIN_VECTORS with the vectors");
+    let readme = fs::read_to_string(golden_dir().join("README.md")).unwrap();
+    assert_eq!(listed_vectors(&readme, "## The vectors"), have, "README.md § The vectors");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/PROTOCOL.md");
+    let spec = fs::read_to_string(path).unwrap();
+    assert_eq!(listed_vectors(&spec, "## Golden vectors"), have, "PROTOCOL.md § Golden vectors");
 }
 
 #[test]

@@ -9,10 +9,11 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use holdfast_codec::codec::CodecError;
+use holdfast_codec::frame::MIN_MAX_FRAME;
 use holdfast_codec::{
     Ack, AuthFail, AuthOk, Code, DEFAULT_MAX_FRAME, DecodeError, EncodeError, ErrorFrame,
     Extension, Frame, FrameCodec, FrameType, HEADER_LEN, Head, Hello, Kick, Ping, Platform, Push,
-    Redirect, Upstream, UpstreamReply, check_head, decode, encode,
+    Redirect, Refresh, RefreshOk, Upstream, UpstreamReply, check_head, decode, encode,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -62,13 +63,18 @@ fn ping() -> impl Strategy<Value = Ping> {
     (any::<u32>(), any::<Option<u64>>()).prop_map(|(id, timestamp)| Ping { id, timestamp })
 }
 
+/// `HELLO.max_frame`: 0 (the default), the smallest allowed value, or anything above it.
+fn hello_max_frame() -> impl Strategy<Value = u32> {
+    prop_oneof![Just(0), Just(MIN_MAX_FRAME), MIN_MAX_FRAME..=u32::MAX]
+}
+
 fn hello() -> impl Strategy<Value = Hello> {
     (
         vec(any::<u16>(), 1..=16),
         any::<u32>(),
         any::<u32>(),
+        hello_max_frame(),
         prop::sample::select(Platform::ALL.to_vec()),
-        any::<u64>(),
         text(8192),
         text(255),
         text(255),
@@ -78,8 +84,8 @@ fn hello() -> impl Strategy<Value = Hello> {
                 versions,
                 capabilities,
                 heartbeat_ms,
+                max_frame,
                 platform,
-                resume_session,
                 token,
                 device_id,
                 app_version,
@@ -87,8 +93,8 @@ fn hello() -> impl Strategy<Value = Hello> {
                 versions,
                 capabilities,
                 heartbeat_ms,
+                max_frame,
                 platform,
-                resume_session,
                 token,
                 device_id,
                 app_version,
@@ -98,39 +104,48 @@ fn hello() -> impl Strategy<Value = Hello> {
 
 fn auth_ok() -> impl Strategy<Value = AuthOk> {
     (
-        any::<bool>(),
         any::<u16>(),
         any::<u32>(),
         any::<u64>(),
+        any::<u32>(),
+        any::<u32>(),
+        any::<u32>(),
+        any::<u32>(),
         any::<u64>(),
-        any::<u32>(),
-        any::<u32>(),
-        any::<u32>(),
         any::<u64>(),
     )
         .prop_map(
             |(
-                resumed,
                 version,
                 capabilities,
                 conn_id,
-                session_id,
                 heartbeat_ms,
                 idle_timeout_ms,
                 max_frame,
+                max_unacked,
+                token_expires_ms,
                 server_time_ms,
             )| AuthOk {
-                resumed,
                 version,
                 capabilities,
                 conn_id,
-                session_id,
                 heartbeat_ms,
                 idle_timeout_ms,
                 max_frame,
+                max_unacked,
+                token_expires_ms,
                 server_time_ms,
             },
         )
+}
+
+fn refresh() -> impl Strategy<Value = Refresh> {
+    (1..=u32::MAX, text(8192)).prop_map(|(request_id, token)| Refresh { request_id, token })
+}
+
+fn refresh_ok() -> impl Strategy<Value = RefreshOk> {
+    (any::<u32>(), any::<u64>())
+        .prop_map(|(request_id, token_expires_ms)| RefreshOk { request_id, token_expires_ms })
 }
 
 fn push() -> impl Strategy<Value = Push> {
@@ -184,6 +199,8 @@ fn frame() -> BoxedStrategy<Frame> {
                 Frame::Error(ErrorFrame { request_id, fatal, code, message })
             }
         ),
+        refresh().prop_map(Frame::Refresh),
+        refresh_ok().prop_map(Frame::RefreshOk),
         extension().prop_map(Frame::Extension),
     ]
     .boxed()
@@ -375,7 +392,7 @@ proptest! {
 
     #[test]
     fn random_bodies_with_a_consistent_header_never_panic(
-        kind in prop_oneof![0u8..=0x0D, 0x80u8..=0xFF, any::<u8>()],
+        kind in prop_oneof![0u8..=0x0F, 0x80u8..=0xFF, any::<u8>()],
         flags in any::<u8>(),
         id in any::<u32>(),
         body in vec(any::<u8>(), 0..120),
@@ -420,8 +437,8 @@ fn sample_hello() -> Hello {
         versions: vec![1],
         capabilities: 0,
         heartbeat_ms: 240_000,
+        max_frame: 0,
         platform: Platform::Android,
-        resume_session: 0,
         token: "tok".into(),
         device_id: "dev".into(),
         app_version: "5.2.1".into(),
@@ -474,6 +491,68 @@ fn hello_token_is_at_most_8192_bytes() {
     let frame = Frame::Hello(Hello { token: "t".repeat(8193), ..sample_hello() });
     assert_refused(&frame, "token");
     assert_accepted(&Frame::Hello(Hello { token: "t".repeat(8192), ..sample_hello() }));
+}
+
+/// The frame is refused with a `FieldValue` error naming `field`, and nothing is written.
+fn assert_invalid_value(frame: &Frame, field: &str) {
+    let mut dst = BytesMut::new();
+    match encode(frame, &mut dst) {
+        Err(EncodeError::FieldValue { field: f, .. }) => assert_eq!(f, field),
+        other => panic!("expected FieldValue for {field}, got {other:?}"),
+    }
+    assert!(dst.is_empty());
+    let mut vec_dst = vec![0xEE; 3];
+    assert!(frame.encode(&mut vec_dst).is_err());
+    assert_eq!(vec_dst, [0xEE; 3]);
+}
+
+#[test]
+fn hello_max_frame_is_0_or_at_least_1024() {
+    for max_frame in [1, 10, 256, 1_023] {
+        let frame = Frame::Hello(Hello { max_frame, ..sample_hello() });
+        assert_invalid_value(&frame, "max_frame");
+        // The same body on the wire is MALFORMED_FRAME.
+        let mut body = body_of(&Frame::Hello(sample_hello()));
+        // versions (1 + 2) + capabilities (4) + heartbeat_ms (4) = offset 11.
+        body[11..15].copy_from_slice(&max_frame.to_be_bytes());
+        assert_malformed(&raw(0x01, 0, 0, &body), FrameType::Hello);
+    }
+    for max_frame in [0, 1_024, 65_536, u32::MAX] {
+        let frame = Frame::Hello(Hello { max_frame, ..sample_hello() });
+        assert_accepted(&frame);
+        assert_eq!(&body_of(&frame)[11..15], &max_frame.to_be_bytes());
+    }
+}
+
+#[test]
+fn refresh_request_id_0_is_refused() {
+    let frame = Frame::Refresh(Refresh { request_id: 0, token: "tok".into() });
+    assert_invalid_value(&frame, "id");
+    assert_malformed(&raw(0x0D, 0, 0, &[0, 3, b't', b'o', b'k']), FrameType::Refresh);
+    assert_accepted(&Frame::Refresh(Refresh { request_id: 1, token: "tok".into() }));
+    // REFRESH_OK carries whatever id it answers; the client judges it.
+    assert_accepted(&Frame::RefreshOk(RefreshOk { request_id: 0, token_expires_ms: 0 }));
+}
+
+#[test]
+fn refresh_token_is_at_most_8192_bytes() {
+    let frame = Frame::Refresh(Refresh { request_id: 1, token: "t".repeat(8193) });
+    assert_refused(&frame, "token");
+    assert_accepted(&Frame::Refresh(Refresh { request_id: 1, token: "t".repeat(8192) }));
+    let mut body = vec![];
+    body.put_u16(8193);
+    body.extend_from_slice(&[b't'; 8193]);
+    assert_malformed(&raw(0x0D, 0, 1, &body), FrameType::Refresh);
+}
+
+#[test]
+fn auth_ok_flag_bit_0_is_reserved_and_ignored() {
+    let ok = AuthOk { version: 1, max_unacked: 8, ..Default::default() };
+    let mut bytes = encoded(&Frame::AuthOk(ok.clone()));
+    assert_eq!(bytes[5], 0, "sent as 0");
+    assert_eq!(bytes.len(), HEADER_LEN + 46);
+    bytes[5] = 0x01;
+    assert_eq!(decode(&mut bytes, DEFAULT_MAX_FRAME), Ok(Some(Frame::AuthOk(ok))));
 }
 
 #[test]
@@ -543,11 +622,12 @@ fn extension_kind_must_be_0x80_or_above() {
 /// One frame of every type whose body has no *rest* field.
 fn fixed_layout_frames() -> Vec<Frame> {
     vec![
-        Frame::Hello(Hello { versions: vec![2, 1], resume_session: 77, ..sample_hello() }),
+        Frame::Hello(Hello { versions: vec![2, 1], max_frame: 4_096, ..sample_hello() }),
         Frame::AuthOk(AuthOk {
             version: 1,
-            session_id: 5,
             max_frame: 65_536,
+            max_unacked: 1_024,
+            token_expires_ms: 1_700_003_600_000,
             ..Default::default()
         }),
         Frame::AuthFail(AuthFail { code: Code::INVALID_TOKEN, reason: "bad sig".into() }),
@@ -562,6 +642,8 @@ fn fixed_layout_frames() -> Vec<Frame> {
             code: Code::UPSTREAM_TIMEOUT,
             message: "slow".into(),
         }),
+        Frame::Refresh(Refresh { request_id: 3, token: "tok-2".into() }),
+        Frame::RefreshOk(RefreshOk { request_id: 3, token_expires_ms: 1_700_007_200_000 }),
     ]
 }
 
@@ -699,7 +781,7 @@ fn hello_versions_count_must_be_1_to_16_on_decode() {
 #[test]
 fn hello_token_over_8192_bytes_is_malformed_on_decode() {
     let mut body = vec![1, 0, 1];
-    body.extend_from_slice(&[0; 4 + 4 + 1 + 8]);
+    body.extend_from_slice(&[0; 4 + 4 + 4 + 1]);
     body.put_u16(8193);
     body.extend_from_slice(&[b't'; 8193]);
     body.extend_from_slice(&[0, 0]);
@@ -731,7 +813,7 @@ fn length_prefix_past_the_end_is_malformed() {
 
 #[test]
 fn unknown_critical_types_are_refused_extensions_are_frames() {
-    for kind in [0x00u8, 0x0D, 0x40, 0x7F] {
+    for kind in [0x00u8, 0x0F, 0x40, 0x7F] {
         let mut src = raw(kind, 0, 0, &[1, 2, 3]);
         let err = decode(&mut src, DEFAULT_MAX_FRAME).unwrap_err();
         assert_eq!(err, DecodeError::UnknownType(kind));
@@ -748,10 +830,10 @@ fn unknown_critical_types_are_refused_extensions_are_frames() {
 #[test]
 fn reserved_platforms_decode_as_other() {
     let mut body = body_of(&Frame::Hello(sample_hello()));
-    // versions (1 + 2) + capabilities (4) + heartbeat_ms (4) = offset 11.
-    assert_eq!(body[11], Platform::Android as u8);
+    // versions (1 + 2) + capabilities (4) + heartbeat_ms (4) + max_frame (4) = offset 15.
+    assert_eq!(body[15], Platform::Android as u8);
     for value in [8u8, 200, 255] {
-        body[11] = value;
+        body[15] = value;
         let mut src = raw(0x01, 0, 0, &body);
         let Some(Frame::Hello(hello)) = decode(&mut src, DEFAULT_MAX_FRAME).unwrap() else {
             panic!("not a hello");

@@ -54,8 +54,6 @@ pub enum Event {
         platform: Platform,
         /// The client's address.
         remote: SocketAddr,
-        /// The session the client asked to resume, 0 for none.
-        resume_session: u64,
         /// The client's region, if known.
         region: Option<String>,
         /// When it authenticated, in ms since the Unix epoch.
@@ -116,24 +114,14 @@ impl Event {
 impl Serialize for Event {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
-            Event::Connected {
-                conn,
-                user,
-                device,
-                platform,
-                remote,
-                resume_session,
-                region,
-                at_ms,
-            } => {
-                let mut st = s.serialize_struct("Event", 9)?;
+            Event::Connected { conn, user, device, platform, remote, region, at_ms } => {
+                let mut st = s.serialize_struct("Event", 8)?;
                 st.serialize_field("type", "connected")?;
                 st.serialize_field("conn_id", conn)?;
                 st.serialize_field("user", &**user)?;
                 st.serialize_field("device", &**device)?;
                 st.serialize_field("platform", platform.as_str())?;
                 st.serialize_field("remote", &remote.to_string())?;
-                st.serialize_field("resume_session", &resume_session.to_string())?;
                 st.serialize_field("region", region)?;
                 st.serialize_field("at_ms", at_ms)?;
                 st.end()
@@ -503,7 +491,6 @@ mod tests {
             device: Arc::from("dev-1"),
             platform: Platform::Ios,
             remote: "127.0.0.1:5555".parse().expect("addr"),
-            resume_session: 0,
             region: None,
             at_ms: 1_767_225_600_000,
         }
@@ -538,7 +525,6 @@ mod tests {
             device: Arc::from(""),
             platform: Platform::Web,
             remote: "[::1]:443".parse().expect("addr"),
-            resume_session: u64::MAX - 1,
             region: Some("eu".into()),
             at_ms: 5,
         };
@@ -547,7 +533,7 @@ mod tests {
             json!({
                 "type": "connected", "conn_id": "18446744073709551615", "user": "u-1",
                 "device": "", "platform": "web", "remote": "[::1]:443",
-                "resume_session": "18446744073709551614", "region": "eu", "at_ms": 5,
+                "region": "eu", "at_ms": 5,
             })
         );
         let ev = disconnected(7, vec![UnackedPush { seq: 3, message_id: 42 }]);
@@ -598,7 +584,6 @@ mod tests {
         }
         assert_eq!(got[0], serde_json::to_value(connected(0)).expect("json"));
         assert_eq!(got[0]["remote"], json!("127.0.0.1:5555"));
-        assert_eq!(got[0]["resume_session"], json!("0"));
         assert_eq!(got[0]["region"], Value::Null);
         assert_eq!(got[3]["type"], json!("disconnected"));
         assert_eq!(

@@ -631,14 +631,14 @@ impl Worker {
         m.handshakes_ok.inc();
         m.connections_established.inc();
         let ok = Frame::AuthOk(AuthOk {
-            resumed: false,
             version,
             capabilities: 0,
             conn_id: id.0,
-            session_id: id.0,
             heartbeat_ms,
             idle_timeout_ms,
             max_frame: self.limits.max_frame,
+            max_unacked: u32::try_from(self.limits.max_unacked).unwrap_or(u32::MAX),
+            token_expires_ms: claims.exp.saturating_mul(1000),
             server_time_ms: wall_ms(),
         });
         shared.presence.online(&registered.user, id, hello.platform);
@@ -648,7 +648,6 @@ impl Worker {
             device: Arc::from(hello.device_id.as_str()),
             platform: hello.platform,
             remote,
-            resume_session: hello.resume_session,
             region: claims.region.clone(),
             at_ms: wall_ms(),
         });

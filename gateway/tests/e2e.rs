@@ -42,7 +42,8 @@ fn handshake_grants_clamped_heartbeat_and_a_node_scoped_conn_id() {
     assert_eq!(ok.idle_timeout_ms, 900_000);
     assert_eq!(ok.conn_id >> 48, 7, "node id in the top 16 bits");
     assert_eq!(ok.max_frame, 65_536);
-    assert!(ok.session_id != 0);
+    assert_eq!(ok.max_unacked, 1_024, "push.max_unacked");
+    assert!(ok.token_expires_ms > ok.server_time_ms, "the token's exp, in ms");
     let mut wish_low = client_config(token("bob"), Platform::Ios, "phone-2");
     wish_low.heartbeat_wish = Duration::from_secs(1);
     let mut low = Client::connect(gw.tcp, wish_low);

@@ -4,12 +4,15 @@
 //! Invariants checked, beyond "no panic":
 //! - `Ok(None)` consumes nothing, and only happens while a frame is incomplete;
 //! - a decoded frame consumed exactly `10 + length` bytes (consumed + rest = input);
+//! - a decoded frame respects the value rules the decoder enforces (a `HELLO.max_frame` of 0
+//!   or at least 1,024, a `REFRESH` request id other than 0, tokens of at most 8,192 bytes);
 //! - re-encoding a decoded frame gives a frame of the same size that decodes to itself;
 //! - the same stream delivered in two reads, cut anywhere, decodes to the same results.
 
 #![no_main]
 
 use bytes::BytesMut;
+use holdfast_codec::frame::{MAX_TOKEN, MIN_MAX_FRAME};
 use holdfast_codec::{DEFAULT_MAX_FRAME, DecodeError, Frame, Head, decode, encode};
 use libfuzzer_sys::fuzz_target;
 
@@ -18,6 +21,21 @@ fn max_frame(byte: u8) -> u32 {
         0xFF => u32::MAX,
         0xFE => DEFAULT_MAX_FRAME,
         b => u32::from(b) * 16,
+    }
+}
+
+/// The rules on field values that a decoded frame must already satisfy.
+fn check_values(frame: &Frame) {
+    match frame {
+        Frame::Hello(h) => {
+            assert!(h.max_frame == 0 || h.max_frame >= MIN_MAX_FRAME, "HELLO.max_frame");
+            assert!(h.token.len() <= MAX_TOKEN, "HELLO.token");
+        }
+        Frame::Refresh(r) => {
+            assert_ne!(r.request_id, 0, "REFRESH with request id 0");
+            assert!(r.token.len() <= MAX_TOKEN, "REFRESH.token");
+        }
+        _ => {}
     }
 }
 
@@ -39,6 +57,7 @@ fn drain(src: &mut BytesMut, max: u32, out: &mut Vec<Result<Frame, DecodeError>>
                 assert_eq!(consumed as u64, head.frame_len());
                 assert_eq!(&before[consumed..], &src[..]);
                 assert_eq!(frame.kind(), head.kind);
+                check_values(&frame);
 
                 let mut again = BytesMut::new();
                 encode(&frame, &mut again).expect("a decoded frame must re-encode");

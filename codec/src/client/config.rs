@@ -3,16 +3,8 @@
 use std::time::Duration;
 
 use super::backoff::BackoffConfig;
-use crate::frame::{MAX_TOKEN, MAX_VERSIONS};
+use crate::frame::{MAX_TOKEN, MAX_VERSIONS, MIN_MAX_FRAME};
 use crate::{DEFAULT_MAX_FRAME, PROTOCOL_VERSION, Platform};
-
-/// The smallest inbound frame limit a session accepts, in bytes: room for any `AUTH_OK` and
-/// a useful `AUTH_FAIL` reason.
-pub const MIN_MAX_FRAME: u32 = 256;
-
-/// Frame size limit before `AUTH_OK` announces the server's: "before `AUTH_OK` no larger than
-/// 65,536 bytes".
-pub(crate) const PRE_AUTH_MAX_FRAME: u32 = DEFAULT_MAX_FRAME;
 
 /// Configuration of a client [`Session`](super::Session); `Default` gives the spec's defaults
 /// and an empty token.
@@ -36,9 +28,6 @@ pub struct Config {
     /// the server's default (default zero). Longer saves battery and gateway wake-ups; the
     /// server clamps it.
     pub heartbeat_wish: Duration,
-    /// The `session_id` the first connection asks to resume, or 0 (default 0). Later
-    /// connections of the same `Session` resume the last session the server granted.
-    pub resume_session: u64,
     /// Acknowledge pushes as soon as the session hands them out as events (default true).
     /// Set false when an acknowledgement must mean the application has durably handled the
     /// push, and call [`Session::processed`](super::Session::processed) for each.
@@ -51,8 +40,9 @@ pub struct Config {
     /// every processed push at the next [`Session::handle_timeout`](super::Session::handle_timeout).
     pub ack_delay: Duration,
     /// The largest inbound frame (header + body) accepted, in bytes (default 65,536, at
-    /// least 256). Larger frames close the connection with `FRAME_TOO_LARGE`. Costs up to
-    /// this much buffer per connection while a frame arrives.
+    /// least 1,024). Announced to the server in `HELLO.max_frame`, so the server never sends
+    /// a larger frame; a larger one closes the connection with `FRAME_TOO_LARGE`. Costs up
+    /// to this much buffer per connection while a frame arrives.
     pub max_frame: u32,
     /// How long to wait for `AUTH_OK` or `AUTH_FAIL` after connecting before giving up
     /// (default 10 s, the server's own handshake deadline; must be positive). Shorter
@@ -75,11 +65,10 @@ impl Default for Config {
             app_version: String::new(),
             platform: Platform::Unknown,
             heartbeat_wish: Duration::ZERO,
-            resume_session: 0,
             auto_ack: true,
             ack_batch: 32,
             ack_delay: Duration::from_millis(200),
-            max_frame: PRE_AUTH_MAX_FRAME,
+            max_frame: DEFAULT_MAX_FRAME,
             handshake_timeout: Duration::from_secs(10),
             backoff: BackoffConfig::default(),
             seed: 0,
@@ -158,7 +147,7 @@ impl Config {
     }
 }
 
-/// Check a token's length against the `HELLO` limit.
+/// Check a token's length against the `HELLO` and `REFRESH` limit.
 pub(crate) fn validate_token(token: &str) -> Result<(), ConfigError> {
     if token.len() > MAX_TOKEN {
         return Err(ConfigError::TokenTooLong(token.len()));
@@ -188,6 +177,8 @@ mod tests {
         );
         assert_eq!(bad(|c| c.ack_batch = 0), Err(ConfigError::ZeroAckBatch));
         assert_eq!(bad(|c| c.max_frame = 10), Err(ConfigError::MaxFrameTooSmall(10)));
+        assert_eq!(bad(|c| c.max_frame = 1_023), Err(ConfigError::MaxFrameTooSmall(1_023)));
+        assert_eq!(bad(|c| c.max_frame = 1_024), Ok(()));
         assert_eq!(
             bad(|c| c.handshake_timeout = Duration::ZERO),
             Err(ConfigError::ZeroHandshakeTimeout)

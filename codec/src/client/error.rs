@@ -15,7 +15,8 @@ pub enum SessionError {
     /// The bytes are not a valid frame (malformed, too large, unknown critical type).
     #[error("undecodable frame from the server: {0}")]
     Decode(#[from] DecodeError),
-    /// A known frame type the client does not accept in this state or direction.
+    /// A known frame type the client does not accept in this state or direction, or a
+    /// `REFRESH_OK` that answers no `REFRESH` awaiting its answer.
     #[error("server sent frame type {kind:#04x} while {state:?}")]
     UnexpectedFrame {
         /// The frame's type byte.
@@ -59,6 +60,13 @@ pub enum SendError {
     /// `UPSTREAM.route` is a `str8`.
     #[error("route is {0} bytes; at most 255")]
     RouteTooLong(usize),
+    /// `REFRESH.token` is at most 8,192 bytes.
+    #[error("token is {0} bytes; at most 8192")]
+    TokenTooLong(usize),
+    /// [`MAX_REFRESHES_IN_FLIGHT`](super::MAX_REFRESHES_IN_FLIGHT) `REFRESH` requests await
+    /// their answer already.
+    #[error("too many token refreshes awaiting an answer")]
+    TooManyRefreshes,
     /// The frame would exceed the server's `AUTH_OK.max_frame`.
     #[error("frame of {size} bytes exceeds the server's max_frame of {max}")]
     FrameTooLarge {

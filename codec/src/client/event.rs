@@ -36,9 +36,31 @@ pub enum Event {
     UpstreamError {
         /// The request that failed.
         request_id: u32,
-        /// Why (usually 5xx).
+        /// Why (5xx, for example `UPSTREAM_TIMEOUT` or `REPLY_TOO_LARGE`).
         code: Code,
         /// Detail.
+        message: String,
+    },
+    /// `REFRESH_OK` arrived: the server took the token of
+    /// [`Session::refresh`](super::Session::refresh) request `request_id`.
+    TokenRefreshed {
+        /// The id [`Session::refresh`](super::Session::refresh) returned.
+        request_id: u32,
+        /// The session's new expiry, wall-clock ms since the Unix epoch; 0 = never. Refresh
+        /// again before it ([`Session::token_expires_at`](super::Session::token_expires_at)).
+        token_expires_ms: u64,
+    },
+    /// The server refused a [`Session::refresh`](super::Session::refresh) (a non-fatal
+    /// `ERROR` with a 2xx code naming its request id). The connection stays up until the
+    /// previous token expires; get another token and refresh again, or expect `KICK`
+    /// `TOKEN_EXPIRED_KICK` then.
+    RefreshFailed {
+        /// The id [`Session::refresh`](super::Session::refresh) returned.
+        request_id: u32,
+        /// Why (2xx: `INVALID_TOKEN`, `TOKEN_EXPIRED`, `TOKEN_NOT_YET_VALID`,
+        /// `TOKEN_MISSING`, `CLAIM_MISMATCH`).
+        code: Code,
+        /// Detail for logs.
         message: String,
     },
     /// A `PONG` arrived.

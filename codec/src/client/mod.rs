@@ -35,11 +35,21 @@
 //!         wait for: readable bytes | s.poll_timeout() | an application command
 //!         bytes   => s.receive(&bytes, now)         // EOF => s.transport_closed(now)
 //!         timeout => s.handle_timeout(now)
-//!         command => s.send_upstream(..) / s.processed(seq, now)
+//!         command => s.send_upstream(..) / s.processed(seq, now) / s.refresh(token)
 //!     }
 //!     close the transport; follow s.reconnect()  // Never / NewToken / After { delay, .. }
 //! }
 //! ```
+//!
+//! # Token lifetime
+//!
+//! `AUTH_OK.token_expires_ms` says when the server ends the session with `KICK`
+//! `TOKEN_EXPIRED_KICK` unless the token is refreshed first ([`Session::token_expires_ms`],
+//! and on the session's own clock [`Session::token_expires_at`]). Before then the
+//! application gets a new token from its backend and calls [`Session::refresh`]: the
+//! answer is [`Event::TokenRefreshed`] with the new expiry, or [`Event::RefreshFailed`],
+//! after which the connection stays up until the old expiry. A `KICK` 303 still means
+//! "get a new token, then reconnect" ([`Reconnect::NewToken`]).
 //!
 //! Every connection ends with exactly one [`Event::Closed`]. After it the session ignores
 //! inbound bytes until the next [`Session::connect`]; the bytes still queued (a fatal
@@ -57,8 +67,9 @@ mod rng;
 #[cfg(test)]
 mod tests;
 
+pub use crate::frame::MIN_MAX_FRAME;
 pub use backoff::{Backoff, BackoffConfig};
-pub use config::{Config, ConfigError, MIN_MAX_FRAME};
+pub use config::{Config, ConfigError};
 pub use error::{SendError, SessionError};
 pub use event::{CloseReason, Event};
 pub use reconnect::Reconnect;
@@ -70,12 +81,16 @@ use bytes::{Bytes, BytesMut};
 
 use crate::frame::HEADER_LEN;
 use crate::{
-    AuthOk, DEFAULT_MAX_FRAME, EncodeError, ErrorFrame, Frame, Hello, Ping, Push, Upstream, decode,
+    AuthOk, CodeClass, DEFAULT_MAX_FRAME, EncodeError, ErrorFrame, Frame, Hello, Ping, Push,
+    Refresh, RefreshOk, Upstream, decode,
 };
 use ack::AckWindow;
 use heartbeat::Heartbeat;
 use reconnect::Policy;
 use rng::SplitMix64;
+
+/// Most [`Session::refresh`] requests awaiting their answer at once.
+pub const MAX_REFRESHES_IN_FLIGHT: usize = 8;
 
 /// Where the session's current connection stands (`docs/PROTOCOL.md` § Connection state
 /// machine, client side).
@@ -98,9 +113,10 @@ pub enum State {
 /// - Call [`connect`](Session::connect) each time a transport is up, then feed every byte
 ///   read from it to [`receive`](Session::receive), in order, in any split.
 /// - After every input (`connect`, `receive`, `handle_timeout`, `processed`,
-///   `send_upstream`, `transport_closed`) drain [`poll_transmit`](Session::poll_transmit)
-///   into the transport and [`poll_event`](Session::poll_event) into the application, then
-///   re-arm one timer at [`poll_timeout`](Session::poll_timeout).
+///   `send_upstream`, `refresh`, `transport_closed`) drain
+///   [`poll_transmit`](Session::poll_transmit) into the transport and
+///   [`poll_event`](Session::poll_event) into the application, then re-arm one timer at
+///   [`poll_timeout`](Session::poll_timeout).
 /// - When that timer fires, call [`handle_timeout`](Session::handle_timeout). Calling it
 ///   early or late is harmless: it acts on what is due at the `now` it is given.
 /// - When the transport dies call [`transport_closed`](Session::transport_closed); when one
@@ -126,8 +142,14 @@ pub struct Session {
     rng: SplitMix64,
     /// The current connection's `AUTH_OK`; kept after it closes until the next `connect`.
     auth: Option<AuthOk>,
-    /// `HELLO.resume_session` of the next connection.
-    resume_session: u64,
+    /// When that `AUTH_OK` arrived: the session-clock instant of its `server_time_ms`.
+    auth_at: Instant,
+    /// The session's expiry from `AUTH_OK` or the latest `REFRESH_OK`; 0 = never.
+    token_expires_ms: u64,
+    /// Ids of the `REFRESH` requests of this connection awaiting their answer.
+    refreshes: VecDeque<u32>,
+    /// The request id of the next `REFRESH`; never 0.
+    next_refresh_id: u32,
     /// When the current transport came up.
     connected_at: Instant,
     /// When the current connection has been established for one heartbeat interval: a
@@ -155,7 +177,10 @@ impl Session {
             backoff,
             rng,
             auth: None,
-            resume_session: config.resume_session,
+            auth_at: now,
+            token_expires_ms: 0,
+            refreshes: VecDeque::new(),
+            next_refresh_id: 1,
             connected_at: now,
             stable_at: None,
             reconnect: Reconnect::After { delay: Duration::ZERO, addresses: Vec::new() },
@@ -169,9 +194,11 @@ impl Session {
     /// A new transport is up: queue `HELLO` and wait for `AUTH_OK` ([`State::AwaitAuth`]).
     ///
     /// Everything about the previous connection is dropped: undecoded input, unsent output,
-    /// unacknowledged pushes (the server redelivers them). `HELLO.resume_session` carries the
-    /// `session_id` of the last `AUTH_OK`, if any. Calling this while a connection is still
-    /// open first ends that one as [`CloseReason::TransportClosed`].
+    /// unacknowledged pushes (the server reports them to the business backend, which keeps
+    /// them as offline messages), refreshes awaiting an answer. `HELLO` announces
+    /// [`Config::max_frame`] and carries the latest token ([`Session::set_token`],
+    /// [`Session::refresh`]). Calling this while a connection is still open first ends that
+    /// one as [`CloseReason::TransportClosed`].
     pub fn connect(&mut self, now: Instant) {
         self.tick(now);
         if self.is_open() {
@@ -181,6 +208,8 @@ impl Session {
         self.inbound.clear();
         self.outbound.clear();
         self.auth = None;
+        self.token_expires_ms = 0;
+        self.refreshes.clear();
         self.acks.reset();
         self.heartbeat.reset(now);
         self.connected_at = now;
@@ -189,8 +218,8 @@ impl Session {
             versions: self.config.versions.clone(),
             capabilities: self.config.capabilities,
             heartbeat_ms: self.config.heartbeat_wish_ms(),
+            max_frame: self.config.max_frame,
             platform: self.config.platform,
-            resume_session: self.resume_session,
             token: self.config.token.clone(),
             device_id: self.config.device_id.clone(),
             app_version: self.config.app_version.clone(),
@@ -261,8 +290,13 @@ impl Session {
     /// acknowledged (needed only with [`Config::auto_ack`] off).
     ///
     /// Unknown, repeated or stale sequences are ignored. Do not report a push of a connection
-    /// that has since closed: sequences restart at 1 on every connection, and the server
-    /// redelivers whatever was not acknowledged anyway.
+    /// that has since closed: sequences restart at 1 on every connection, and what that
+    /// connection left unacknowledged was reported to the business backend, which keeps it
+    /// as offline messages.
+    ///
+    /// With `auto_ack` off, the pushes awaiting this call count against the server's
+    /// `AUTH_OK.max_unacked` too: process them promptly, or the server closes the connection
+    /// with `SLOW_CONSUMER`.
     pub fn processed(&mut self, seq: u32, now: Instant) {
         self.tick(now);
         if self.state == State::Established && self.acks.processed(seq, now) {
@@ -297,6 +331,43 @@ impl Session {
         // heartbeat timer a little early at worst (a PING slightly sooner, never later).
         self.queue(&frame, self.last_now)?;
         Ok(())
+    }
+
+    /// Queue a `REFRESH` with a new token for the open connection; the id it returns comes
+    /// back in [`Event::TokenRefreshed`] or [`Event::RefreshFailed`].
+    ///
+    /// The token also replaces [`Config::token`] for every later `HELLO`, whatever the answer
+    /// (a refused token is then refused again at the next handshake, with the advice to get
+    /// a new one). Only in [`State::Established`] (before that use
+    /// [`Session::set_token`]); the frame must fit the server's `AUTH_OK.max_frame`; at most
+    /// [`MAX_REFRESHES_IN_FLIGHT`] may await their answer. On error nothing changes.
+    pub fn refresh(&mut self, token: impl Into<String>) -> Result<u32, SendError> {
+        if self.state != State::Established {
+            return Err(SendError::NotEstablished(self.state));
+        }
+        let token = token.into();
+        if token.len() > crate::frame::MAX_TOKEN {
+            return Err(SendError::TokenTooLong(token.len()));
+        }
+        // Header, str16 token.
+        let size = HEADER_LEN + 2 + token.len();
+        let max = self.auth.as_ref().map_or(DEFAULT_MAX_FRAME, |a| a.max_frame);
+        if size > max as usize {
+            return Err(SendError::FrameTooLarge { size, max });
+        }
+        if self.refreshes.len() >= MAX_REFRESHES_IN_FLIGHT {
+            return Err(SendError::TooManyRefreshes);
+        }
+        let request_id = self.next_refresh_id;
+        let frame = Frame::Refresh(Refresh { request_id, token });
+        self.queue(&frame, self.last_now)?;
+        // "header id = a non-zero request id chosen by the client".
+        self.next_refresh_id = request_id.wrapping_add(1).max(1);
+        self.refreshes.push_back(request_id);
+        if let Frame::Refresh(Refresh { token, .. }) = frame {
+            self.config.token = token;
+        }
+        Ok(request_id)
     }
 
     /// The transport died (EOF, reset, write error): close the connection, if still open,
@@ -404,9 +475,24 @@ impl Session {
         &self.config
     }
 
-    /// The `session_id` the next `HELLO` asks to resume (0 for none).
-    pub fn resume_session(&self) -> u64 {
-        self.resume_session
+    /// When the server ends the session with `KICK` `TOKEN_EXPIRED_KICK` unless the token
+    /// is refreshed first: wall-clock ms since the Unix epoch on the server's clock, from
+    /// `AUTH_OK.token_expires_ms` or the latest `REFRESH_OK`. `None` when the server set no
+    /// expiry (0) or before `AUTH_OK`; kept after a close until the next `connect`.
+    pub fn token_expires_ms(&self) -> Option<u64> {
+        (self.auth.is_some() && self.token_expires_ms != 0).then_some(self.token_expires_ms)
+    }
+
+    /// [`Session::token_expires_ms`] on the session's own clock, for a refresh timer:
+    /// the instant `AUTH_OK` arrived plus `token_expires_ms − AUTH_OK.server_time_ms`, so
+    /// the two clocks need not agree. It is late by the one-way delay of `AUTH_OK`: refresh
+    /// well before it (for example at 80 % of the token's lifetime).
+    pub fn token_expires_at(&self) -> Option<Instant> {
+        let expires_ms = self.token_expires_ms()?;
+        let server_time_ms = self.auth.as_ref()?.server_time_ms;
+        let left = Duration::from_millis(expires_ms.saturating_sub(server_time_ms));
+        // A lifetime beyond the clock's range is as good as "never".
+        self.auth_at.checked_add(left)
     }
 
     // ----- frames -----------------------------------------------------------------------
@@ -442,6 +528,7 @@ impl Session {
             (State::Established, Frame::UpstreamReply(reply)) => {
                 self.events.push_back(Event::UpstreamReply(reply));
             }
+            (State::Established, Frame::RefreshOk(ok)) => self.on_refresh_ok(ok)?,
             (State::Established, Frame::Kick(kick)) => {
                 let reconnect = self.decide(reconnect::after_kick(kick.code), now);
                 self.events.push_back(Event::Kicked {
@@ -479,12 +566,11 @@ impl Session {
         }
         self.heartbeat.grant(auth.heartbeat_ms, auth.idle_timeout_ms);
         self.acks.fit_frame(auth.max_frame);
+        self.auth_at = now;
+        self.token_expires_ms = auth.token_expires_ms;
         // "The attempt counter resets once a connection reaches ESTABLISHED and stays up for
         // one heartbeat interval."
         self.stable_at = self.heartbeat.interval().and_then(|i| now.checked_add(i));
-        if auth.session_id != 0 {
-            self.resume_session = auth.session_id;
-        }
         self.state = State::Established;
         self.auth = Some(auth.clone());
         self.events.push_back(Event::Authenticated(auth));
@@ -505,12 +591,42 @@ impl Session {
         Ok(())
     }
 
+    /// `REFRESH_OK`: the server took the token of a `REFRESH` awaiting its answer.
+    fn on_refresh_ok(&mut self, ok: RefreshOk) -> Result<(), SessionError> {
+        let RefreshOk { request_id, token_expires_ms } = ok;
+        if !self.take_refresh(request_id) {
+            // "The server sends REFRESH_OK only in answer to a REFRESH."
+            let kind = crate::FrameType::RefreshOk as u8;
+            return Err(SessionError::UnexpectedFrame { kind, state: self.state });
+        }
+        self.token_expires_ms = token_expires_ms;
+        self.events.push_back(Event::TokenRefreshed { request_id, token_expires_ms });
+        Ok(())
+    }
+
+    /// Forget refresh `request_id` if it awaits its answer; `false` if it does not.
+    fn take_refresh(&mut self, request_id: u32) -> bool {
+        let Some(at) = self.refreshes.iter().position(|id| *id == request_id) else {
+            return false;
+        };
+        self.refreshes.remove(at);
+        true
+    }
+
     /// `ERROR`: about one request, or (fatal) about the connection.
+    ///
+    /// "An `ERROR` answering `UPSTREAM` carries a 5xx code, one answering `REFRESH` a 2xx
+    /// code": the two request id spaces are told apart by the code's class.
     fn on_error(&mut self, error: ErrorFrame, now: Instant) {
         let ErrorFrame { request_id, fatal, code, message } = error;
         if fatal {
             self.events.push_back(Event::ServerError { code, message, fatal });
             self.close_with(CloseReason::ServerError(code), Policy::Backoff, now);
+        } else if request_id != 0
+            && code.class() == CodeClass::Auth
+            && self.take_refresh(request_id)
+        {
+            self.events.push_back(Event::RefreshFailed { request_id, code, message });
         } else if request_id != 0 {
             self.events.push_back(Event::UpstreamError { request_id, code, message });
         } else {

@@ -62,9 +62,10 @@ pub(crate) enum Policy {
 /// > | `TOKEN_EXPIRED_KICK` (303) | get a new token from the business backend, then reconnect |
 /// > | `KICKED_BY_ADMIN` (304) | do not reconnect automatically |
 ///
-/// `TOKEN_EXPIRED` (202) is listed as usable in `KICK` too and means the same. Any other code,
-/// an unknown 3xx included, is `Never`: a kick "ends a session for a reason that concerns the
-/// user", and an automatic retry against an unknown reason could hammer the server forever.
+/// A `KICK` carries 3xx codes; a `TOKEN_EXPIRED` (202) there is taken to mean the same as
+/// 303. Any other code, an unknown 3xx included, is `Never`: a kick "ends a session for a
+/// reason that concerns the user", and an automatic retry against an unknown reason could
+/// hammer the server forever.
 pub(crate) fn after_kick(code: Code) -> Policy {
     match code {
         Code::TOKEN_EXPIRED_KICK | Code::TOKEN_EXPIRED => Policy::NewToken,

@@ -7,8 +7,8 @@ use bytes::{Bytes, BytesMut};
 use super::rng::SplitMix64;
 use super::*;
 use crate::{
-    Ack, AuthFail, Code, DEFAULT_MAX_FRAME, Extension, Kick, Platform, Redirect, UpstreamReply,
-    encode,
+    Ack, AuthFail, Code, DEFAULT_MAX_FRAME, Extension, Kick, Platform, Redirect, RefreshOk,
+    UpstreamReply, encode,
 };
 
 /// A session plus a virtual clock: `at(ms)` is the base instant plus `ms` milliseconds.
@@ -32,14 +32,14 @@ fn config() -> Config {
 /// What the test server grants unless a test says otherwise.
 fn auth_ok() -> AuthOk {
     AuthOk {
-        resumed: false,
         version: 1,
         capabilities: 0,
         conn_id: 0xABCD,
-        session_id: 77,
         heartbeat_ms: 10_000,
         idle_timeout_ms: 30_000,
         max_frame: DEFAULT_MAX_FRAME,
+        max_unacked: 1_024,
+        token_expires_ms: 1_700_003_600_000,
         server_time_ms: 1_700_000_000_000,
     }
 }
@@ -139,47 +139,104 @@ fn handshake_against_hand_built_auth_ok() {
         versions: vec![1],
         capabilities: 0,
         heartbeat_ms: 60_000,
+        max_frame: 65_536,
         platform: Platform::Android,
-        resume_session: 0,
         token: "tok".into(),
         device_id: "dev-1".into(),
         app_version: "5.2.1".into(),
     };
-    assert_eq!(h.sent(), vec![Frame::Hello(hello)]);
+    assert_eq!(h.sent(), vec![Frame::Hello(hello.clone())]);
     assert_eq!(h.s.poll_timeout(), Some(h.at(10_000)), "handshake deadline");
 
     #[rustfmt::skip]
-    let auth_ok_bytes: [u8; 52] = [
-        0, 0, 0, 42,             // length
-        0x02, 0x01,              // AUTH_OK, RESUMED
+    let auth_ok_bytes: [u8; 56] = [
+        0, 0, 0, 46,             // length
+        0x02, 0x01,              // AUTH_OK, reserved flag bit 0 set: ignored
         0, 0, 0, 0,              // id
         0, 1,                    // version 1
         0, 0, 0, 0,              // capabilities
         0, 0, 0, 0, 0, 0, 0xAB, 0xCD, // conn_id
-        0, 0, 0, 0, 0, 0, 0, 77, // session_id
         0, 0, 0x27, 0x10,        // heartbeat_ms 10,000
         0, 0, 0x75, 0x30,        // idle_timeout_ms 30,000
         0, 1, 0, 0,              // max_frame 65,536
+        0, 0, 0, 8,              // max_unacked 8
+        0, 0, 1, 0x8B, 0xD0, 0x1C, 0x56, 0x80, // token_expires_ms, 1 h after server_time_ms
         0, 0, 1, 0x8B, 0xCF, 0xE5, 0x68, 0x00, // server_time_ms
     ];
     h.s.receive(&auth_ok_bytes, h.at(30));
     assert_eq!(h.s.state(), State::Established);
-    let expected = AuthOk { resumed: true, server_time_ms: 1_700_000_000_000, ..auth_ok() };
+    let expected = AuthOk { max_unacked: 8, ..auth_ok() };
     assert_eq!(h.events(), vec![Event::Authenticated(expected.clone())]);
     assert_eq!(h.s.auth(), Some(&expected));
-    assert_eq!(h.s.resume_session(), 77);
+    assert_eq!(h.s.token_expires_ms(), Some(1_700_003_600_000));
+    assert_eq!(h.s.token_expires_at(), Some(h.at(30 + 3_600_000)), "on the session's clock");
     assert!(h.sent().is_empty(), "nothing to say yet");
     // Next PING one interval after HELLO, the last frame sent.
     assert_eq!(h.s.poll_timeout(), Some(h.at(10_000)));
 
-    // The next connection resumes the granted session.
+    // The next connection starts afresh: nothing in HELLO refers to the previous one.
     h.s.transport_closed(h.at(1_000));
+    assert_eq!(h.s.token_expires_ms(), Some(1_700_003_600_000), "kept until connect");
     h.s.connect(h.at(2_000));
     match h.sent().as_slice() {
-        [Frame::Hello(hello)] => assert_eq!(hello.resume_session, 77),
+        [Frame::Hello(second)] => assert_eq!(second, &hello),
         other => panic!("{other:?}"),
     }
     assert_eq!(h.s.auth(), None, "cleared by connect");
+    assert_eq!(h.s.token_expires_ms(), None);
+}
+
+#[test]
+fn hello_announces_the_clients_max_frame() {
+    let mut h = Harness::new(Config { max_frame: 4_096, ..config() });
+    h.s.connect(h.at(0));
+    match h.sent().as_slice() {
+        [Frame::Hello(hello)] => assert_eq!(hello.max_frame, 4_096),
+        other => panic!("{other:?}"),
+    }
+    let small = Config { max_frame: 1_023, ..config() };
+    assert_eq!(
+        Session::new(small, Instant::now()).unwrap_err(),
+        ConfigError::MaxFrameTooSmall(1_023),
+        "HELLO could not carry it: below 1,024 is MALFORMED_FRAME"
+    );
+}
+
+#[test]
+fn a_frame_over_the_clients_max_frame_is_refused() {
+    let cfg = Config { max_frame: 2_048, ..config() };
+    let big_push = |seq, len| {
+        Frame::Push(Push {
+            seq,
+            ack_required: false,
+            message_id: 1,
+            topic: String::new(),
+            payload: Bytes::from(vec![0; len]),
+        })
+    };
+    // Header 10 + message_id 8 + empty topic 1: a payload of 2,029 bytes is exactly 2,048.
+    let mut h = Harness::established_with(cfg.clone(), auth_ok());
+    h.feed(&[big_push(1, 2_029)], 100);
+    assert!(matches!(h.events().as_slice(), [Event::Push(_)]));
+    assert!(h.sent().is_empty());
+    h.feed(&[big_push(2, 2_030)], 200);
+    match h.sent().as_slice() {
+        [Frame::Error(e)] => assert_eq!((e.code, e.fatal), (Code::FRAME_TOO_LARGE, true)),
+        other => panic!("{other:?}"),
+    }
+    let events = h.events();
+    assert!(matches!(
+        events.as_slice(),
+        [
+            Event::ProtocolViolation {
+                error: SessionError::Decode(crate::DecodeError::FrameTooLarge {
+                    size: 2_049,
+                    max: 2_048
+                })
+            },
+            Event::Closed { reason: CloseReason::ProtocolViolation(Code::FRAME_TOO_LARGE), .. }
+        ]
+    ));
 }
 
 #[test]
@@ -868,6 +925,7 @@ fn random_input_never_panics_and_always_ends_in_one_close() {
             h.tick(ms);
             h.s.processed(rng.below_inclusive(5) as u32, h.at(ms));
             let _ = h.s.send_upstream(1, "r", Bytes::new());
+            let _ = h.s.refresh("t");
             h.s.poll_transmit();
         }
         h.s.transport_closed(h.at(ms + 1));
@@ -904,4 +962,176 @@ fn close_acknowledges_processed_pushes_first() {
     h.s.close();
     assert_eq!(h.sent(), vec![Frame::Ack(Ack { cumulative: 1, message_ids: vec![] })]);
     assert_eq!(h.closed_reason().1, Reconnect::Never);
+}
+
+// ----- token refresh -----------------------------------------------------------------------
+
+#[test]
+fn refresh_is_answered_with_the_new_expiry() {
+    let mut h = Harness::established();
+    assert_eq!(h.s.token_expires_ms(), Some(1_700_003_600_000));
+    h.tick(1_000);
+    let id = h.s.refresh("tok-2").unwrap();
+    assert_ne!(id, 0, "a REFRESH never carries request id 0");
+    assert_eq!(h.sent(), vec![Frame::Refresh(Refresh { request_id: id, token: "tok-2".into() })]);
+    assert_eq!(h.s.config().token, "tok-2", "kept for the next HELLO");
+    assert_eq!(h.s.poll_timeout(), Some(h.at(11_000)), "a send restarts the heartbeat timer");
+
+    let later = 1_700_007_200_000;
+    h.feed(&[Frame::RefreshOk(RefreshOk { request_id: id, token_expires_ms: later })], 1_050);
+    assert_eq!(h.events(), vec![Event::TokenRefreshed { request_id: id, token_expires_ms: later }]);
+    assert_eq!(h.s.state(), State::Established);
+    assert_eq!(h.s.token_expires_ms(), Some(later));
+    // AUTH_OK arrived at 0 ms with server_time_ms 1,700,000,000,000.
+    assert_eq!(h.s.token_expires_at(), Some(h.at(7_200_000)));
+
+    // The second refresh gets another id; "never expires" is None.
+    let id2 = h.s.refresh("tok-3").unwrap();
+    assert_ne!(id2, id);
+    h.feed(&[Frame::RefreshOk(RefreshOk { request_id: id2, token_expires_ms: 0 })], 1_100);
+    assert_eq!(h.events(), vec![Event::TokenRefreshed { request_id: id2, token_expires_ms: 0 }]);
+    assert_eq!((h.s.token_expires_ms(), h.s.token_expires_at()), (None, None));
+
+    // The next connection authenticates with the refreshed token.
+    h.s.transport_closed(h.at(2_000));
+    h.s.connect(h.at(3_000));
+    match h.sent().as_slice() {
+        [Frame::Hello(hello)] => assert_eq!(hello.token, "tok-3"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_refused_refresh_is_reported_and_the_connection_stays() {
+    for code in [
+        Code::INVALID_TOKEN,
+        Code::TOKEN_EXPIRED,
+        Code::TOKEN_NOT_YET_VALID,
+        Code::TOKEN_MISSING,
+        Code::CLAIM_MISMATCH,
+        Code(299),
+    ] {
+        let mut h = Harness::established();
+        let id = h.s.refresh("other-user").unwrap();
+        h.sent();
+        let refused = ErrorFrame { request_id: id, fatal: false, code, message: "no".into() };
+        h.feed(&[Frame::Error(refused)], 100);
+        assert_eq!(
+            h.events(),
+            vec![Event::RefreshFailed { request_id: id, code, message: "no".into() }],
+            "{code}"
+        );
+        assert_eq!(h.s.state(), State::Established, "{code}");
+        assert!(h.sent().is_empty(), "{code}");
+        assert_eq!(h.s.token_expires_ms(), Some(1_700_003_600_000), "the old expiry holds");
+        // Answered: a late REFRESH_OK for it is not expected any more.
+        h.feed(&[Frame::RefreshOk(RefreshOk { request_id: id, token_expires_ms: 1 })], 200);
+        assert_eq!(h.closed_reason().0, CloseReason::ProtocolViolation(Code::UNEXPECTED_FRAME));
+    }
+}
+
+#[test]
+fn errors_are_routed_by_request_kind_and_code_class() {
+    let mut h = Harness::established();
+    // The application's upstream request 1 and the session's refresh 1 share the id.
+    h.s.send_upstream(1, "chat.send", Bytes::from_static(b"x")).unwrap();
+    let refresh = h.s.refresh("tok-2").unwrap();
+    assert_eq!(refresh, 1);
+    h.sent();
+    let error = |request_id, code| {
+        Frame::Error(ErrorFrame { request_id, fatal: false, code, message: "m".into() })
+    };
+    h.feed(
+        &[
+            error(1, Code::UPSTREAM_UNAVAILABLE),
+            error(9, Code::REPLY_TOO_LARGE),
+            error(1, Code::CLAIM_MISMATCH),
+            // No refresh awaits an answer: a 2xx for request 1 goes to the upstream side.
+            error(1, Code::TOKEN_EXPIRED),
+            error(0, Code::OVERLOADED),
+        ],
+        100,
+    );
+    let upstream =
+        |request_id, code| Event::UpstreamError { request_id, code, message: "m".into() };
+    assert_eq!(
+        h.events(),
+        vec![
+            upstream(1, Code::UPSTREAM_UNAVAILABLE),
+            upstream(9, Code::REPLY_TOO_LARGE),
+            Event::RefreshFailed { request_id: 1, code: Code::CLAIM_MISMATCH, message: "m".into() },
+            upstream(1, Code::TOKEN_EXPIRED),
+            Event::ServerError { code: Code::OVERLOADED, message: "m".into(), fatal: false },
+        ]
+    );
+    assert_eq!(Code::REPLY_TOO_LARGE.name(), Some("REPLY_TOO_LARGE"));
+    assert_eq!(h.s.state(), State::Established);
+}
+
+#[test]
+fn refresh_refusals_change_nothing() {
+    let mut h = Harness::new(config());
+    assert_eq!(h.s.refresh("t"), Err(SendError::NotEstablished(State::Idle)));
+    h.s.connect(h.at(0));
+    h.sent();
+    assert_eq!(h.s.refresh("t"), Err(SendError::NotEstablished(State::AwaitAuth)));
+
+    let mut h = Harness::established();
+    assert_eq!(h.s.refresh("t".repeat(8_193)), Err(SendError::TokenTooLong(8_193)));
+    for n in 0..MAX_REFRESHES_IN_FLIGHT {
+        h.s.refresh(format!("t{n}")).unwrap();
+    }
+    h.sent();
+    assert_eq!(h.s.refresh("one-more"), Err(SendError::TooManyRefreshes));
+    assert_eq!(h.s.config().token, format!("t{}", MAX_REFRESHES_IN_FLIGHT - 1));
+
+    // Header 10 + str16 2 + token: a 53-byte token is one byte over a 64-byte limit.
+    let mut h = Harness::established_with(config(), AuthOk { max_frame: 64, ..auth_ok() });
+    assert_eq!(h.s.refresh("t".repeat(53)), Err(SendError::FrameTooLarge { size: 65, max: 64 }));
+    assert!(h.sent().is_empty());
+    assert_eq!(h.s.config().token, "tok");
+    assert!(h.s.refresh("t".repeat(52)).is_ok());
+}
+
+#[test]
+fn refresh_ids_skip_zero_when_they_wrap() {
+    let mut h = Harness::established();
+    h.s.next_refresh_id = u32::MAX;
+    assert_eq!(h.s.refresh("a"), Ok(u32::MAX));
+    assert_eq!(h.s.refresh("b"), Ok(1));
+}
+
+#[test]
+fn unsolicited_refresh_ok_is_a_violation() {
+    let mut h = Harness::established();
+    h.feed(&[Frame::RefreshOk(RefreshOk { request_id: 5, token_expires_ms: 1 })], 100);
+    match h.sent().as_slice() {
+        [Frame::Error(e)] => assert_eq!((e.code, e.fatal), (Code::UNEXPECTED_FRAME, true)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.closed_reason().0, CloseReason::ProtocolViolation(Code::UNEXPECTED_FRAME));
+    // Nor before AUTH_OK, nor a REFRESH from the server.
+    let mut h = Harness::new(config());
+    h.s.connect(h.at(0));
+    h.sent();
+    h.feed(&[Frame::RefreshOk(RefreshOk { request_id: 1, token_expires_ms: 1 })], 1);
+    assert_eq!(h.closed_reason().0, CloseReason::ProtocolViolation(Code::UNEXPECTED_FRAME));
+    let mut h = Harness::established();
+    h.feed(&[Frame::Refresh(Refresh { request_id: 1, token: "x".into() })], 1);
+    assert_eq!(h.closed_reason().0, CloseReason::ProtocolViolation(Code::UNEXPECTED_FRAME));
+}
+
+#[test]
+fn kick_303_after_expiry_still_asks_for_a_new_token() {
+    let mut h = Harness::established();
+    let id = h.s.refresh("stale").unwrap();
+    let refused = ErrorFrame {
+        request_id: id,
+        fatal: false,
+        code: Code::TOKEN_EXPIRED,
+        message: "exp".into(),
+    };
+    let kick = Kick { code: Code::TOKEN_EXPIRED_KICK, reason: "token expired".into() };
+    h.feed(&[Frame::Error(refused), Frame::Kick(kick)], 100);
+    assert!(matches!(h.closed_reason().1, Reconnect::NewToken { .. }));
 }

@@ -5,19 +5,22 @@
 
 use bytes::BufMut;
 
-use super::head::{FLAG_ACK_REQUIRED, FLAG_FATAL, FLAG_RESUMED};
-use super::wire::{Reader, STR8_MAX, STR16_MAX, check_len, put_str8, put_str16};
+use super::head::{FLAG_ACK_REQUIRED, FLAG_FATAL};
+use super::wire::{Reader, STR8_MAX, STR16_MAX, check_len, invalid, put_str8, put_str16};
 use super::{
     Ack, AuthFail, AuthOk, ErrorFrame, FrameType, Hello, Kick, Ping, Platform, Push, Redirect,
-    Upstream, UpstreamReply,
+    Refresh, RefreshOk, Upstream, UpstreamReply,
 };
 use crate::Code;
 use crate::error::{DecodeError, EncodeError};
 
 /// "`versions`: `u8` count `n` (1–16)".
 pub const MAX_VERSIONS: usize = 16;
-/// "`token` ... at most 8,192 bytes".
+/// "`token` ... at most 8,192 bytes" (`HELLO` and `REFRESH`).
 pub const MAX_TOKEN: usize = 8192;
+/// "`max_frame` ... 0 means the default 65,536; a non-zero value below 1,024 is
+/// `MALFORMED_FRAME`" (`HELLO`).
+pub const MIN_MAX_FRAME: u32 = 1024;
 /// "`message_ids` ... at most 1,024".
 pub const MAX_ACK_IDS: usize = 1024;
 /// "`addresses`: `u8` count `n` (0–16)".
@@ -27,14 +30,17 @@ impl Hello {
     pub(crate) fn check(&self) -> Result<usize, EncodeError> {
         let t = FrameType::Hello;
         check_len(t, "versions", self.versions.len(), 1, MAX_VERSIONS)?;
+        if !hello_max_frame_ok(self.max_frame) {
+            return Err(invalid(t, "max_frame", "non-zero and below 1,024"));
+        }
         check_len(t, "token", self.token.len(), 0, MAX_TOKEN)?;
         check_len(t, "device_id", self.device_id.len(), 0, STR8_MAX)?;
         check_len(t, "app_version", self.app_version.len(), 0, STR8_MAX)?;
         Ok(1 + 2 * self.versions.len()
             + 4
             + 4
+            + 4
             + 1
-            + 8
             + 2
             + self.token.len()
             + 1
@@ -50,8 +56,8 @@ impl Hello {
         }
         dst.put_u32(self.capabilities);
         dst.put_u32(self.heartbeat_ms);
+        dst.put_u32(self.max_frame);
         dst.put_u8(self.platform as u8);
-        dst.put_u64(self.resume_session);
         put_str16(dst, &self.token);
         put_str8(dst, &self.device_id);
         put_str8(dst, &self.app_version);
@@ -66,12 +72,19 @@ impl Hello {
         for _ in 0..n {
             versions.push(r.u16("versions")?);
         }
+        let capabilities = r.u32("capabilities")?;
+        let heartbeat_ms = r.u32("heartbeat_ms")?;
+        let max_frame = r.u32("max_frame")?;
+        // "0 means the default 65,536; a non-zero value below 1,024 is MALFORMED_FRAME."
+        if !hello_max_frame_ok(max_frame) {
+            return Err(r.malformed("max_frame is non-zero and below 1,024"));
+        }
         let hello = Hello {
             versions,
-            capabilities: r.u32("capabilities")?,
-            heartbeat_ms: r.u32("heartbeat_ms")?,
+            capabilities,
+            heartbeat_ms,
+            max_frame,
             platform: Platform::from_u8(r.u8("platform")?),
-            resume_session: r.u64("resume_session")?,
             token: r.str16(MAX_TOKEN, "token", "token longer than 8,192 bytes")?,
             device_id: r.str8("device_id")?,
             app_version: r.str8("app_version")?,
@@ -81,34 +94,40 @@ impl Hello {
     }
 }
 
-impl AuthOk {
-    pub(crate) const BODY_LEN: usize = 2 + 4 + 8 + 8 + 4 + 4 + 4 + 8;
+/// `HELLO.max_frame` is 0 (the default) or at least [`MIN_MAX_FRAME`].
+fn hello_max_frame_ok(max_frame: u32) -> bool {
+    max_frame == 0 || max_frame >= MIN_MAX_FRAME
+}
 
-    pub(crate) fn flags(&self) -> u8 {
-        if self.resumed { FLAG_RESUMED } else { 0 }
-    }
+impl AuthOk {
+    /// `version u16, capabilities u32, conn_id u64, heartbeat_ms u32, idle_timeout_ms u32,
+    /// max_frame u32, max_unacked u32, token_expires_ms u64, server_time_ms u64`.
+    pub(crate) const BODY_LEN: usize = 2 + 4 + 8 + 4 + 4 + 4 + 4 + 8 + 8;
 
     pub(crate) fn put_body<B: BufMut>(&self, dst: &mut B) {
         dst.put_u16(self.version);
         dst.put_u32(self.capabilities);
         dst.put_u64(self.conn_id);
-        dst.put_u64(self.session_id);
         dst.put_u32(self.heartbeat_ms);
         dst.put_u32(self.idle_timeout_ms);
         dst.put_u32(self.max_frame);
+        dst.put_u32(self.max_unacked);
+        dst.put_u64(self.token_expires_ms);
         dst.put_u64(self.server_time_ms);
     }
 
-    pub(crate) fn read_body(flags: u8, mut r: Reader) -> Result<AuthOk, DecodeError> {
+    pub(crate) fn read_body(mut r: Reader) -> Result<AuthOk, DecodeError> {
+        // Flag bit 0 is reserved (it was `RESUMED` before session resume left version 1):
+        // sent as 0, ignored on receipt, like every undefined bit.
         let ok = AuthOk {
-            resumed: flags & FLAG_RESUMED != 0,
             version: r.u16("version")?,
             capabilities: r.u32("capabilities")?,
             conn_id: r.u64("conn_id")?,
-            session_id: r.u64("session_id")?,
             heartbeat_ms: r.u32("heartbeat_ms")?,
             idle_timeout_ms: r.u32("idle_timeout_ms")?,
             max_frame: r.u32("max_frame")?,
+            max_unacked: r.u32("max_unacked")?,
+            token_expires_ms: r.u64("token_expires_ms")?,
             server_time_ms: r.u64("server_time_ms")?,
         };
         r.finish()?;
@@ -329,5 +348,45 @@ impl Redirect {
         }
         r.finish()?;
         Ok(Redirect { code, delay_ms, jitter_ms, addresses })
+    }
+}
+
+impl Refresh {
+    pub(crate) fn check(&self) -> Result<usize, EncodeError> {
+        let t = FrameType::Refresh;
+        if self.request_id == 0 {
+            return Err(invalid(t, "id", "request id 0"));
+        }
+        check_len(t, "token", self.token.len(), 0, MAX_TOKEN)?;
+        Ok(2 + self.token.len())
+    }
+
+    pub(crate) fn put_body<B: BufMut>(&self, dst: &mut B) {
+        put_str16(dst, &self.token);
+    }
+
+    pub(crate) fn read_body(id: u32, mut r: Reader) -> Result<Refresh, DecodeError> {
+        // "Request id 0 in REFRESH is MALFORMED_FRAME": every refresh is answered, by id.
+        if id == 0 {
+            return Err(r.malformed("REFRESH with request id 0"));
+        }
+        let token = r.str16(MAX_TOKEN, "token", "token longer than 8,192 bytes")?;
+        r.finish()?;
+        Ok(Refresh { request_id: id, token })
+    }
+}
+
+impl RefreshOk {
+    /// `token_expires_ms u64`.
+    pub(crate) const BODY_LEN: usize = 8;
+
+    pub(crate) fn put_body<B: BufMut>(&self, dst: &mut B) {
+        dst.put_u64(self.token_expires_ms);
+    }
+
+    pub(crate) fn read_body(id: u32, mut r: Reader) -> Result<RefreshOk, DecodeError> {
+        let token_expires_ms = r.u64("token_expires_ms")?;
+        r.finish()?;
+        Ok(RefreshOk { request_id: id, token_expires_ms })
     }
 }

@@ -6,6 +6,10 @@
 //! offset 5  u8  flags    per-type flag bits
 //! offset 6  u32 id       sequence number or request id, per type; 0 where none
 //! ```
+//!
+//! Version 1 defines one flag bit per type at most, always bit 0: `PUSH` `ACK_REQUIRED` and
+//! `ERROR` `FATAL`. Every other bit, `AUTH_OK` bit 0 included (reserved), is sent as 0 and
+//! ignored on receipt (`docs/PROTOCOL.md` § Flag registry).
 
 use bytes::BufMut;
 
@@ -14,8 +18,6 @@ pub const HEADER_LEN: usize = 10;
 
 /// `PUSH` flag bit 0: the client MUST acknowledge this push.
 pub const FLAG_ACK_REQUIRED: u8 = 1;
-/// `AUTH_OK` flag bit 0: the server continues the session the client asked to resume.
-pub const FLAG_RESUMED: u8 = 1;
 /// `ERROR` flag bit 0: the sender closes the connection after this frame.
 pub const FLAG_FATAL: u8 = 1;
 

@@ -8,7 +8,7 @@ mod wire;
 
 use bytes::{BufMut, Bytes};
 
-pub use body::{MAX_ACK_IDS, MAX_ADDRESSES, MAX_TOKEN, MAX_VERSIONS};
+pub use body::{MAX_ACK_IDS, MAX_ADDRESSES, MAX_TOKEN, MAX_VERSIONS, MIN_MAX_FRAME};
 pub use head::{HEADER_LEN, Head};
 
 use crate::error::{DecodeError, EncodeError};
@@ -42,11 +42,15 @@ pub enum FrameType {
     Redirect = 0x0B,
     /// Error about a request or the connection.
     Error = 0x0C,
+    /// Client request to replace the session's token.
+    Refresh = 0x0D,
+    /// Server accepted a `REFRESH`.
+    RefreshOk = 0x0E,
 }
 
 impl FrameType {
     /// Every frame type this version defines.
-    pub const ALL: [FrameType; 12] = [
+    pub const ALL: [FrameType; 14] = [
         FrameType::Hello,
         FrameType::AuthOk,
         FrameType::AuthFail,
@@ -59,6 +63,8 @@ impl FrameType {
         FrameType::Kick,
         FrameType::Redirect,
         FrameType::Error,
+        FrameType::Refresh,
+        FrameType::RefreshOk,
     ];
 
     /// The type for a byte, or `None` if this version does not define it.
@@ -75,8 +81,10 @@ impl FrameType {
     pub fn direction(self) -> Direction {
         use FrameType::*;
         match self {
-            Hello | Ack | Upstream => Direction::ClientToServer,
-            AuthOk | AuthFail | Push | UpstreamReply | Kick | Redirect => Direction::ServerToClient,
+            Hello | Ack | Upstream | Refresh => Direction::ClientToServer,
+            AuthOk | AuthFail | Push | UpstreamReply | Kick | Redirect | RefreshOk => {
+                Direction::ServerToClient
+            }
             Ping | Pong | Error => Direction::Both,
         }
     }
@@ -149,7 +157,7 @@ impl Platform {
     }
 }
 
-/// `HELLO`: the client's first frame (versions, token, device, heartbeat wish).
+/// `HELLO`: the client's first frame (versions, heartbeat wish, frame limit, token, device).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Hello {
     /// Protocol versions the client speaks, most preferred first (1–16 entries).
@@ -158,10 +166,12 @@ pub struct Hello {
     pub capabilities: u32,
     /// The heartbeat interval the client would like, in ms; 0 = no preference.
     pub heartbeat_ms: u32,
+    /// The largest frame (header + body) the client accepts, in bytes; 0 = the default
+    /// 65,536; otherwise at least [`MIN_MAX_FRAME`] (1,024). The server never sends a larger
+    /// frame ([`rules::client_max_frame`](crate::rules::client_max_frame)).
+    pub max_frame: u32,
     /// The client platform.
     pub platform: Platform,
-    /// The session this connection continues, or 0.
-    pub resume_session: u64,
     /// The authentication token (a JWT for the Holdfast gateway), at most 8,192 bytes.
     pub token: String,
     /// A stable device or install identifier (at most 255 bytes).
@@ -173,22 +183,24 @@ pub struct Hello {
 /// `AUTH_OK`: the server accepted the client.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct AuthOk {
-    /// Flag `RESUMED`: `session_id` continues the session the client asked to resume.
-    pub resumed: bool,
     /// The protocol version chosen.
     pub version: u16,
     /// The capability bits in force.
     pub capabilities: u32,
     /// This connection's cluster-unique id.
     pub conn_id: u64,
-    /// The session this connection belongs to (non-zero).
-    pub session_id: u64,
     /// The heartbeat interval granted, in ms.
     pub heartbeat_ms: u32,
     /// Silence after which the server closes the connection, in ms.
     pub idle_timeout_ms: u32,
     /// The largest frame (header + body) the server accepts, in bytes.
     pub max_frame: u32,
+    /// The server's limit of unacknowledged `ACK_REQUIRED` pushes on this connection: a
+    /// client that lets more go unacknowledged is closed with `SLOW_CONSUMER`.
+    pub max_unacked: u32,
+    /// When the server ends the session with `KICK` `TOKEN_EXPIRED_KICK` unless the token is
+    /// refreshed first, wall-clock ms since the Unix epoch; 0 = never.
+    pub token_expires_ms: u64,
     /// The server's wall clock when it sent the frame, ms since the Unix epoch.
     pub server_time_ms: u64,
 }
@@ -292,6 +304,24 @@ pub struct ErrorFrame {
     pub message: String,
 }
 
+/// `REFRESH`: the client replaces the session's token on the open connection.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Refresh {
+    /// Request id (header `id`), chosen by the client; never 0.
+    pub request_id: u32,
+    /// The new token, at most 8,192 bytes.
+    pub token: String,
+}
+
+/// `REFRESH_OK`: the server accepted a `REFRESH`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RefreshOk {
+    /// The request id answered (header `id`).
+    pub request_id: u32,
+    /// The session's new expiry, as `AUTH_OK.token_expires_ms`; 0 = never.
+    pub token_expires_ms: u64,
+}
+
 /// An extension frame (type 0x80–0xFF) this version does not interpret; receivers skip it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Extension {
@@ -332,6 +362,10 @@ pub enum Frame {
     Redirect(Redirect),
     /// `ERROR`.
     Error(ErrorFrame),
+    /// `REFRESH`.
+    Refresh(Refresh),
+    /// `REFRESH_OK`.
+    RefreshOk(RefreshOk),
     /// An extension type this version does not interpret.
     Extension(Extension),
 }
@@ -352,6 +386,8 @@ impl Frame {
             Frame::Kick(_) => FrameType::Kick as u8,
             Frame::Redirect(_) => FrameType::Redirect as u8,
             Frame::Error(_) => FrameType::Error as u8,
+            Frame::Refresh(_) => FrameType::Refresh as u8,
+            Frame::RefreshOk(_) => FrameType::RefreshOk as u8,
             Frame::Extension(e) => e.kind,
         }
     }
@@ -360,7 +396,7 @@ impl Frame {
     pub fn head(&self) -> Result<Head, EncodeError> {
         let (len, flags, id) = match self {
             Frame::Hello(h) => (h.check()?, 0, 0),
-            Frame::AuthOk(a) => (AuthOk::BODY_LEN, a.flags(), 0),
+            Frame::AuthOk(_) => (AuthOk::BODY_LEN, 0, 0),
             Frame::AuthFail(a) => (a.check()?, 0, 0),
             Frame::Ping(p) | Frame::Pong(p) => (p.body_len(), 0, p.id),
             Frame::Push(p) => (p.check()?, p.flags(), p.seq),
@@ -370,6 +406,8 @@ impl Frame {
             Frame::Kick(k) => (k.check()?, 0, 0),
             Frame::Redirect(r) => (r.check()?, 0, 0),
             Frame::Error(e) => (e.check()?, e.flags(), e.request_id),
+            Frame::Refresh(r) => (r.check()?, 0, r.request_id),
+            Frame::RefreshOk(r) => (RefreshOk::BODY_LEN, 0, r.request_id),
             Frame::Extension(e) => {
                 if !FrameType::is_extension(e.kind) {
                     return Err(EncodeError::NotExtension(e.kind));
@@ -405,6 +443,8 @@ impl Frame {
             Frame::Kick(k) => k.put_body(dst),
             Frame::Redirect(r) => r.put_body(dst),
             Frame::Error(e) => e.put_body(dst),
+            Frame::Refresh(r) => r.put_body(dst),
+            Frame::RefreshOk(r) => r.put_body(dst),
             Frame::Extension(e) => dst.put_slice(&e.body),
         }
         Ok(())
@@ -429,7 +469,7 @@ impl Frame {
         let r = Reader::new(kind, body);
         Ok(match kind {
             FrameType::Hello => Frame::Hello(Hello::read_body(r)?),
-            FrameType::AuthOk => Frame::AuthOk(AuthOk::read_body(head.flags, r)?),
+            FrameType::AuthOk => Frame::AuthOk(AuthOk::read_body(r)?),
             FrameType::AuthFail => Frame::AuthFail(AuthFail::read_body(r)?),
             FrameType::Ping => Frame::Ping(Ping::read_body(head.id, r)?),
             FrameType::Pong => Frame::Pong(Ping::read_body(head.id, r)?),
@@ -440,6 +480,8 @@ impl Frame {
             FrameType::Kick => Frame::Kick(Kick::read_body(r)?),
             FrameType::Redirect => Frame::Redirect(Redirect::read_body(r)?),
             FrameType::Error => Frame::Error(ErrorFrame::read_body(head.id, head.flags, r)?),
+            FrameType::Refresh => Frame::Refresh(Refresh::read_body(head.id, r)?),
+            FrameType::RefreshOk => Frame::RefreshOk(RefreshOk::read_body(head.id, r)?),
         })
     }
 }

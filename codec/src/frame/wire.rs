@@ -128,6 +128,11 @@ pub(crate) fn check_len(
     }
 }
 
+/// A field whose value (not its length) the wire format does not allow.
+pub(crate) fn invalid(frame: FrameType, field: &'static str, reason: &'static str) -> EncodeError {
+    EncodeError::FieldValue { frame, field, reason }
+}
+
 /// The body length as the header's `u32`, or an error if it does not fit.
 pub(crate) fn body_u32(frame: FrameType, len: usize) -> Result<u32, EncodeError> {
     u32::try_from(len).map_err(|_| EncodeError::BodyTooLarge { frame, len })
