@@ -14,12 +14,17 @@
 //!
 //! # When an `ACK` is due
 //!
-//! > A client SHOULD acknowledge promptly but MAY batch: for example one `ACK` after at most
-//! > 32 pushes or 200 ms, whichever comes first, and always before its next `PING`.
+//! > A client SHOULD acknowledge promptly, and SHOULD send an `ACK` no later than when its
+//! > unacknowledged `ACK_REQUIRED` pushes reach `max(1, AUTH_OK.max_unacked / 2)` [...].
+//! > Within that bound it MAY batch: for example one `ACK` after at most 32 pushes or
+//! > 200 ms, whichever comes first, and always before its next `PING`.
 //!
-//! An `ACK` is due once `batch` processed `ACK_REQUIRED` pushes are not yet covered by a sent
-//! `ACK`, or `delay` after the first of them was processed. [`AckWindow::flush`] builds one
-//! regardless of the batch rule (the session calls it before every `PING`).
+//! An `ACK` is due once `min(batch, max(1, max_unacked / 2))` processed `ACK_REQUIRED`
+//! pushes are not yet covered by a sent `ACK`, or `delay` after the first of them was
+//! processed. Acknowledging at half the server's limit leaves the other half for the pushes
+//! the server writes while the `ACK` travels, so a client that acknowledges as it processes
+//! never reaches the limit. [`AckWindow::flush`] builds one regardless of the batch rule
+//! (the session calls it before every `PING`).
 //!
 //! # More than 1,024 selective ids
 //!
@@ -64,7 +69,10 @@ pub(crate) struct AckWindow {
     pending: u32,
     /// When the oldest of `pending` must be acknowledged at the latest.
     deadline: Option<Instant>,
+    /// The application's batch size ([`Config::ack_batch`](super::Config::ack_batch)).
     batch: u32,
+    /// `max(1, max_unacked / 2)` from the server's `AUTH_OK`; `u32::MAX` until then.
+    server_batch: u32,
     delay: Duration,
     /// Most selective ids per `ACK`: 1,024, or fewer when the server's `max_frame` is small.
     max_ids: usize,
@@ -79,6 +87,7 @@ impl AckWindow {
             pending: 0,
             deadline: None,
             batch: batch.max(1),
+            server_batch: u32::MAX,
             delay,
             max_ids: MAX_SELECTIVE_IDS,
         }
@@ -92,6 +101,17 @@ impl AckWindow {
         self.max_ids = room.clamp(1, MAX_SELECTIVE_IDS);
     }
 
+    /// Respect the server's `AUTH_OK.max_unacked`: an `ACK` is due at the latest when
+    /// `max(1, max_unacked / 2)` processed pushes await acknowledgement.
+    pub(crate) fn limit_unacked(&mut self, max_unacked: u32) {
+        self.server_batch = (max_unacked / 2).max(1);
+    }
+
+    /// How many processed `ACK_REQUIRED` pushes make an `ACK` due at once.
+    pub(crate) fn due_at(&self) -> u32 {
+        self.batch.min(self.server_batch)
+    }
+
     /// Start over for a new connection: sequences restart at 1.
     pub(crate) fn reset(&mut self) {
         self.cumulative = 0;
@@ -99,6 +119,7 @@ impl AckWindow {
         self.pending = 0;
         self.deadline = None;
         self.max_ids = MAX_SELECTIVE_IDS;
+        self.server_batch = u32::MAX;
     }
 
     /// Highest sequence processed contiguously.
@@ -173,7 +194,7 @@ impl AckWindow {
 
     /// The `ACK` to send now under the batch and delay rules, if one is due.
     pub(crate) fn poll_ack(&mut self, now: Instant) -> Option<Ack> {
-        let due = self.pending >= self.batch || self.deadline.is_some_and(|d| d <= now);
+        let due = self.pending >= self.due_at() || self.deadline.is_some_and(|d| d <= now);
         if due { self.flush(now) } else { None }
     }
 
@@ -272,6 +293,27 @@ mod tests {
         w.on_push(32, 32, true, t).unwrap();
         w.processed(32, t);
         assert_eq!(w.poll_ack(t).unwrap().cumulative, 32);
+    }
+
+    #[test]
+    fn the_servers_limit_caps_the_batch_at_half() {
+        let (mut w, t) = window();
+        assert_eq!(w.due_at(), 32);
+        for (max_unacked, due) in [(8, 4), (9, 4), (2, 1), (1, 1), (0, 1), (1024, 32)] {
+            w.limit_unacked(max_unacked);
+            assert_eq!(w.due_at(), due, "max_unacked {max_unacked}");
+        }
+        w.limit_unacked(8);
+        for seq in 1..=3 {
+            w.on_push(seq, u64::from(seq), true, t).unwrap();
+            w.processed(seq, t);
+            assert_eq!(w.poll_ack(t), None);
+        }
+        w.on_push(4, 4, true, t).unwrap();
+        w.processed(4, t);
+        assert_eq!(w.poll_ack(t).unwrap().cumulative, 4);
+        w.reset();
+        assert_eq!(w.due_at(), 32, "a new connection waits for its own AUTH_OK");
     }
 
     #[test]

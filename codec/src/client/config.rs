@@ -33,8 +33,9 @@ pub struct Config {
     /// push, and call [`Session::processed`](super::Session::processed) for each.
     pub auto_ack: bool,
     /// Send an `ACK` once this many processed `ACK_REQUIRED` pushes are unacknowledged
-    /// (default 32, at least 1). Lower means more upstream frames; higher means more
-    /// redelivery after a disconnect.
+    /// (default 32, at least 1), or sooner: always by `max(1, AUTH_OK.max_unacked / 2)`, so
+    /// the server's limit is never reached. Lower means more upstream frames; higher means
+    /// more redelivery after a disconnect.
     pub ack_batch: u32,
     /// Or once the oldest of them has waited this long (default 200 ms). Zero acknowledges
     /// every processed push at the next [`Session::handle_timeout`](super::Session::handle_timeout).

@@ -13,7 +13,8 @@
 //!   *sent*), when the server counts as silent (idle timeout after the last frame
 //!   *received*), and the round-trip time of the latest `PING`.
 //! - `ack.rs`: the acknowledgement window, cumulative by sequence plus selective message
-//!   ids for pushes processed out of order, and when a batched `ACK` is due.
+//!   ids for pushes processed out of order, and when a batched `ACK` is due (never later
+//!   than half the server's `AUTH_OK.max_unacked`).
 //! - `reconnect.rs`: what a `KICK` or `AUTH_FAIL` code means for reconnecting
 //!   ([`Reconnect`]); `backoff.rs`: capped exponential backoff with full jitter
 //!   ([`Backoff`]); `rng.rs`: the seeded generator behind every jitter.
@@ -566,6 +567,9 @@ impl Session {
         }
         self.heartbeat.grant(auth.heartbeat_ms, auth.idle_timeout_ms);
         self.acks.fit_frame(auth.max_frame);
+        // "It SHOULD send an ACK no later than when its unacknowledged ACK_REQUIRED pushes
+        // reach max(1, AUTH_OK.max_unacked / 2)."
+        self.acks.limit_unacked(auth.max_unacked);
         self.auth_at = now;
         self.token_expires_ms = auth.token_expires_ms;
         // "The attempt counter resets once a connection reaches ESTABLISHED and stays up for

@@ -964,6 +964,85 @@ fn close_acknowledges_processed_pushes_first() {
     assert_eq!(h.closed_reason().1, Reconnect::Never);
 }
 
+// ----- the server's unacknowledged limit ---------------------------------------------------
+
+/// The server's side of the ack window: pushes written minus pushes an `ACK` covered.
+#[derive(Default)]
+struct ServerWindow {
+    sent: u32,
+    acked: u32,
+    most_unacked: u32,
+}
+
+impl ServerWindow {
+    fn push(&mut self, h: &mut Harness, ms: u64, max_unacked: u32) {
+        // The gateway's check: an ACK_REQUIRED push beyond the limit is SLOW_CONSUMER.
+        assert!(self.sent - self.acked < max_unacked, "SLOW_CONSUMER at {ms} ms");
+        self.sent += 1;
+        self.most_unacked = self.most_unacked.max(self.sent - self.acked);
+        h.feed(&[push(self.sent, true)], ms);
+        self.read_acks(h);
+    }
+
+    fn read_acks(&mut self, h: &mut Harness) {
+        for frame in h.sent() {
+            if let Frame::Ack(ack) = frame {
+                assert!(ack.message_ids.is_empty(), "processed in order");
+                self.acked = self.acked.max(ack.cumulative);
+            }
+        }
+    }
+}
+
+#[test]
+fn acks_come_by_half_the_servers_max_unacked_on_a_virtual_clock() {
+    // The documented batching alone ("after at most 32 pushes or 200 ms") let 8 pushes in
+    // 80 ms go unacknowledged at max_unacked = 8, and the 9th was SLOW_CONSUMER.
+    for max_unacked in [1u32, 2, 3, 8, 9, 64, 1_024] {
+        let auth = AuthOk { max_unacked, ..auth_ok() };
+        let mut h = Harness::established_with(config(), auth);
+        let mut server = ServerWindow::default();
+        // 500 pushes, one a millisecond: 32 of them well inside the 200 ms delay, so only
+        // the batch and the limit make ACKs due.
+        for n in 0..500u64 {
+            let ms = 100 + n;
+            h.tick(ms);
+            server.read_acks(&mut h);
+            server.push(&mut h, ms, max_unacked);
+        }
+        let due = (max_unacked / 2).clamp(1, 32);
+        assert_eq!(server.most_unacked, due, "max_unacked {max_unacked}");
+        h.events();
+    }
+}
+
+#[test]
+fn the_limit_applies_per_connection() {
+    let mut h = Harness::established_with(config(), AuthOk { max_unacked: 4, ..auth_ok() });
+    h.feed(&[push(1, true)], 10);
+    assert!(h.sent().is_empty());
+    h.feed(&[push(2, true)], 20);
+    assert_eq!(h.sent(), vec![Frame::Ack(Ack { cumulative: 2, message_ids: vec![] })]);
+    // A new connection to a server with the default limit batches by the config again.
+    h.s.connect(h.at(1_000));
+    h.sent();
+    h.feed(&[Frame::AuthOk(auth_ok())], 1_000);
+    h.feed(&[push(1, true), push(2, true), push(3, true)], 1_010);
+    assert!(h.sent().is_empty(), "32 or 200 ms, as configured");
+}
+
+#[test]
+fn manual_processing_respects_the_limit_too() {
+    let cfg = Config { auto_ack: false, ..config() };
+    let mut h = Harness::established_with(cfg, AuthOk { max_unacked: 6, ..auth_ok() });
+    h.feed(&[push(1, true), push(2, true), push(3, true)], 10);
+    h.s.processed(2, h.at(11));
+    h.s.processed(3, h.at(12));
+    assert!(h.sent().is_empty());
+    h.s.processed(1, h.at(13));
+    assert_eq!(h.sent(), vec![Frame::Ack(Ack { cumulative: 3, message_ids: vec![] })]);
+}
+
 // ----- token refresh -----------------------------------------------------------------------
 
 #[test]
