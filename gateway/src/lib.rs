@@ -1,35 +1,51 @@
 //! The Holdfast gateway: holds client long connections, authenticates them, keeps them alive
 //! with heartbeats and delivers pushes.
 //!
-//! # How the pieces fit
+//! It is **not** the presence cluster (`holdfast-status`), the scheduler
+//! (`holdfast-scheduler`) or the wire format (`holdfast-codec`, which this crate drives);
+//! business logic lives behind its webhooks.
 //!
-//! - [`server`] assembles a running node: an acceptor thread with a `socket2` listener hands
-//!   each accepted socket to one of N [`worker`] event loops (mio), which own their
-//!   connections for life; a small tokio runtime serves the HTTP [`api`] and runs the
-//!   [`upstream`] and [`events`] webhooks.
-//! - A worker keeps one compact [`conn`] record per connection in a slab, one timer entry
-//!   per connection in its [`wheel`], and applies the protocol rules of `holdfast_codec`.
-//! - Logins go through [`auth`] (JWT) and the node [`registry`] (user → connections, kick
-//!   policy); online/offline transitions are announced to a [`presence`] store.
-//! - Everything else reaches a worker through its command queue ([`dispatch`]); connection
-//!   ids ([`ids`]) say which worker owns a connection.
-//! - [`config`] is the configuration (TOML, environment, CLI); [`metrics`] the Prometheus
-//!   handles, resolved at start-up.
+//! # Layout
+//!
+//! - [`session`]: the server side of one connection as a sans-IO state machine — handshake,
+//!   heartbeats and idle, token expiry and refresh, acknowledgements, upstream accounting,
+//!   backpressure decisions, rate limit, every close reason. No socket, clock or thread;
+//!   tested on a virtual clock.
+//! - [`driver`]: the I/O — the acceptor, N mio event loops that each own their connections
+//!   for life and pump one session per connection over a [`driver::Transport`] (the seam a
+//!   TLS stream implements next), the compact connection record, the timing wheel, the
+//!   loops' command queues.
+//! - [`node`] (crate-private): the node's shared state — configuration, metrics, registry,
+//!   verifier, webhooks, presence, worker handles — so the API, the loops and the assembly
+//!   never import one another.
+//! - Control plane, ordinary tokio code off the hot path: [`api`] (crate-private: the HTTP
+//!   push API, health, `/metrics`), [`upstream`] and [`events`] (webhooks), [`presence`].
+//! - Shared pieces: [`auth`] (JWT), [`registry`] (user → connections, kick policy), [`ids`]
+//!   (connection ids), [`metrics`], [`config`]; [`server`] assembles and stops a node.
+//!
+//! # A request's way through
+//!
+//! The acceptor hands a socket to a loop (round-robin). The loop reads it when readable and
+//! feeds the bytes to the connection's [`session::Session`], which decodes whole frames and
+//! answers in place (`PONG`), or asks the node through an event (a `HELLO` to verify, an
+//! `UPSTREAM` to forward, the close). The loop writes what the session produced and re-arms
+//! the connection's one timer at the session's next deadline. A push from the HTTP API goes
+//! to the owning loop's bounded queue; the loop encodes it once and hands each target
+//! session its copy.
 
-pub mod api;
+mod api;
 pub mod auth;
 pub mod config;
-pub mod conn;
-pub mod dispatch;
+pub mod driver;
 pub mod events;
 pub mod ids;
 pub mod metrics;
+mod node;
 pub mod presence;
 pub mod registry;
 pub mod server;
+pub mod session;
 pub mod upstream;
 mod webhook;
-pub mod wheel;
-pub mod worker;
 
 pub use server::{Running, StartError, start, start_default};

@@ -7,59 +7,7 @@ use prometheus::{
     TextEncoder,
 };
 
-/// Why a connection closed: the bounded `reason` label of `closes_total` and of disconnect
-/// events.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The peer closed the stream or reset it.
-    PeerClosed,
-    /// No `HELLO` within the handshake deadline.
-    HandshakeTimeout,
-    /// Authentication failed (`AUTH_FAIL` sent).
-    AuthFailed,
-    /// Nothing arrived within the idle timeout.
-    IdleTimeout,
-    /// The peer broke the protocol (`ERROR` sent).
-    ProtocolError,
-    /// The peer did not read or acknowledge fast enough.
-    SlowConsumer,
-    /// A newer login or an operator displaced the session (`KICK` sent).
-    Kicked,
-    /// A socket error other than a clean close.
-    IoError,
-    /// The gateway is shutting down.
-    Shutdown,
-}
-
-impl CloseReason {
-    /// Every reason, in label order.
-    pub const ALL: [CloseReason; 9] = [
-        CloseReason::PeerClosed,
-        CloseReason::HandshakeTimeout,
-        CloseReason::AuthFailed,
-        CloseReason::IdleTimeout,
-        CloseReason::ProtocolError,
-        CloseReason::SlowConsumer,
-        CloseReason::Kicked,
-        CloseReason::IoError,
-        CloseReason::Shutdown,
-    ];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CloseReason::PeerClosed => "peer_closed",
-            CloseReason::HandshakeTimeout => "handshake_timeout",
-            CloseReason::AuthFailed => "auth_failed",
-            CloseReason::IdleTimeout => "idle_timeout",
-            CloseReason::ProtocolError => "protocol_error",
-            CloseReason::SlowConsumer => "slow_consumer",
-            CloseReason::Kicked => "kicked",
-            CloseReason::IoError => "io_error",
-            CloseReason::Shutdown => "shutdown",
-        }
-    }
-}
+pub use crate::session::CloseReason;
 
 /// Labels of `auth_failures_total`.
 pub const AUTH_FAILURE_REASONS: [&str; 7] = [
@@ -148,6 +96,10 @@ pub struct Metrics {
     pub push_api_duration: Vec<Histogram>,
     /// Bytes queued for clients that could not take them yet.
     pub outbound_queue_bytes: IntGauge,
+    /// Turns a connection yielded with frames left over (fairness under pipelining).
+    pub yields: IntCounter,
+    /// Token refreshes, by outcome (`ok`, `refused`).
+    pub token_refreshes: Vec<IntCounter>,
     /// Upstream forwarding metrics.
     pub upstream: UpstreamMetrics,
     /// Event webhook metrics.
@@ -214,7 +166,7 @@ impl Metrics {
         let upstream = counter_family(
             r,
             "holdfast_gateway_upstream_requests_total",
-            "UPSTREAM requests, by outcome.",
+            "UPSTREAM requests, by outcome (rejected: over a limit, or no webhook).",
             "outcome",
             &["ok", "timeout", "error", "rejected"],
         );
@@ -317,6 +269,18 @@ impl Metrics {
                 "holdfast_gateway_outbound_queue_bytes",
                 "Bytes queued for clients that could not take them yet.",
             ),
+            yields: counter(
+                r,
+                "holdfast_gateway_yields_total",
+                "Turns a connection gave up with frames left over, so others get theirs.",
+            ),
+            token_refreshes: counter_family(
+                r,
+                "holdfast_gateway_token_refreshes_total",
+                "REFRESH requests, by outcome.",
+                "outcome",
+                &["ok", "refused"],
+            ),
             upstream: UpstreamMetrics {
                 latency: upstream_latency,
                 ok: upstream[0].clone(),
@@ -341,6 +305,11 @@ impl Metrics {
     /// The counter for a close reason.
     pub fn close(&self, reason: CloseReason) -> &IntCounter {
         &self.closes[reason as usize]
+    }
+
+    /// The counter for a token refresh outcome.
+    pub fn token_refresh(&self, ok: bool) -> &IntCounter {
+        &self.token_refreshes[usize::from(!ok)]
     }
 
     /// The counter for an auth failure label (one of [`AUTH_FAILURE_REASONS`]).

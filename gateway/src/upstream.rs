@@ -11,11 +11,12 @@
 //! - At most `max_concurrency` requests are in flight to the webhook; up to
 //!   `4 × max_concurrency` more wait, first come first served, for a free slot. Beyond that
 //!   `try_submit` returns [`SubmitError::Full`] (the client gets `ERROR` `TOO_MANY_REQUESTS`).
-//! - For every request with a non-zero request id that `try_submit` accepted, `deliver` is
-//!   called **exactly once**, with a reply or a failure code; that is how the connection
-//!   releases its in-flight slot. This holds even if the runtime shuts down first (the request
-//!   then fails with `UPSTREAM_UNAVAILABLE`).
-//! - Request id 0 is fire and forget: the request is forwarded, `deliver` is never called.
+//! - For every request that `try_submit` accepted, `deliver` is called **exactly once**, with
+//!   a reply or a failure code; that is how the connection releases its in-flight slot. This
+//!   holds even if the runtime shuts down first (the request then fails with
+//!   `UPSTREAM_UNAVAILABLE`).
+//! - Request id 0 is fire and forget for the client: it gets no answer, but its request still
+//!   holds an in-flight slot until `deliver` reports it done.
 //! - `deliver` runs on a runtime thread (or, if the runtime is already shut down, on the
 //!   thread calling `try_submit`); it must be quick and must not block, typically pushing
 //!   the result onto the owning event loop's queue and waking it.
@@ -84,12 +85,12 @@ pub enum UpstreamOutcome {
     Failed(Code),
 }
 
-/// The answer to one accepted request with a non-zero id, handed to `deliver`.
+/// The answer to one accepted request, handed to `deliver`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UpstreamResult {
     /// The connection the request came from.
     pub conn: ConnId,
-    /// The client's request id (never 0).
+    /// The client's request id (0: fire and forget, nothing is sent to the client).
     pub request_id: u32,
     /// The webhook's reply or the failure code.
     pub outcome: UpstreamOutcome,
@@ -214,7 +215,7 @@ impl Upstream {
         let delivery = Delivery {
             conn: req.conn,
             request_id: req.request_id,
-            deliver: (req.request_id != 0).then(|| inner.deliver.clone()),
+            deliver: Some(inner.deliver.clone()),
         };
         let task_inner = inner.clone();
         inner.rt.spawn(async move {
@@ -321,7 +322,7 @@ impl Inner {
 struct Delivery {
     conn: ConnId,
     request_id: u32,
-    /// `None` for fire-and-forget requests, and once delivered.
+    /// `None` once delivered.
     deliver: Option<Deliver>,
 }
 
@@ -691,7 +692,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn request_id_zero_is_forwarded_without_delivery() {
+    async fn request_id_zero_is_forwarded_and_reported_done() {
         let hits = Arc::new(AtomicUsize::new(0));
         let h = hits.clone();
         let router = Router::new().route(
@@ -705,11 +706,13 @@ mod tests {
         let (up, m, mut rx) = upstream(&config(Some(hook.url()), 2_000, 4));
         up.try_submit(request(0, "fire", b"")).expect("submit");
         up.try_submit(request(1, "r", b"")).expect("submit");
-        assert_eq!(next(&mut rx).await.request_id, 1);
+        // Both come back, so the connection can release both in-flight places; the event
+        // loop sends nothing to the client for request id 0.
+        let mut ids = vec![next(&mut rx).await.request_id, next(&mut rx).await.request_id];
+        ids.sort_unstable();
+        assert_eq!(ids, vec![0, 1]);
         eventually("both requests to be answered", || m.ok.get() == 2).await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(hits.load(Ordering::SeqCst), 2);
-        assert!(rx.try_recv().is_err(), "request id 0 must not be delivered");
     }
 
     #[test]
@@ -725,9 +728,13 @@ mod tests {
         up.try_submit(request(0, "r", b"")).expect("submit");
         // The runtime never ran the tasks; shutting it down drops them.
         drop(rt);
-        let r = rx.recv_timeout(WAIT).expect("delivered");
-        assert_eq!(r.request_id, 1);
-        assert_eq!(r.outcome, UpstreamOutcome::Failed(Code::UPSTREAM_UNAVAILABLE));
-        assert!(rx.recv_timeout(Duration::from_millis(20)).is_err());
+        let mut results: Vec<UpstreamResult> =
+            (0..2).map(|_| rx.recv_timeout(WAIT).expect("delivered")).collect();
+        results.sort_by_key(|r| r.request_id);
+        assert_eq!(results[0].request_id, 0);
+        assert_eq!(results[1].request_id, 1);
+        for r in &results {
+            assert_eq!(r.outcome, UpstreamOutcome::Failed(Code::UPSTREAM_UNAVAILABLE));
+        }
     }
 }

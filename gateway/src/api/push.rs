@@ -1,19 +1,18 @@
-//! The node's HTTP API (axum): push, kick, stats, health and `/metrics`.
+//! The push and kick endpoints, and how they reach the event loops.
 //!
-//! The routes, bodies and answers are documented for users in `docs/API.md` § Push API;
-//! keep that section and this module in step. Every target a request names ends up in the
-//! answer as delivered (with its connection and sequence), offline or failed: nothing the
-//! API accepted is dropped silently.
+//! Every target a request names ends up in the answer as delivered (with its connection and
+//! sequence), offline or failed: nothing the API accepted is dropped silently. A loop whose
+//! command queue is full refuses the command; its targets are reported as failed with
+//! `"busy"`, and when nothing could be handed to any loop the whole call answers `503` with
+//! `Retry-After`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use axum::Json;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::http::StatusCode;
 use base64::Engine;
 use bytes::Bytes;
 use holdfast_codec::{Code, HEADER_LEN};
@@ -21,60 +20,22 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use crate::dispatch::{Command, PushMsg, PushReport, Targets};
+use super::extract::ApiJson;
+use super::{ApiError, bad};
+use crate::config::MAX_MAX_FRAME;
+use crate::driver::{Command, PushMsg, PushReport, SendError, Targets};
 use crate::ids::ConnId;
-use crate::server::Shared;
+use crate::node::Node;
 
 /// How long the API waits for an event loop's report.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Wall clock in ms since the Unix epoch.
-pub(crate) fn wall_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
-/// The API's routes over the gateway's shared state.
-pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(metrics))
-        .route("/v1/stats", get(stats))
-        .route("/v1/push/user", post(push_user))
-        .route("/v1/push/users", post(push_users))
-        .route("/v1/push/conn", post(push_conn))
-        .route("/v1/push/all", post(push_all))
-        .route("/v1/push/batch", post(push_batch))
-        .route("/v1/kick", post(kick))
-        .with_state(shared)
-}
-
-/// An API error: a status and a message, answered as `{"error": "..."}`.
-struct ApiError(StatusCode, String);
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
-    }
-}
-
-fn bad(msg: impl Into<String>) -> ApiError {
-    ApiError(StatusCode::BAD_REQUEST, msg.into())
-}
-
-async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.metrics.render())
-}
-
-async fn stats(State(s): State<Arc<Shared>>) -> Json<serde_json::Value> {
-    let m = &s.metrics;
-    Json(json!({
-        "node_id": s.cfg.node.id,
-        "workers": s.worker_count,
-        "connections": m.connections.get(),
-        "established": m.connections_established.get(),
-        "users": s.registry.users(),
-        "presence": s.presence.name(),
-    }))
+/// The answer when no event loop could take the command.
+fn busy() -> ApiError {
+    ApiError(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the gateway's event loops are busy; retry".to_owned(),
+    )
 }
 
 /// A u64 given as a JSON number or a decimal string.
@@ -98,7 +59,7 @@ fn yes() -> bool {
 
 /// The message fields every push carries.
 #[derive(Deserialize, Debug)]
-struct Message {
+pub(super) struct Message {
     #[serde(default, deserialize_with = "de_u64_opt")]
     message_id: Option<u64>,
     #[serde(default)]
@@ -110,7 +71,7 @@ struct Message {
 }
 
 impl Message {
-    fn build(self, s: &Shared) -> Result<Arc<PushMsg>, ApiError> {
+    fn build(self, s: &Node) -> Result<Arc<PushMsg>, ApiError> {
         if self.topic.len() > 255 {
             return Err(bad("topic is longer than 255 bytes"));
         }
@@ -123,12 +84,14 @@ impl Message {
                 .map_err(|e| bad(format!("payload_base64: {e}")))?,
             (None, None) => Bytes::new(),
         };
+        // Each connection is checked against what its client accepts (HELLO.max_frame);
+        // nothing can accept more than the protocol's largest frame.
         let frame = HEADER_LEN + 8 + 1 + self.topic.len() + payload.len();
-        let max = s.cfg.listen.max_frame as usize;
+        let max = MAX_MAX_FRAME as usize;
         if frame > max {
             return Err(ApiError(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the PUSH frame would be {frame} bytes; the maximum is {max}"),
+                format!("the PUSH frame would be {frame} bytes; no client accepts more than {max}"),
             ));
         }
         Ok(Arc::new(PushMsg {
@@ -141,7 +104,7 @@ impl Message {
 }
 
 #[derive(Serialize, Debug)]
-struct Delivered {
+pub(super) struct Delivered {
     #[serde(skip_serializing_if = "Option::is_none")]
     user: Option<Arc<str>>,
     conn_id: ConnId,
@@ -149,7 +112,7 @@ struct Delivered {
 }
 
 #[derive(Serialize, Debug)]
-struct Failed {
+pub(super) struct Failed {
     #[serde(skip_serializing_if = "Option::is_none")]
     user: Option<Arc<str>>,
     conn_id: ConnId,
@@ -158,7 +121,7 @@ struct Failed {
 
 /// The answer to a targeted push.
 #[derive(Serialize, Debug, Default)]
-struct PushAnswer {
+pub(super) struct PushAnswer {
     message_id: String,
     delivered: Vec<Delivered>,
     offline_users: Vec<String>,
@@ -167,11 +130,11 @@ struct PushAnswer {
 
 /// Send the message to connections, grouped by their event loop, and collect the reports.
 async fn deliver(
-    s: &Shared,
+    s: &Node,
     msg: &Arc<PushMsg>,
     conns: Vec<(ConnId, Option<Arc<str>>)>,
     answer: &mut PushAnswer,
-) {
+) -> Result<(), ApiError> {
     let mut by_worker: BTreeMap<u8, Vec<ConnId>> = BTreeMap::new();
     let mut users: BTreeMap<ConnId, Option<Arc<str>>> = BTreeMap::new();
     for (id, user) in conns {
@@ -184,21 +147,34 @@ async fn deliver(
     }
     s.metrics.pushes_in.inc_by(users.len() as u64);
     let mut waits = Vec::new();
+    let mut handed = 0;
     for (worker, ids) in by_worker {
         let (reply, rx) = oneshot::channel();
-        let sent = s.worker(worker).is_some_and(|w| {
-            w.send(Command::Push {
+        let sent = match s.worker(worker) {
+            Some(w) => w.send(Command::Push {
                 msg: Arc::clone(msg),
                 targets: Targets::Conns(ids.clone()),
                 reply,
-            })
-        });
-        waits.push((ids, sent.then_some(rx)));
+            }),
+            None => Err(SendError::Stopped),
+        };
+        handed += usize::from(sent.is_ok());
+        waits.push((ids, sent.map(|()| rx)));
+    }
+    if handed == 0 && waits.iter().any(|(_, r)| r.as_ref().err() == Some(&SendError::Busy)) {
+        return Err(busy());
     }
     for (ids, rx) in waits {
         let report = match rx {
-            Some(rx) => tokio::time::timeout(REPORT_TIMEOUT, rx).await.ok().and_then(Result::ok),
-            None => None,
+            Ok(rx) => tokio::time::timeout(REPORT_TIMEOUT, rx).await.ok().and_then(Result::ok),
+            Err(SendError::Busy) => {
+                for id in ids {
+                    let user = users.get(&id).cloned().flatten();
+                    answer.failed.push(Failed { user, conn_id: id, reason: "busy" });
+                }
+                continue;
+            }
+            Err(SendError::Stopped) => None,
         };
         let Some(report) = report else {
             for id in ids {
@@ -222,13 +198,22 @@ async fn deliver(
             });
         }
     }
+    Ok(())
 }
 
-/// Push to users: every connection each has on this node.
-async fn push_to_users(s: &Shared, msg: &Arc<PushMsg>, users: &[String]) -> PushAnswer {
+/// Push to users: every connection each has on this node. A user named twice gets it once.
+async fn push_to_users(
+    s: &Node,
+    msg: &Arc<PushMsg>,
+    users: &[String],
+) -> Result<PushAnswer, ApiError> {
     let mut answer = PushAnswer { message_id: msg.message_id.to_string(), ..Default::default() };
     let mut conns = Vec::new();
+    let mut seen = HashSet::new();
     for user in users {
+        if !seen.insert(user.as_str()) {
+            continue;
+        }
         let sessions = s.registry.lookup(user);
         if sessions.is_empty() {
             answer.offline_users.push(user.clone());
@@ -238,26 +223,32 @@ async fn push_to_users(s: &Shared, msg: &Arc<PushMsg>, users: &[String]) -> Push
         conns.extend(sessions.into_iter().map(|x| (x.conn, Some(Arc::clone(&name)))));
     }
     s.metrics.pushes_offline.inc_by(answer.offline_users.len() as u64);
-    deliver(s, msg, conns, &mut answer).await;
-    answer
+    deliver(s, msg, conns, &mut answer).await?;
+    Ok(answer)
 }
 
-async fn push_to_conn(s: &Shared, msg: &Arc<PushMsg>, conn: ConnId) -> PushAnswer {
+async fn push_to_conn(s: &Node, msg: &Arc<PushMsg>, conn: ConnId) -> Result<PushAnswer, ApiError> {
     let mut answer = PushAnswer { message_id: msg.message_id.to_string(), ..Default::default() };
-    deliver(s, msg, vec![(conn, None)], &mut answer).await;
-    answer
+    deliver(s, msg, vec![(conn, None)], &mut answer).await?;
+    Ok(answer)
 }
 
-async fn push_to_all(s: &Shared, msg: &Arc<PushMsg>) -> serde_json::Value {
+async fn push_to_all(s: &Node, msg: &Arc<PushMsg>) -> Result<serde_json::Value, ApiError> {
     let mut waits = Vec::new();
+    let mut busy_workers = 0;
+    let mut unavailable = 0;
     for w in s.all_workers() {
         let (reply, rx) = oneshot::channel();
-        if w.send(Command::Push { msg: Arc::clone(msg), targets: Targets::All, reply }) {
-            waits.push(rx);
+        match w.send(Command::Push { msg: Arc::clone(msg), targets: Targets::All, reply }) {
+            Ok(()) => waits.push(rx),
+            Err(SendError::Busy) => busy_workers += 1,
+            Err(SendError::Stopped) => unavailable += 1,
         }
     }
+    if waits.is_empty() && busy_workers > 0 {
+        return Err(busy());
+    }
     let mut total = PushReport::default();
-    let mut unavailable = s.all_workers().len() - waits.len();
     for rx in waits {
         match tokio::time::timeout(REPORT_TIMEOUT, rx).await.ok().and_then(Result::ok) {
             Some(r) => {
@@ -273,88 +264,89 @@ async fn push_to_all(s: &Shared, msg: &Arc<PushMsg>) -> serde_json::Value {
         .into_iter()
         .map(|(conn_id, why)| Failed { user: None, conn_id, reason: why.as_str() })
         .collect();
-    json!({
+    Ok(json!({
         "message_id": msg.message_id.to_string(),
         "delivered_count": total.delivered_count,
         "failed": failed,
+        "workers_busy": busy_workers,
         "workers_unavailable": unavailable,
-    })
+    }))
 }
 
-fn observe(s: &Shared, endpoint: usize, started: Instant) {
+fn observe(s: &Node, endpoint: usize, started: Instant) {
     s.metrics.push_api_duration[endpoint].observe(started.elapsed().as_secs_f64());
 }
 
 #[derive(Deserialize)]
-struct UserPush {
+pub(super) struct UserPush {
     user: String,
     #[serde(flatten)]
     message: Message,
 }
 
-async fn push_user(
-    State(s): State<Arc<Shared>>,
-    Json(req): Json<UserPush>,
+pub(super) async fn push_user(
+    State(s): State<Arc<Node>>,
+    ApiJson(req): ApiJson<UserPush>,
 ) -> Result<Json<PushAnswer>, ApiError> {
     let started = Instant::now();
     let msg = req.message.build(&s)?;
-    let answer = push_to_users(&s, &msg, std::slice::from_ref(&req.user)).await;
+    let answer = push_to_users(&s, &msg, std::slice::from_ref(&req.user)).await?;
     observe(&s, 0, started);
     Ok(Json(answer))
 }
 
 #[derive(Deserialize)]
-struct UsersPush {
+pub(super) struct UsersPush {
     users: Vec<String>,
     #[serde(flatten)]
     message: Message,
 }
 
-async fn push_users(
-    State(s): State<Arc<Shared>>,
-    Json(req): Json<UsersPush>,
+pub(super) async fn push_users(
+    State(s): State<Arc<Node>>,
+    ApiJson(req): ApiJson<UsersPush>,
 ) -> Result<Json<PushAnswer>, ApiError> {
     let started = Instant::now();
     if req.users.len() > s.cfg.push.max_batch {
         return Err(bad(format!("at most {} users per request", s.cfg.push.max_batch)));
     }
     let msg = req.message.build(&s)?;
-    let answer = push_to_users(&s, &msg, &req.users).await;
+    let answer = push_to_users(&s, &msg, &req.users).await?;
     observe(&s, 1, started);
     Ok(Json(answer))
 }
 
 #[derive(Deserialize)]
-struct ConnPush {
+pub(super) struct ConnPush {
     conn_id: ConnId,
     #[serde(flatten)]
     message: Message,
 }
 
-async fn push_conn(
-    State(s): State<Arc<Shared>>,
-    Json(req): Json<ConnPush>,
+pub(super) async fn push_conn(
+    State(s): State<Arc<Node>>,
+    ApiJson(req): ApiJson<ConnPush>,
 ) -> Result<Json<PushAnswer>, ApiError> {
     let started = Instant::now();
     let msg = req.message.build(&s)?;
-    let answer = push_to_conn(&s, &msg, req.conn_id).await;
+    let answer = push_to_conn(&s, &msg, req.conn_id).await?;
     observe(&s, 2, started);
     Ok(Json(answer))
 }
 
-async fn push_all(
-    State(s): State<Arc<Shared>>,
-    Json(message): Json<Message>,
+pub(super) async fn push_all(
+    State(s): State<Arc<Node>>,
+    ApiJson(message): ApiJson<Message>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let started = Instant::now();
     let msg = message.build(&s)?;
-    let answer = push_to_all(&s, &msg).await;
+    let answer = push_to_all(&s, &msg).await?;
     observe(&s, 3, started);
     Ok(Json(answer))
 }
 
 #[derive(Deserialize)]
-struct BatchItem {
+pub(super) struct BatchItem {
     user: Option<String>,
     users: Option<Vec<String>>,
     #[serde(default, deserialize_with = "de_conn_opt")]
@@ -370,13 +362,13 @@ fn de_conn_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ConnId>, D::Err
 }
 
 #[derive(Deserialize)]
-struct Batch {
+pub(super) struct Batch {
     pushes: Vec<BatchItem>,
 }
 
-async fn push_batch(
-    State(s): State<Arc<Shared>>,
-    Json(req): Json<Batch>,
+pub(super) async fn push_batch(
+    State(s): State<Arc<Node>>,
+    ApiJson(req): ApiJson<Batch>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let started = Instant::now();
     if req.pushes.len() > s.cfg.push.max_batch {
@@ -399,22 +391,26 @@ async fn push_batch(
     let mut results = Vec::with_capacity(items.len());
     for (user, users, conn, msg) in items {
         let answer = if let Some(user) = user {
-            serde_json::to_value(push_to_users(&s, &msg, &[user]).await)
+            push_to_users(&s, &msg, &[user]).await.map(serde_json::to_value)
         } else if let Some(users) = users {
-            serde_json::to_value(push_to_users(&s, &msg, &users).await)
+            push_to_users(&s, &msg, &users).await.map(serde_json::to_value)
         } else if let Some(conn) = conn {
-            serde_json::to_value(push_to_conn(&s, &msg, conn).await)
+            push_to_conn(&s, &msg, conn).await.map(serde_json::to_value)
         } else {
-            Ok(push_to_all(&s, &msg).await)
+            push_to_all(&s, &msg).await.map(Ok)
         };
-        results.push(answer.unwrap_or_else(|e| json!({ "error": e.to_string() })));
+        results.push(match answer {
+            Ok(Ok(value)) => value,
+            Ok(Err(e)) => json!({ "error": e.to_string() }),
+            Err(e) => json!({ "error": e.1, "status": e.0.as_u16() }),
+        });
     }
     observe(&s, 4, started);
     Ok(Json(json!({ "results": results })))
 }
 
 #[derive(Deserialize)]
-struct KickRequest {
+pub(super) struct KickRequest {
     user: Option<String>,
     #[serde(default, deserialize_with = "de_conn_opt")]
     conn_id: Option<ConnId>,
@@ -423,9 +419,9 @@ struct KickRequest {
     reason: Option<String>,
 }
 
-async fn kick(
-    State(s): State<Arc<Shared>>,
-    Json(req): Json<KickRequest>,
+pub(super) async fn kick(
+    State(s): State<Arc<Node>>,
+    ApiJson(req): ApiJson<KickRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let started = Instant::now();
     let code = Code(req.code.unwrap_or(Code::KICKED_BY_ADMIN.0));
@@ -444,14 +440,23 @@ async fn kick(
         _ => return Err(bad("give exactly one of user, conn_id")),
     };
     let mut kicked = Vec::new();
+    let mut failed = Vec::new();
     for conn in targets {
-        if conn.node() == s.cfg.node.id
-            && s.worker(conn.worker())
-                .is_some_and(|w| w.send(Command::Kick { conn, code, reason: reason.clone() }))
-        {
-            kicked.push(conn);
+        let sent = match (conn.node() == s.cfg.node.id).then(|| s.worker(conn.worker())).flatten() {
+            Some(w) => w.send(Command::Kick { conn, code, reason: reason.clone() }),
+            None => Err(SendError::Stopped),
+        };
+        match sent {
+            Ok(()) => kicked.push(conn),
+            Err(SendError::Busy) => failed.push(json!({ "conn_id": conn, "reason": "busy" })),
+            Err(SendError::Stopped) => {
+                failed.push(json!({ "conn_id": conn, "reason": "not_on_this_node" }))
+            }
         }
     }
+    if kicked.is_empty() && failed.iter().any(|f| f["reason"] == "busy") {
+        return Err(busy());
+    }
     observe(&s, 5, started);
-    Ok(Json(json!({ "kicked": kicked })))
+    Ok(Json(json!({ "kicked": kicked, "failed": failed })))
 }

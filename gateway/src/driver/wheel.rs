@@ -101,6 +101,13 @@ impl Wheel {
         tick as u32
     }
 
+    /// The tick an entry for `deadline` would fire at if scheduled now (see
+    /// [`schedule`](Self::schedule)), truncated to `u32` the same way.
+    pub fn due_tick(&self, deadline: Instant) -> u32 {
+        let due = self.ticks_since_origin(deadline, Rounding::Up);
+        due.clamp(self.current + 1, self.current + self.slots.len() as u64) as u32
+    }
+
     /// Move time forward to `now`, appending `(key, tick)` for every entry whose tick has
     /// passed to `fired`, in tick order.
     ///

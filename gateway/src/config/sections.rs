@@ -1,0 +1,413 @@
+//! The configuration's sections: one struct per TOML table, each field with its unit, its
+//! default and what it costs (`docs/CONFIG.md` is the operator's version of this file).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use holdfast_codec::rules::HeartbeatPolicy;
+use serde::{Deserialize, Serialize};
+
+/// `[node]`: this gateway's identity and threads.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Node id, unique in the cluster; the top 16 bits of every connection id (default 1).
+    pub id: u16,
+    /// Event-loop threads; 0 = one per CPU (default 0, at most 255). Each costs a thread and
+    /// its buffers; more than the CPU count only adds contention.
+    pub workers: usize,
+    /// Push-API commands (pushes, kicks) that may wait for one event loop (default 1,024).
+    /// When a loop's queue is full the API answers `503` with `Retry-After` rather than
+    /// letting work pile up behind a busy loop.
+    pub command_queue: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig { id: 1, workers: 0, command_queue: 1024 }
+    }
+}
+
+/// `[listen]`: the client-facing TCP listener.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenConfig {
+    /// Address clients connect to (default `0.0.0.0:7100`).
+    pub addr: SocketAddr,
+    /// `listen(2)` backlog, in connections (default 4096); capped by `net.core.somaxconn`.
+    /// Raise it if reconnect storms overflow the accept queue.
+    pub backlog: i32,
+    /// Set `SO_REUSEPORT` on the listening socket, so another gateway process on the host
+    /// can bind the same address, e.g. during a rolling restart (default false).
+    pub reuse_port: bool,
+    /// Set `TCP_NODELAY` on client sockets (default true): small pushes leave at once, at
+    /// the cost of more, smaller packets.
+    pub tcp_nodelay: bool,
+    /// TCP keepalive idle time, in seconds; 0 = off (default 300). A backstop for peers that
+    /// vanish without a FIN; heartbeats find them sooner.
+    pub tcp_keepalive_secs: u64,
+    /// Connections held at once across all workers (default 1,000,000); further accepts are
+    /// closed at once. Each connection costs a few KiB of memory plus its queued bytes.
+    pub max_connections: usize,
+    /// Time a new connection has to deliver a complete `HELLO`, in ms (default 10,000).
+    pub handshake_timeout_ms: u64,
+    /// Largest frame (header + body) accepted from clients, in bytes (default 65,536; 1,024
+    /// to 16 MiB). Sent to clients in `AUTH_OK.max_frame`. Before authentication the limit is
+    /// the largest legal `HELLO` (8,771 bytes), whatever this says.
+    pub max_frame: u32,
+    /// Kernel send buffer per client socket (`SO_SNDBUF`), in bytes; 0 = the kernel's
+    /// autotuning (default 131,072; Linux doubles the value). A cap keeps a client that
+    /// stops reading from pinning megabytes of kernel memory, and makes it visible to the
+    /// slow-consumer check sooner; too small a cap slows large pushes on long links.
+    pub send_buffer_bytes: usize,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            addr: SocketAddr::from(([0, 0, 0, 0], 7100)),
+            backlog: 4096,
+            reuse_port: false,
+            tcp_nodelay: true,
+            tcp_keepalive_secs: 300,
+            max_connections: 1_000_000,
+            handshake_timeout_ms: 10_000,
+            max_frame: 65_536,
+            send_buffer_bytes: 131_072,
+        }
+    }
+}
+
+/// `[http]`: the internal HTTP API (push, kick, health, metrics).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of the internal HTTP API (default `127.0.0.1:7180`). Keep it on a private
+    /// network; set `api_tokens` to require a bearer token as well.
+    pub addr: SocketAddr,
+    /// Bearer tokens accepted on the push, kick and stats endpoints (default none: no
+    /// authentication, for a loopback-only API). `/healthz` and `/metrics` stay open.
+    pub api_tokens: Vec<String>,
+    /// Time a client has to send a request's headers, in ms (default 5,000); then the
+    /// connection is closed. Bounds what half-sent requests can hold.
+    pub header_timeout_ms: u64,
+    /// Time a client has to send a request's body, in ms (default 10,000); then it gets `408`.
+    pub body_timeout_ms: u64,
+    /// Largest request body, in bytes (default 8 MiB); larger gets `413`.
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 7180)),
+            api_tokens: Vec::new(),
+            header_timeout_ms: 5_000,
+            body_timeout_ms: 10_000,
+            max_body_bytes: 8 << 20,
+        }
+    }
+}
+
+/// `[heartbeat]`: the heartbeat range granted to clients and the idle rule.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeartbeatConfig {
+    /// Shortest heartbeat interval granted, in ms (default 10,000). Lower costs more wake-ups
+    /// on the gateway and on the phone's radio.
+    pub min_ms: u32,
+    /// Longest heartbeat interval granted, in ms (default 600,000). Higher finds dead peers
+    /// later, and NAT bindings may expire first.
+    pub max_ms: u32,
+    /// Interval granted to a client with no preference, in ms (default 30,000).
+    pub default_ms: u32,
+    /// Idle timeout as a multiple of the granted interval (default 3).
+    pub idle_factor: u32,
+    /// Resolution of the timing wheel, in ms (default 100; at most `min_ms`). Finer costs more
+    /// timer wake-ups; coarser makes timeouts fire later.
+    pub wheel_tick_ms: u64,
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        let policy = HeartbeatPolicy::default();
+        HeartbeatConfig {
+            min_ms: policy.min_ms,
+            max_ms: policy.max_ms,
+            default_ms: policy.default_ms,
+            idle_factor: policy.idle_factor,
+            wheel_tick_ms: 100,
+        }
+    }
+}
+
+impl HeartbeatConfig {
+    /// The codec's heartbeat policy for these settings.
+    pub fn policy(&self) -> HeartbeatPolicy {
+        HeartbeatPolicy {
+            min_ms: self.min_ms,
+            max_ms: self.max_ms,
+            default_ms: self.default_ms,
+            idle_factor: self.idle_factor,
+        }
+    }
+}
+
+/// A JWT signature algorithm the gateway accepts (exactly one is configured).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+pub enum JwtAlgorithm {
+    /// HMAC with SHA-256 and a shared secret (`auth.secret`).
+    #[default]
+    HS256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256; public key in `auth.public_key_file`.
+    RS256,
+    /// ECDSA on P-256 with SHA-256; public key in `auth.public_key_file`.
+    ES256,
+}
+
+impl JwtAlgorithm {
+    /// The name used in configuration and in a JWT header's `alg`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JwtAlgorithm::HS256 => "HS256",
+            JwtAlgorithm::RS256 => "RS256",
+            JwtAlgorithm::ES256 => "ES256",
+        }
+    }
+
+    /// Whether the algorithm verifies with a public key (rather than a shared secret).
+    pub fn is_asymmetric(self) -> bool {
+        !matches!(self, JwtAlgorithm::HS256)
+    }
+}
+
+impl fmt::Display for JwtAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `[auth]`: how `HELLO` tokens are verified.
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The only JWT algorithm accepted: `"HS256"`, `"RS256"` or `"ES256"` (default HS256).
+    pub algorithm: JwtAlgorithm,
+    /// HS256 shared secret (default none: the development secret [`DEV_SECRET`] is used, with
+    /// a warning). Prefer `HOLDFAST_JWT_SECRET` to writing it in a file.
+    pub secret: Option<String>,
+    /// PEM public key for RS256/ES256 (SPKI `PUBLIC KEY` or PKCS#1 `RSA PUBLIC KEY`).
+    pub public_key_file: Option<PathBuf>,
+    /// Required `iss` claim, if set (default none: `iss` is not checked).
+    pub issuer: Option<String>,
+    /// Required `aud` claim, if set (default none: `aud` is not checked).
+    pub audience: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds (default 30, at most 3600).
+    pub leeway_secs: u64,
+    /// A token's `device` claim, when present, must equal `HELLO.device_id` (default true).
+    pub require_device_match: bool,
+    /// A token's `platform` claim, when present, must equal `HELLO.platform` (default true).
+    pub require_platform_match: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            algorithm: JwtAlgorithm::HS256,
+            secret: None,
+            public_key_file: None,
+            issuer: None,
+            audience: None,
+            leeway_secs: 30,
+            require_device_match: true,
+            require_platform_match: true,
+        }
+    }
+}
+
+impl fmt::Debug for AuthConfig {
+    /// Like a derived `Debug`, with the secret redacted.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("algorithm", &self.algorithm)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("public_key_file", &self.public_key_file)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("leeway_secs", &self.leeway_secs)
+            .field("require_device_match", &self.require_device_match)
+            .field("require_platform_match", &self.require_platform_match)
+            .finish()
+    }
+}
+
+/// Which older connections a new login displaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KickPolicy {
+    /// One connection per (user, platform): a newer login on the same platform kicks the older.
+    #[default]
+    PerPlatform,
+    /// One connection per user, whatever the platform.
+    PerUser,
+    /// Never kick; `sessions.max_per_user` still bounds the count.
+    None,
+}
+
+/// `[sessions]`: how many connections a user may hold and who gets kicked.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionsConfig {
+    /// Which older connections a new login displaces: `"per_platform"` (default),
+    /// `"per_user"` or `"none"`.
+    pub kick_policy: KickPolicy,
+    /// Connections one user may hold at once on this node; the oldest is kicked beyond it
+    /// (default 16).
+    pub max_per_user: usize,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        SessionsConfig { kick_policy: KickPolicy::PerPlatform, max_per_user: 16 }
+    }
+}
+
+/// `[push]`: delivery windows.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushConfig {
+    /// Pushes that asked for an `ACK` and are not yet acknowledged, per connection; one more
+    /// closes the connection as a slow consumer (default 1024). Each costs a few bytes.
+    pub max_unacked: u32,
+    /// Most recipients accepted in one push API request (default 1000).
+    pub max_batch: usize,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig { max_unacked: 1024, max_batch: 1000 }
+    }
+}
+
+/// `[backpressure]`: per-connection outbound queue limits.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackpressureConfig {
+    /// Queued outbound bytes at which a connection counts as slow and its clock starts, in
+    /// bytes (default 65,536).
+    pub queue_bytes_high: usize,
+    /// Queued bytes below which a slow connection counts as caught up, in bytes (default
+    /// 16,384; at most `queue_bytes_high`).
+    pub queue_bytes_low: usize,
+    /// Time a connection may stay above the high mark before it is closed as a slow
+    /// consumer, in ms (default 10,000).
+    pub slow_consumer_ms: u64,
+    /// Hard cap on queued bytes: a connection exceeding it is closed at once, in bytes
+    /// (default 1,048,576; at least `queue_bytes_high` and `listen.max_frame`). Bounds the
+    /// memory one stalled client can hold.
+    pub queue_bytes_max: usize,
+}
+
+impl Default for BackpressureConfig {
+    fn default() -> Self {
+        BackpressureConfig {
+            queue_bytes_high: 65_536,
+            queue_bytes_low: 16_384,
+            slow_consumer_ms: 10_000,
+            queue_bytes_max: 1_048_576,
+        }
+    }
+}
+
+/// `[upstream]`: where client `UPSTREAM` frames are forwarded.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Business webhook receiving `UPSTREAM` messages, an `http://` URL (default none:
+    /// `UPSTREAM` frames are refused). `https://` needs a build with TLS.
+    pub webhook_url: Option<String>,
+    /// Time allowed for one webhook call, in ms (default 5,000); then the client gets
+    /// `UPSTREAM_TIMEOUT`.
+    pub timeout_ms: u64,
+    /// Webhook calls in flight at once across the node (default 256).
+    pub max_concurrency: usize,
+    /// `UPSTREAM` frames in flight per connection; further ones are refused with
+    /// `TOO_MANY_REQUESTS` (default 16).
+    pub max_inflight_per_conn: u16,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            webhook_url: None,
+            timeout_ms: 5_000,
+            max_concurrency: 256,
+            max_inflight_per_conn: 16,
+        }
+    }
+}
+
+/// `[events]`: where connection events (online, offline, kick) are posted.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Webhook receiving batches of connection events, an `http://` URL (default none:
+    /// events are only counted in metrics).
+    pub webhook_url: Option<String>,
+    /// Most events in one webhook call (default 500).
+    pub batch_max: usize,
+    /// Longest an event waits for its batch to fill, in ms (default 200).
+    pub flush_interval_ms: u64,
+    /// Events buffered while the webhook is slow or down; beyond it new events are dropped
+    /// and counted (default 100,000; at least `batch_max`).
+    pub queue_max: usize,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            webhook_url: None,
+            batch_max: 500,
+            flush_interval_ms: 200,
+            queue_max: 100_000,
+        }
+    }
+}
+
+/// `[log]`: logging.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `tracing` filter directives, as in `RUST_LOG` (default `"info"`).
+    pub filter: String,
+    /// One JSON object per line instead of human-readable text (default false).
+    pub json: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { filter: "info".to_owned(), json: false }
+    }
+}
+
+/// `[limits]`: what one connection may ask of its event loop.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Whole frames handled per connection per turn of its event loop before the others get
+    /// theirs (default 32). Lower is fairer under pipelining; higher costs fewer turns.
+    pub frames_per_turn: u32,
+    /// Sustained inbound frames per second a connection may send; 0 = no limit (default
+    /// 200, at most 62,500). A connection that keeps sending faster than this once its burst
+    /// is spent gets `ERROR` `RATE_LIMITED` (111) and is closed.
+    pub inbound_frames_per_sec: u32,
+    /// Frames a connection may send at once above the sustained rate (default 400).
+    pub inbound_burst: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig { frames_per_turn: 32, inbound_frames_per_sec: 200, inbound_burst: 400 }
+    }
+}

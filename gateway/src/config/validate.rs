@@ -1,0 +1,203 @@
+//! [`Config::validate`]: do the values make sense together?
+
+use holdfast_codec::rules::InvalidHeartbeatPolicy;
+
+use super::{Config, ConfigError, MAX_LEEWAY_SECS, MAX_MAX_FRAME, MAX_WORKERS, MIN_MAX_FRAME};
+
+impl Config {
+    /// Check the values are usable together; lists every problem found.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut check = |ok: bool, field: &str, why: String| {
+            if !ok {
+                problems.push(format!("{field}: {why}"));
+            }
+        };
+
+        let node = &self.node;
+        check(
+            node.workers <= MAX_WORKERS,
+            "node.workers",
+            format!("{} exceeds {MAX_WORKERS} (8 bits of a connection id)", node.workers),
+        );
+
+        let l = &self.listen;
+        check(l.backlog > 0, "listen.backlog", format!("must be > 0, got {}", l.backlog));
+        check(l.max_connections > 0, "listen.max_connections", "must be > 0".to_owned());
+        check(l.handshake_timeout_ms > 0, "listen.handshake_timeout_ms", "must be > 0".to_owned());
+        check(
+            (MIN_MAX_FRAME..=MAX_MAX_FRAME).contains(&l.max_frame),
+            "listen.max_frame",
+            format!("{} outside {MIN_MAX_FRAME}..={MAX_MAX_FRAME} bytes", l.max_frame),
+        );
+        check(
+            l.addr != self.http.addr || l.addr.port() == 0,
+            "http.addr",
+            format!("same address as listen.addr ({})", l.addr),
+        );
+
+        let hb = &self.heartbeat;
+        if let Err(e) = hb.policy().validate() {
+            let field = match e {
+                InvalidHeartbeatPolicy::ZeroMin => "heartbeat.min_ms",
+                InvalidHeartbeatPolicy::MinAboveMax { .. } => "heartbeat.max_ms",
+                InvalidHeartbeatPolicy::DefaultOutOfRange { .. } => "heartbeat.default_ms",
+                InvalidHeartbeatPolicy::ZeroIdleFactor => "heartbeat.idle_factor",
+            };
+            check(false, field, e.to_string());
+        }
+        check(
+            hb.wheel_tick_ms > 0 && hb.wheel_tick_ms <= u64::from(hb.min_ms.max(1)),
+            "heartbeat.wheel_tick_ms",
+            format!("{} must be in 1..=heartbeat.min_ms ({})", hb.wheel_tick_ms, hb.min_ms),
+        );
+
+        let a = &self.auth;
+        if a.algorithm.is_asymmetric() {
+            check(
+                a.public_key_file.is_some(),
+                "auth.public_key_file",
+                format!("required with algorithm {}", a.algorithm),
+            );
+            check(
+                a.secret.is_none(),
+                "auth.secret",
+                format!("only used with HS256, but algorithm is {}", a.algorithm),
+            );
+        } else {
+            check(
+                a.secret.as_deref().is_none_or(|s| !s.is_empty()),
+                "auth.secret",
+                "is empty; remove it to use the development secret, or set a real one".to_owned(),
+            );
+            check(
+                a.public_key_file.is_none(),
+                "auth.public_key_file",
+                "only used with RS256/ES256, but algorithm is HS256".to_owned(),
+            );
+        }
+        check(
+            a.issuer.as_deref().is_none_or(|s| !s.is_empty()),
+            "auth.issuer",
+            "is empty; remove it to skip the iss check".to_owned(),
+        );
+        check(
+            a.audience.as_deref().is_none_or(|s| !s.is_empty()),
+            "auth.audience",
+            "is empty; remove it to skip the aud check".to_owned(),
+        );
+        check(
+            a.leeway_secs <= MAX_LEEWAY_SECS,
+            "auth.leeway_secs",
+            format!("{} exceeds {MAX_LEEWAY_SECS}", a.leeway_secs),
+        );
+
+        check(self.sessions.max_per_user > 0, "sessions.max_per_user", "must be > 0".to_owned());
+        check(self.push.max_unacked > 0, "push.max_unacked", "must be > 0".to_owned());
+        check(self.push.max_batch > 0, "push.max_batch", "must be > 0".to_owned());
+
+        let bp = &self.backpressure;
+        check(
+            bp.queue_bytes_low <= bp.queue_bytes_high,
+            "backpressure.queue_bytes_low",
+            format!("{} exceeds queue_bytes_high {}", bp.queue_bytes_low, bp.queue_bytes_high),
+        );
+        check(
+            bp.queue_bytes_high <= bp.queue_bytes_max,
+            "backpressure.queue_bytes_high",
+            format!("{} exceeds queue_bytes_max {}", bp.queue_bytes_high, bp.queue_bytes_max),
+        );
+        check(bp.queue_bytes_high > 0, "backpressure.queue_bytes_high", "must be > 0".to_owned());
+        check(
+            bp.queue_bytes_max >= l.max_frame as usize,
+            "backpressure.queue_bytes_max",
+            format!(
+                "{} is smaller than listen.max_frame {}: one frame must fit",
+                bp.queue_bytes_max, l.max_frame
+            ),
+        );
+        check(bp.slow_consumer_ms > 0, "backpressure.slow_consumer_ms", "must be > 0".to_owned());
+
+        let up = &self.upstream;
+        if let Some(url) = &up.webhook_url {
+            check(is_http_url(url), "upstream.webhook_url", bad_url(url));
+        }
+        check(up.timeout_ms > 0, "upstream.timeout_ms", "must be > 0".to_owned());
+        check(up.max_concurrency > 0, "upstream.max_concurrency", "must be > 0".to_owned());
+        check(
+            up.max_inflight_per_conn > 0,
+            "upstream.max_inflight_per_conn",
+            "must be > 0".to_owned(),
+        );
+
+        let ev = &self.events;
+        if let Some(url) = &ev.webhook_url {
+            check(is_http_url(url), "events.webhook_url", bad_url(url));
+        }
+        check(ev.batch_max > 0, "events.batch_max", "must be > 0".to_owned());
+        check(ev.flush_interval_ms > 0, "events.flush_interval_ms", "must be > 0".to_owned());
+        check(
+            ev.queue_max >= ev.batch_max,
+            "events.queue_max",
+            format!("{} is smaller than batch_max {}", ev.queue_max, ev.batch_max),
+        );
+
+        check(!self.log.filter.trim().is_empty(), "log.filter", "is empty".to_owned());
+
+        check(self.node.command_queue > 0, "node.command_queue", "must be > 0".to_owned());
+        check(
+            l.send_buffer_bytes == 0 || l.send_buffer_bytes >= 4096,
+            "listen.send_buffer_bytes",
+            format!("{} must be 0 (kernel default) or at least 4096", l.send_buffer_bytes),
+        );
+        let idle_ms = u64::from(hb.max_ms) * u64::from(hb.idle_factor);
+        check(
+            idle_ms <= crate::session::Limits::MAX_IDLE_MS,
+            "heartbeat.max_ms",
+            format!("max_ms × idle_factor = {idle_ms} ms exceeds the 8 h a session supports"),
+        );
+        let h = &self.http;
+        check(h.header_timeout_ms > 0, "http.header_timeout_ms", "must be > 0".to_owned());
+        check(h.body_timeout_ms > 0, "http.body_timeout_ms", "must be > 0".to_owned());
+        check(h.max_body_bytes > 0, "http.max_body_bytes", "must be > 0".to_owned());
+        check(
+            h.api_tokens.iter().all(|t| t.len() >= 16 && !t.contains(char::is_whitespace)),
+            "http.api_tokens",
+            "each token must be at least 16 characters, without whitespace".to_owned(),
+        );
+        let lim = &self.limits;
+        check(lim.frames_per_turn > 0, "limits.frames_per_turn", "must be > 0".to_owned());
+        check(
+            lim.inbound_frames_per_sec <= 62_500,
+            "limits.inbound_frames_per_sec",
+            format!("{} exceeds 62,500", lim.inbound_frames_per_sec),
+        );
+        check(
+            lim.inbound_frames_per_sec == 0 || lim.inbound_burst > 0,
+            "limits.inbound_burst",
+            "must be > 0 when inbound_frames_per_sec is set".to_owned(),
+        );
+
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid { problems }) }
+    }
+}
+
+/// Whether `url` is an `http://` URL with a host.
+///
+/// `https://` is refused because this build's HTTP client has no TLS (see `upstream.rs`), so
+/// `--check-config` fails where starting would.
+fn is_http_url(url: &str) -> bool {
+    url.strip_prefix("http://").is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'))
+}
+
+/// The problem text for a webhook URL that is not plain http.
+fn bad_url(url: &str) -> String {
+    if url.starts_with("https://") {
+        format!(
+            "`{url}`: https:// is not supported by this build (no TLS in the HTTP client); \
+             use http:// on a private network or via a local TLS proxy"
+        )
+    } else {
+        format!("`{url}` must start with http:// and name a host")
+    }
+}

@@ -1,0 +1,158 @@
+//! How the rest of the process talks to the event loops.
+//!
+//! Each loop has two queues and one waker:
+//!
+//! - the **control** queue (bounded, `node.command_queue` entries) carries the push API's
+//!   pushes and kicks. When it is full the API answers `503` with `Retry-After` instead of
+//!   piling work onto a loop that is already behind.
+//! - the **internal** queue (unbounded, but bounded in practice by `listen.max_connections`
+//!   and the upstream admission limits) carries accepted sockets, upstream answers and kicks
+//!   from another loop's logins: dropping any of those would lose a client or a reply.
+//!
+//! A loop handles at most [`COMMAND_BUDGET`] commands per turn, so a burst of API calls
+//! cannot stall heartbeats; the rest wait for the next turn.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender, SyncSender, TrySendError};
+
+use bytes::Bytes;
+use holdfast_codec::Code;
+use mio::Waker;
+use tokio::sync::oneshot;
+
+use crate::ids::ConnId;
+use crate::session::PushFailure;
+use crate::upstream::UpstreamResult;
+
+/// Commands a loop handles per turn before it goes back to its sockets.
+pub(crate) const COMMAND_BUDGET: usize = 64;
+
+/// One message to push, shared by every connection it goes to.
+#[derive(Debug)]
+pub struct PushMsg {
+    /// The business message id (stable across redeliveries).
+    pub message_id: u64,
+    /// Content type or topic (at most 255 bytes).
+    pub topic: String,
+    /// The payload.
+    pub payload: Bytes,
+    /// Whether clients must acknowledge it.
+    pub ack_required: bool,
+}
+
+/// Which connections of one event loop a push goes to.
+#[derive(Debug)]
+pub enum Targets {
+    /// These connections (all owned by the receiving loop).
+    Conns(Vec<ConnId>),
+    /// Every authenticated connection of the loop, delivered in chunks.
+    All,
+}
+
+/// What one event loop did with a push.
+#[derive(Debug, Default)]
+pub struct PushReport {
+    /// Connections the push was written (or queued) to, with the sequence it got.
+    pub delivered: Vec<(ConnId, u32)>,
+    /// Connections it could not be written to.
+    pub failed: Vec<(ConnId, PushFailure)>,
+    /// How many connections got it (for `Targets::All`, where `delivered` stays empty).
+    pub delivered_count: usize,
+}
+
+/// A command from the push API.
+pub enum Command {
+    /// Write a push to some connections; report on `reply`.
+    Push {
+        /// The message.
+        msg: Arc<PushMsg>,
+        /// Its targets on this loop.
+        targets: Targets,
+        /// Where the report goes.
+        reply: oneshot::Sender<PushReport>,
+    },
+    /// Send `KICK` with `code` to a connection and close it.
+    Kick {
+        /// The connection.
+        conn: ConnId,
+        /// The 3xx code.
+        code: Code,
+        /// Detail for the client.
+        reason: String,
+    },
+}
+
+/// A message from inside the node that must not be dropped.
+pub enum Internal<T> {
+    /// Own this freshly accepted transport.
+    Adopt(T, SocketAddr),
+    /// The backend's answer to an `UPSTREAM` request.
+    Upstream(UpstreamResult),
+    /// Another loop's login displaced this connection: `KICK` 301 it.
+    Displaced(ConnId),
+    /// Close every connection (authenticated ones with `REDIRECT` `SERVER_SHUTDOWN`), let
+    /// them flush, and stop.
+    Shutdown,
+}
+
+/// Why a command was not queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The loop's control queue is full: retry later.
+    #[error("the event loop is busy")]
+    Busy,
+    /// The loop has stopped.
+    #[error("the event loop has stopped")]
+    Stopped,
+}
+
+/// The sending side of one event loop's queues.
+pub struct WorkerHandle<T> {
+    control: SyncSender<Command>,
+    internal: Sender<Internal<T>>,
+    waker: Arc<Waker>,
+}
+
+impl<T> Clone for WorkerHandle<T> {
+    fn clone(&self) -> Self {
+        WorkerHandle {
+            control: self.control.clone(),
+            internal: self.internal.clone(),
+            waker: Arc::clone(&self.waker),
+        }
+    }
+}
+
+/// The receiving side of one event loop's queues.
+pub(crate) struct Queues<T> {
+    pub(crate) control: Receiver<Command>,
+    pub(crate) internal: Receiver<Internal<T>>,
+}
+
+/// A loop's queues: the handle others send on, and the receivers the loop drains.
+pub(crate) fn queues<T>(capacity: usize, waker: Arc<Waker>) -> (WorkerHandle<T>, Queues<T>) {
+    let (control, control_rx) = std::sync::mpsc::sync_channel(capacity.max(1));
+    let (internal, internal_rx) = std::sync::mpsc::channel();
+    (
+        WorkerHandle { control, internal, waker },
+        Queues { control: control_rx, internal: internal_rx },
+    )
+}
+
+impl<T> WorkerHandle<T> {
+    /// Queue an API command and wake the loop; refused when the queue is full.
+    pub fn send(&self, cmd: Command) -> Result<(), SendError> {
+        match self.control.try_send(cmd) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(SendError::Busy),
+            Err(TrySendError::Disconnected(_)) => return Err(SendError::Stopped),
+        }
+        self.waker.wake().map_err(|_| SendError::Stopped)
+    }
+
+    /// Queue an internal message and wake the loop. False if the loop has stopped.
+    pub fn send_internal(&self, msg: Internal<T>) -> bool {
+        self.internal.send(msg).is_ok() && self.waker.wake().is_ok()
+    }
+}

@@ -1,0 +1,30 @@
+//! The I/O side of the gateway: event loops that pump one [`Session`](crate::session::Session)
+//! per connection over a [`Transport`], and the acceptor that feeds them.
+//!
+//! # Layout
+//!
+//! - [`transport`]: the seam — the [`Transport`] trait a stream must implement to be driven
+//!   by a loop (plain TCP today; TLS next), and socket tuning.
+//! - [`accept`]: the acceptor thread: a `socket2` listener, `max_connections`, round-robin
+//!   hand-off of each new socket to a loop.
+//! - [`worker`]: one event loop (mio): readiness, fair turns, timers, commands, broadcasts;
+//!   it carries out what sessions decide and does the node's bookkeeping for them.
+//! - [`commands`]: the loops' queues (a bounded control queue for the API, an internal one).
+//! - `conn.rs`: the compact per-connection record; `slots.rs`: the slot table with per-slot
+//!   generations; [`wheel`]: the timing wheel of per-connection deadlines.
+//! - [`supervise`]: what happens when a loop fails (the process aborts).
+
+pub mod accept;
+pub mod commands;
+mod conn;
+mod slots;
+pub mod supervise;
+pub mod transport;
+pub mod wheel;
+pub(crate) mod worker;
+
+pub use commands::{Command, Internal, PushMsg, PushReport, SendError, Targets, WorkerHandle};
+pub use transport::Transport;
+
+/// The transport the node's loops drive: plain TCP.
+pub type Stream = mio::net::TcpStream;

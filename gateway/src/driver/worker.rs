@@ -1,0 +1,871 @@
+//! One event loop: a mio `Poll` that pumps the [`Session`] of every connection it owns.
+//!
+//! Every connection belongs to one worker for its whole life, so nothing on the
+//! per-connection path takes a lock or touches another thread's memory: the read buffer and
+//! the output buffers are the worker's (one per loop, reused), the connection's timer is one
+//! 4-byte entry in the worker's [`Wheel`], and the record is a [`Conn`]. The rest of the
+//! process reaches a worker through its queues ([`commands`](super::commands)).
+//!
+//! # One turn of the loop
+//!
+//! 1. `poll` with a timeout: zero when work is left over from the last turn, else the next
+//!    wheel tick (or the next counter flush).
+//! 2. For each ready connection: write what it has queued (writable), then read **once**
+//!    (readable) and feed the bytes to its session, which handles at most
+//!    `limits.frames_per_turn` frames; a connection with more to do (a full read, or frames
+//!    left over) is resumed next turn, after every other ready connection had its turn.
+//! 3. Connections resumed from the last turn.
+//! 4. Commands, at most [`COMMAND_BUDGET`] per turn; broadcasts, one chunk per turn.
+//! 5. Timers that fired; counters flushed to the node's metrics every 100 ms.
+//!
+//! # The hot paths
+//!
+//! - **Heartbeat**: one `read`, the session answers `PONG` into the loop's `tx` buffer, one
+//!   `write`. No allocation, no timer operation, no shared counter (the loop counts locally).
+//! - **Idle**: an idle authenticated connection has no buffer at all; its one wheel entry
+//!   fires at its deadline and reschedules itself if traffic arrived since.
+//! - **Push**: the frame is encoded once per worker; each connection's copy gets its own
+//!   sequence patched into the header before the write.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::TryRecvError;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use holdfast_codec::frame::head::set_id;
+use holdfast_codec::{Code, Frame, Hello, Push, Redirect};
+use mio::{Events, Interest, Poll, Token};
+
+use super::commands::{COMMAND_BUDGET, Command, Internal, PushMsg, PushReport, Queues, Targets};
+use super::conn::Conn;
+use super::slots::Slots;
+use super::transport::{Transport, write_some};
+use super::wheel::Wheel;
+use crate::events::{Event as NodeEvent, UnackedPush};
+use crate::ids::ConnId;
+use crate::node::Node;
+use crate::session::{
+    Close, Closed, Ctx, Event, Input, Limits, Now, Phase, PushFailure, Session, Stats,
+};
+use crate::upstream::{SubmitError, UpstreamOutcome, UpstreamRequest, UpstreamResult};
+
+/// The token of the worker's waker.
+pub(crate) const WAKER: Token = Token(usize::MAX);
+
+/// Size of the loop's read buffer: the most one connection reads per turn.
+const READ_BUF: usize = 64 * 1024;
+/// Connections a broadcast writes to per turn before the loop serves its sockets again.
+const BROADCAST_CHUNK: usize = 1024;
+/// How often the loop's local counters are added to the node's metrics, in ms.
+const FLUSH_MS: u64 = 100;
+/// Most slots a wheel gets; deadlines beyond the range are rescheduled when they fire.
+const MAX_WHEEL_SLOTS: u64 = 32_768;
+/// A shutdown waits at most this long past the linger for clients to take their redirect.
+const SHUTDOWN_GRACE_MS: u64 = 500;
+
+/// A connection to come back to next turn.
+#[derive(Clone, Copy)]
+struct Resume {
+    key: usize,
+    generation: u16,
+    /// The peer's end of stream was signalled: keep reading until it is seen.
+    read_closed: bool,
+}
+
+/// A push to every connection of the loop, delivered a chunk per turn.
+struct Broadcast {
+    msg: Arc<PushMsg>,
+    template: Vec<u8>,
+    /// The next slot to visit.
+    cursor: usize,
+    report: PushReport,
+    reply: tokio::sync::oneshot::Sender<PushReport>,
+}
+
+/// One event loop and the connections it owns.
+pub(crate) struct Worker<T: Transport> {
+    index: u8,
+    node: Arc<Node>,
+    poll: Poll,
+    queues: Queues<T>,
+    conns: Slots<Conn<T>>,
+    wheel: Wheel,
+    origin: Instant,
+    now: Now,
+    limits: Limits,
+    buf: Vec<u8>,
+    tx: Vec<u8>,
+    events: Vec<Event>,
+    stats: Stats,
+    /// Change of the bytes queued in sessions since the last flush.
+    queued_delta: i64,
+    flushed_at: u64,
+    resume: Vec<Resume>,
+    displaced: Vec<ConnId>,
+    broadcasts: VecDeque<Broadcast>,
+    commands_pending: bool,
+    fired: Vec<(u32, u32)>,
+    /// Set once shutdown began: stop at this monotonic ms, or when every connection is gone.
+    stopping: Option<u64>,
+}
+
+impl<T: Transport> Worker<T> {
+    /// A worker with its own poll, ready to [`run`](Self::run).
+    pub(crate) fn new(index: u8, node: Arc<Node>, poll: Poll, queues: Queues<T>) -> Worker<T> {
+        let cfg = &node.cfg;
+        let limits = Limits::from_config(cfg);
+        let tick = Duration::from_millis(cfg.heartbeat.wheel_tick_ms.max(1));
+        let longest_ms = [
+            cfg.listen.handshake_timeout_ms,
+            u64::from(limits.heartbeat.max_ms) * u64::from(limits.heartbeat.idle_factor),
+            cfg.backpressure.slow_consumer_ms,
+            u64::from(limits.linger_ms),
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(1);
+        let slots = (longest_ms / tick.as_millis().max(1) as u64 + 2).min(MAX_WHEEL_SLOTS);
+        let origin = Instant::now();
+        let per_worker = cfg.listen.max_connections / node.worker_count.max(1) + 1;
+        let max_slot = ConnId::MAX_SLOT as usize;
+        Worker {
+            index,
+            // Reserved address space only: pages of the table become resident as they fill.
+            conns: Slots::new(per_worker.min(max_slot), max_slot),
+            wheel: Wheel::new(tick, slots as usize, origin),
+            origin,
+            now: Now { mono_us: 0, wall_ms: wall_ms() },
+            buf: vec![0; READ_BUF],
+            tx: Vec::with_capacity(4096),
+            events: Vec::new(),
+            stats: Stats::default(),
+            queued_delta: 0,
+            flushed_at: 0,
+            resume: Vec::new(),
+            displaced: Vec::new(),
+            broadcasts: VecDeque::new(),
+            commands_pending: false,
+            fired: Vec::new(),
+            stopping: None,
+            limits,
+            node,
+            poll,
+            queues,
+        }
+    }
+
+    /// Run until shutdown completes. An error is a failure of the loop itself (its `poll`
+    /// failed): the caller aborts the process (see [`supervise`](super::supervise)).
+    pub(crate) fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout)
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                return Err(e);
+            }
+            self.set_now();
+            let mut woken = false;
+            for ev in events.iter() {
+                if ev.token() == WAKER {
+                    woken = true;
+                    continue;
+                }
+                let key = ev.token().0;
+                if ev.is_writable() {
+                    self.on_writable(key);
+                }
+                if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                    self.on_readable(key, ev.is_read_closed() || ev.is_error());
+                }
+            }
+            self.resume_connections();
+            if woken || self.commands_pending {
+                self.drain_commands();
+            }
+            self.continue_broadcast();
+            self.on_ticks();
+            self.flush_stats(false);
+            if let Some(deadline) = self.stopping
+                && (self.conns.len() == 0 || self.now.ms() >= deadline)
+            {
+                self.abandon_all();
+                self.flush_stats(true);
+                return Ok(());
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        if !self.resume.is_empty() || self.commands_pending || !self.broadcasts.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let mut at = self.wheel.next_tick_at();
+        let dirty = self.stats != Stats::default() || self.queued_delta != 0;
+        if dirty {
+            let flush = self.origin + Duration::from_millis(self.flushed_at + FLUSH_MS);
+            at = Some(at.map_or(flush, |t| t.min(flush)));
+        }
+        if let Some(stop) = self.stopping {
+            let stop = self.origin + Duration::from_millis(stop);
+            at = Some(at.map_or(stop, |t| t.min(stop)));
+        }
+        at.map(|t| t.saturating_duration_since(Instant::now()))
+    }
+
+    fn set_now(&mut self) {
+        let mono = Instant::now().saturating_duration_since(self.origin);
+        self.now = Now { mono_us: mono.as_micros() as u64, wall_ms: wall_ms() };
+    }
+
+    fn conn_id(&self, key: usize) -> ConnId {
+        ConnId::new(self.node.cfg.node.id, self.index, key as u32, self.conns.generation(key))
+    }
+
+    /// The slot of a live connection of this worker.
+    fn find(&self, id: ConnId) -> Option<usize> {
+        if id.worker() != self.index || id.node() != self.node.cfg.node.id {
+            return None;
+        }
+        self.conns.find(id.slot() as usize, id.generation())
+    }
+
+    // ----- driving a session ------------------------------------------------------------
+
+    /// Call into a connection's session with the loop's context, without settling.
+    fn with<R>(
+        &mut self,
+        key: usize,
+        f: impl FnOnce(&mut Conn<T>, &mut Ctx<'_>) -> R,
+    ) -> Option<R> {
+        let conn_id = self.conn_id(key).0;
+        let conn = self.conns.get_mut(key)?;
+        let before = conn.session.queued();
+        let mut ctx = Ctx {
+            limits: &self.limits,
+            now: self.now,
+            conn_id,
+            tx: &mut self.tx,
+            events: &mut self.events,
+            stats: &mut self.stats,
+        };
+        let r = f(conn, &mut ctx);
+        self.queued_delta += conn.session.queued() as i64 - before as i64;
+        Some(r)
+    }
+
+    /// Call into a session, then carry out everything it decided ([`Worker::settle`]).
+    fn call<R>(
+        &mut self,
+        key: usize,
+        f: impl FnOnce(&mut Conn<T>, &mut Ctx<'_>) -> R,
+    ) -> Option<R> {
+        let r = self.with(key, f);
+        self.settle(key);
+        r
+    }
+
+    /// After a session call: write its output, act on its events (which may call it again),
+    /// shut the write side once a final frame is out, release a closed connection or re-arm
+    /// its timer, and kick the connections a login displaced.
+    fn settle(&mut self, key: usize) {
+        loop {
+            if !self.tx.is_empty() {
+                let tx = std::mem::take(&mut self.tx);
+                // A failure closed the session; the events below record it.
+                let _ = self.transmit(key, &tx);
+                self.tx = tx;
+                self.tx.clear();
+            }
+            if self.events.is_empty() {
+                break;
+            }
+            let events = std::mem::take(&mut self.events);
+            for event in events {
+                self.on_session_event(key, event);
+            }
+        }
+        if self.tx.capacity() > 64 * 1024 {
+            self.tx = Vec::with_capacity(4096);
+        }
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        if conn.session.poll_shutdown() {
+            conn.transport.shutdown_write();
+        }
+        if conn.session.is_closed() {
+            self.release(key);
+        } else {
+            self.rearm(key);
+        }
+        for id in std::mem::take(&mut self.displaced) {
+            self.displace(id);
+        }
+    }
+
+    /// Hand `bytes` to the connection's transport, queueing in its session what the
+    /// transport does not take; what went wrong, if anything.
+    fn transmit(&mut self, key: usize, bytes: &[u8]) -> Result<(), PushFailure> {
+        let Some(conn) = self.conns.get_mut(key) else { return Err(PushFailure::Closed) };
+        let mut rest = bytes;
+        if conn.session.queued() == 0 {
+            match write_some(&mut conn.transport, bytes) {
+                Ok(n) => rest = &bytes[n..],
+                Err(_) => {
+                    self.with(key, |c, ctx| c.session.close(ctx, Close::IoError));
+                    return Err(PushFailure::IoError);
+                }
+            }
+        }
+        if rest.is_empty() {
+            return Ok(());
+        }
+        let kernel = conn.transport.unsent_bytes();
+        match self.with(key, |c, ctx| c.session.enqueue(ctx, rest, kernel)) {
+            Some(true) => Ok(()),
+            _ => Err(PushFailure::SlowConsumer),
+        }
+    }
+
+    // ----- readiness --------------------------------------------------------------------
+
+    /// Write what the session queued while the transport was full.
+    fn on_writable(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Some(bytes) = conn.session.poll_transmit() else { return };
+        let written = write_some(&mut conn.transport, bytes);
+        let kernel = conn.transport.unsent_bytes();
+        self.call(key, |c, ctx| match written {
+            Ok(n) => c.session.handle_transmitted(ctx, n, kernel),
+            Err(_) => c.session.close(ctx, Close::IoError),
+        });
+    }
+
+    /// Read once and feed the session; come back next turn if there may be more.
+    ///
+    /// A short read means the socket is empty and the next arrival is a new edge, except
+    /// when the event also signalled the peer's close: data and FIN can arrive in one
+    /// readiness event, and no further event comes, so then reading goes on until the end
+    /// of stream is seen.
+    fn on_readable(&mut self, key: usize, read_closed: bool) {
+        let Some(conn) = self.conns.get(key) else { return };
+        if conn.session.has_backlog() {
+            return; // resumed in turn; reading more now would only grow its buffer
+        }
+        let generation = self.conns.generation(key);
+        let mut buf = std::mem::take(&mut self.buf);
+        while let Some(conn) = self.conns.get_mut(key) {
+            match conn.transport.read(&mut buf) {
+                Ok(0) => {
+                    self.call(key, |c, ctx| c.session.handle_eof(ctx));
+                    break;
+                }
+                Ok(n) => {
+                    let more = self.feed(key, &buf[..n]);
+                    if more || n == buf.len() {
+                        self.resume.push(Resume { key, generation, read_closed });
+                        break;
+                    }
+                    if !read_closed || self.conns.get(key).is_none() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.call(key, |c, ctx| c.session.close(ctx, Close::IoError));
+                    break;
+                }
+            }
+        }
+        self.buf = buf;
+    }
+
+    /// Feed bytes to a session; true when it has frames left for another turn.
+    fn feed(&mut self, key: usize, data: &[u8]) -> bool {
+        let mut input = self.call(key, |c, ctx| c.session.handle_input(ctx, data));
+        // A HELLO was answered while settling: go on with what was pipelined after it.
+        while input == Some(Input::Paused)
+            && self.conns.get(key).is_some_and(|c| c.session.phase() != Phase::Authenticating)
+        {
+            input = self.call(key, |c, ctx| c.session.handle_input(ctx, &[]));
+        }
+        matches!(input, Some(Input::Yield | Input::Paused))
+    }
+
+    /// Give the connections that yielded last turn their next turn.
+    fn resume_connections(&mut self) {
+        for r in std::mem::take(&mut self.resume) {
+            if self.conns.find(r.key, r.generation).is_none() {
+                continue;
+            }
+            if self.conns.get(r.key).is_some_and(|c| c.session.has_backlog())
+                && self.feed(r.key, &[])
+            {
+                self.resume.push(r);
+                continue;
+            }
+            self.on_readable(r.key, r.read_closed);
+        }
+    }
+
+    // ----- what sessions ask of the node ------------------------------------------------
+
+    fn on_session_event(&mut self, key: usize, event: Event) {
+        match event {
+            Event::Hello(hello) => self.authenticate(key, *hello),
+            Event::Upstream(up) => self.forward_upstream(key, up),
+            Event::Refresh { request_id, token } => self.refresh(key, request_id, &token),
+            Event::Closed(closed) => self.depart(key, closed),
+        }
+    }
+
+    /// Verify a `HELLO`'s token, register the login and answer it.
+    fn authenticate(&mut self, key: usize, hello: Hello) {
+        let node = Arc::clone(&self.node);
+        let m = &node.metrics;
+        let id = self.conn_id(key);
+        let _span = tracing::info_span!("conn", conn_id = %id).entered();
+        let now_secs = self.now.wall_ms / 1000;
+        let verdict = node.verifier.verify(&hello.token, now_secs).and_then(|c| {
+            node.verifier.check_binding(&c, &hello.device_id, hello.platform).map(|()| c)
+        });
+        let claims = match verdict {
+            Ok(claims) => claims,
+            Err(f) => {
+                m.auth_failure(f.label()).inc();
+                tracing::debug!(code = %f.code(), "authentication failed");
+                self.with(key, |c, ctx| c.session.refuse(ctx, f.code(), f.reason()));
+                return;
+            }
+        };
+        let registered = node.registry.register(&claims.sub, id, hello.platform);
+        let keep_device = node.keeps_device() || claims.device.is_some();
+        let expires = claims.exp.saturating_add(node.cfg.auth.leeway_secs);
+        let Some(remote) = self.with(key, |c, ctx| {
+            c.user = Some(Arc::clone(&registered.user));
+            // The device id is read only by the webhooks and by a refresh's device check;
+            // without them an idle connection does not pay an allocation for it.
+            c.device = (keep_device && !hello.device_id.is_empty())
+                .then(|| Arc::from(hello.device_id.as_str()));
+            c.session.accept(ctx, expires);
+            c.transport.peer_addr()
+        }) else {
+            return;
+        };
+        m.handshakes_ok.inc();
+        m.connections_established.inc();
+        node.presence.online(&registered.user, id, hello.platform);
+        node.events.emit(NodeEvent::Connected {
+            conn: id,
+            user: Arc::clone(&registered.user),
+            device: Arc::from(hello.device_id.as_str()),
+            platform: hello.platform,
+            remote: remote.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+            region: claims.region.clone(),
+            at_ms: self.now.wall_ms,
+        });
+        self.displaced.extend(registered.displaced);
+    }
+
+    /// Verify a refreshed token: same user, same device and platform bindings.
+    fn refresh(&mut self, key: usize, request_id: u32, token: &str) {
+        let node = Arc::clone(&self.node);
+        let Some(conn) = self.conns.get(key) else { return };
+        let user = conn.user.clone();
+        let device = conn.device.clone();
+        let platform = conn.session.platform();
+        let now_secs = self.now.wall_ms / 1000;
+        let verdict = node
+            .verifier
+            .verify(token, now_secs)
+            .and_then(|c| {
+                let device = device.as_deref().unwrap_or("");
+                node.verifier.check_binding(&c, device, platform).map(|()| c)
+            })
+            .map_err(|f| (f.code(), f.reason()))
+            .and_then(|c| {
+                if user.as_deref() == Some(c.sub.as_str()) {
+                    Ok(c.exp.saturating_add(node.cfg.auth.leeway_secs))
+                } else {
+                    Err((Code::CLAIM_MISMATCH, "the new token is for another user".to_owned()))
+                }
+            });
+        node.metrics.token_refresh(verdict.is_ok()).inc();
+        self.with(key, |c, ctx| c.session.refresh_done(ctx, request_id, verdict));
+    }
+
+    /// Hand an `UPSTREAM` to the webhook, or answer why not.
+    fn forward_upstream(&mut self, key: usize, up: holdfast_codec::Upstream) {
+        let id = self.conn_id(key);
+        let Some(conn) = self.conns.get(key) else { return };
+        let request = UpstreamRequest {
+            conn: id,
+            request_id: up.request_id,
+            user: conn.user.clone().unwrap_or_else(|| Arc::from("")),
+            device: conn.device.clone().unwrap_or_else(|| Arc::from("")),
+            platform: conn.session.platform(),
+            route: up.route,
+            payload: up.payload,
+        };
+        let code = match self.node.upstream.try_submit(request) {
+            Ok(()) => return,
+            Err(SubmitError::Disabled) => Code::UPSTREAM_UNAVAILABLE,
+            Err(SubmitError::Full) => Code::TOO_MANY_REQUESTS,
+        };
+        self.with(key, |c, ctx| c.session.upstream_refused(ctx, up.request_id, code));
+    }
+
+    /// The bookkeeping of a connection leaving, done once: the close is counted, and an
+    /// authenticated connection is unregistered and reported with its unacknowledged pushes.
+    fn depart(&mut self, key: usize, closed: Closed) {
+        let node = Arc::clone(&self.node);
+        let m = &node.metrics;
+        let id = self.conn_id(key);
+        let _span = tracing::info_span!("conn", conn_id = %id).entered();
+        tracing::debug!(reason = closed.reason.as_str(), "connection closing");
+        m.close(closed.reason).inc();
+        if !closed.established {
+            return;
+        }
+        m.connections_established.dec();
+        let Some(conn) = self.conns.get(key) else { return };
+        let Some(user) = conn.user.clone() else { return };
+        let unacked: Vec<UnackedPush> = closed
+            .unacked
+            .into_iter()
+            .map(|(seq, message_id)| UnackedPush { seq, message_id })
+            .collect();
+        m.pushes_unacked_on_close.inc_by(unacked.len() as u64);
+        node.registry.unregister(&user, id);
+        node.presence.offline(&user, id);
+        node.events.emit(NodeEvent::Disconnected {
+            conn: id,
+            user,
+            device: conn.device.clone().unwrap_or_else(|| Arc::from("")),
+            platform: conn.session.platform(),
+            reason: closed.reason.as_str(),
+            at_ms: self.now.wall_ms,
+            unacked,
+        });
+    }
+
+    /// Drop a closed connection: the socket, its slot, the node's counts.
+    fn release(&mut self, key: usize) {
+        let Some(mut conn) = self.conns.remove(key) else { return };
+        let _ = self.poll.registry().deregister(&mut conn.transport);
+        self.queued_delta -= conn.session.queued() as i64;
+        self.node.metrics.connections.dec();
+        self.node.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A login on this node displaced `id`: `KICK` 301, here or through its own loop.
+    fn displace(&mut self, id: ConnId) {
+        if let Some(key) = self.find(id) {
+            self.node.metrics.kicks_logged_in_elsewhere.inc();
+            let reason = "logged in elsewhere".to_owned();
+            self.call(key, |c, ctx| {
+                c.session.close(ctx, Close::Kick(Code::LOGGED_IN_ELSEWHERE, reason))
+            });
+        } else if id.worker() != self.index
+            && let Some(worker) = self.node.worker(id.worker())
+        {
+            worker.send_internal(Internal::Displaced(id));
+        }
+    }
+
+    // ----- commands ---------------------------------------------------------------------
+
+    /// Handle queued commands, internal ones first, at most [`COMMAND_BUDGET`] this turn.
+    fn drain_commands(&mut self) {
+        let mut budget = COMMAND_BUDGET;
+        while budget > 0 {
+            match self.queues.internal.try_recv() {
+                Ok(msg) => self.on_internal(msg),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+            budget -= 1;
+        }
+        while budget > 0 {
+            match self.queues.control.try_recv() {
+                Ok(cmd) => self.on_command(cmd),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+            budget -= 1;
+        }
+        self.commands_pending = budget == 0;
+    }
+
+    fn on_internal(&mut self, msg: Internal<T>) {
+        match msg {
+            Internal::Adopt(transport, peer) => self.adopt(transport, peer),
+            Internal::Upstream(result) => self.on_upstream_result(result),
+            Internal::Displaced(id) => self.displace(id),
+            Internal::Shutdown => self.begin_shutdown(),
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Push { msg, targets, reply } => match targets {
+                Targets::Conns(ids) => {
+                    let report = self.push_to(&msg, ids);
+                    // The API side may have given up waiting; the push was still done.
+                    let _ = reply.send(report);
+                }
+                Targets::All => self.start_broadcast(msg, reply),
+            },
+            Command::Kick { conn, code, reason } => {
+                if let Some(key) = self.find(conn) {
+                    self.node.metrics.kicks_admin.inc();
+                    self.call(key, |c, ctx| c.session.close(ctx, Close::Kick(code, reason)));
+                }
+            }
+        }
+    }
+
+    fn adopt(&mut self, mut transport: T, peer: SocketAddr) {
+        let m = &self.node.metrics;
+        if self.stopping.is_some() {
+            self.node.open.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        let conn = Conn::new(transport, Session::new(self.now));
+        let Some((key, _)) = self.conns.insert(conn) else {
+            tracing::warn!(%peer, "worker connection table full; connection refused");
+            self.node.open.fetch_sub(1, Ordering::Relaxed);
+            m.rejected_max_connections.inc();
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(e) = self.poll.registry().register(&mut conn.transport, Token(key), interest) {
+            tracing::warn!(%peer, error = %e, "cannot register socket");
+            if let Some(c) = self.conns.remove(key) {
+                transport = c.transport;
+                drop(transport);
+            }
+            self.node.open.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        m.connections.inc();
+        self.rearm(key);
+    }
+
+    fn on_upstream_result(&mut self, result: UpstreamResult) {
+        let Some(key) = self.find(result.conn) else { return };
+        let outcome = match result.outcome {
+            UpstreamOutcome::Reply { status, payload } => Ok((status, payload)),
+            UpstreamOutcome::Failed(code) => Err(code),
+        };
+        self.call(key, |c, ctx| c.session.handle_upstream_result(ctx, result.request_id, outcome));
+    }
+
+    /// Close every connection: authenticated ones hear `REDIRECT` `SERVER_SHUTDOWN` and get
+    /// up to the linger to take it; the loop stops when all are gone or the time is up.
+    fn begin_shutdown(&mut self) {
+        if self.stopping.is_some() {
+            return;
+        }
+        let linger = u64::from(self.limits.linger_ms);
+        self.stopping = Some(self.now.ms() + linger + SHUTDOWN_GRACE_MS);
+        for key in self.conns.keys() {
+            let established =
+                self.conns.get(key).is_some_and(|c| c.session.phase() == Phase::Established);
+            let close = if established {
+                Close::Redirect(Redirect {
+                    code: Code::SERVER_SHUTDOWN,
+                    delay_ms: 0,
+                    jitter_ms: 5_000,
+                    addresses: Vec::new(),
+                })
+            } else {
+                Close::Shutdown
+            };
+            self.call(key, |c, ctx| c.session.close(ctx, close));
+        }
+        for b in self.broadcasts.drain(..) {
+            let _ = b.reply.send(b.report);
+        }
+    }
+
+    /// Drop whatever is left when the shutdown's time is up.
+    fn abandon_all(&mut self) {
+        for key in self.conns.keys() {
+            self.release(key);
+        }
+    }
+
+    // ----- pushes -----------------------------------------------------------------------
+
+    fn encode_push(msg: &PushMsg) -> Option<Vec<u8>> {
+        let frame = Frame::Push(Push {
+            seq: 0,
+            ack_required: msg.ack_required,
+            message_id: msg.message_id,
+            topic: msg.topic.clone(),
+            payload: msg.payload.clone(),
+        });
+        let mut template = Vec::new();
+        match frame.encode(&mut template) {
+            Ok(()) => Some(template),
+            Err(e) => {
+                tracing::warn!(error = %e, "push not encodable");
+                None
+            }
+        }
+    }
+
+    fn push_to(&mut self, msg: &PushMsg, ids: Vec<ConnId>) -> PushReport {
+        let mut report = PushReport::default();
+        let Some(mut template) = Self::encode_push(msg) else { return report };
+        for id in ids {
+            let result = match self.find(id) {
+                Some(key) => self.push_one(key, msg, &mut template),
+                None => Err(PushFailure::Closed),
+            };
+            match result {
+                Ok(seq) => report.delivered.push((id, seq)),
+                Err(f) => report.failed.push((id, f)),
+            }
+        }
+        report.delivered_count = report.delivered.len();
+        self.count_pushes(&report);
+        report
+    }
+
+    /// Write one push to one connection; the sequence it got, or why not.
+    fn push_one(
+        &mut self,
+        key: usize,
+        msg: &PushMsg,
+        template: &mut [u8],
+    ) -> Result<u32, PushFailure> {
+        let len = template.len();
+        let taken =
+            self.with(key, |c, ctx| c.session.push(ctx, len, msg.ack_required, msg.message_id));
+        let result = match taken {
+            None => Err(PushFailure::Closed),
+            Some(Err(f)) => Err(f),
+            Some(Ok(seq)) => {
+                set_id(template, seq);
+                self.transmit(key, template).map(|()| seq)
+            }
+        };
+        self.settle(key);
+        result
+    }
+
+    fn start_broadcast(
+        &mut self,
+        msg: Arc<PushMsg>,
+        reply: tokio::sync::oneshot::Sender<PushReport>,
+    ) {
+        let Some(template) = Self::encode_push(&msg) else {
+            let _ = reply.send(PushReport::default());
+            return;
+        };
+        self.broadcasts.push_back(Broadcast {
+            msg,
+            template,
+            cursor: 0,
+            report: PushReport::default(),
+            reply,
+        });
+    }
+
+    /// Deliver the next chunk of the oldest broadcast; report it once it has visited every
+    /// slot. Connections established when the push was accepted get it unless they close
+    /// first; ones that authenticate meanwhile may or may not.
+    fn continue_broadcast(&mut self) {
+        let Some(mut b) = self.broadcasts.pop_front() else { return };
+        let end = (b.cursor + BROADCAST_CHUNK).min(self.conns.end());
+        for key in b.cursor..end {
+            let established =
+                self.conns.get(key).is_some_and(|c| c.session.phase() == Phase::Established);
+            if !established {
+                continue;
+            }
+            let id = self.conn_id(key);
+            match self.push_one(key, &b.msg, &mut b.template) {
+                Ok(_) => b.report.delivered_count += 1,
+                Err(f) => b.report.failed.push((id, f)),
+            }
+        }
+        b.cursor = end;
+        if b.cursor >= self.conns.end() {
+            self.count_pushes(&b.report);
+            let _ = b.reply.send(b.report);
+        } else {
+            self.broadcasts.push_front(b);
+        }
+    }
+
+    fn count_pushes(&self, report: &PushReport) {
+        let m = &self.node.metrics;
+        m.pushes_out.inc_by(report.delivered_count as u64);
+        m.pushes_failed.inc_by(report.failed.len() as u64);
+    }
+
+    // ----- timers and counters ----------------------------------------------------------
+
+    /// Make sure a wheel entry fires no later than the connection's deadline.
+    fn rearm(&mut self, key: usize) {
+        let Some(conn) = self.conns.get(key) else { return };
+        let Some(due_ms) = conn.session.poll_timeout(&self.limits, self.now) else { return };
+        let at = self.origin + Duration::from_millis(due_ms);
+        let due = self.wheel.due_tick(at);
+        if conn.timer_tick != 0 && (due.wrapping_sub(conn.timer_tick) as i32) >= 0 {
+            return; // the live entry fires first and reschedules
+        }
+        let tick = self.wheel.schedule(key as u32, at);
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.timer_tick = tick;
+        }
+    }
+
+    fn on_ticks(&mut self) {
+        let mut fired = std::mem::take(&mut self.fired);
+        self.wheel.advance(self.origin + Duration::from_micros(self.now.mono_us), &mut fired);
+        for (key, tick) in fired.drain(..) {
+            let key = key as usize;
+            let Some(conn) = self.conns.get_mut(key) else { continue };
+            if conn.timer_tick != tick {
+                continue; // stale: the connection rescheduled, or the slot was reused
+            }
+            conn.timer_tick = 0;
+            self.call(key, |c, ctx| c.session.handle_timeout(ctx));
+        }
+        self.fired = fired;
+    }
+
+    /// Add the loop's local counters to the node's metrics (every [`FLUSH_MS`], or now).
+    fn flush_stats(&mut self, force: bool) {
+        if !force && self.now.ms() < self.flushed_at + FLUSH_MS {
+            return;
+        }
+        self.flushed_at = self.now.ms();
+        let s = std::mem::take(&mut self.stats);
+        let m = &self.node.metrics;
+        m.frames_in.inc_by(s.frames_in);
+        m.heartbeats.inc_by(s.heartbeats);
+        m.pushes_acked.inc_by(s.pushes_acked);
+        m.protocol_errors.inc_by(s.protocol_errors);
+        m.yields.inc_by(s.yields);
+        m.upstream.rejected.inc_by(s.upstream_refused);
+        if s.malformed_hellos > 0 {
+            m.auth_failure("malformed_hello").inc_by(s.malformed_hellos);
+        }
+        if s.unsupported_versions > 0 {
+            m.auth_failure("unsupported_version").inc_by(s.unsupported_versions);
+        }
+        m.outbound_queue_bytes.add(std::mem::take(&mut self.queued_delta));
+    }
+}
+
+fn wall_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,63 @@
+//! The node's shared state: what the event loops, the HTTP API and the assembly all use,
+//! kept in a module of its own so none of them imports another.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use crate::auth::Verifier;
+use crate::config::Config;
+use crate::driver::{Stream, WorkerHandle};
+use crate::events::Events;
+use crate::metrics::Metrics;
+use crate::presence::Presence;
+use crate::registry::Registry;
+use crate::upstream::Upstream;
+
+/// What every part of a running gateway shares.
+pub(crate) struct Node {
+    /// The configuration in force.
+    pub(crate) cfg: Config,
+    /// The metric handles.
+    pub(crate) metrics: Metrics,
+    /// User → connections on this node.
+    pub(crate) registry: Registry,
+    /// Token verification.
+    pub(crate) verifier: Verifier,
+    /// The upstream webhook.
+    pub(crate) upstream: Upstream,
+    /// The connect/disconnect event webhook.
+    pub(crate) events: Events,
+    /// Where online/offline transitions are announced.
+    pub(crate) presence: Arc<dyn Presence>,
+    /// The event loops' queues, set once they run.
+    pub(crate) workers: Arc<OnceLock<Vec<WorkerHandle<Stream>>>>,
+    /// How many event loops run.
+    pub(crate) worker_count: usize,
+    /// Open sockets (accepted, not yet dropped), for `listen.max_connections`.
+    pub(crate) open: AtomicUsize,
+    /// The counter behind generated message ids.
+    pub(crate) next_message_id: AtomicU64,
+}
+
+impl Node {
+    /// The handle of worker `index`, once the workers are running.
+    pub(crate) fn worker(&self, index: u8) -> Option<&WorkerHandle<Stream>> {
+        self.workers.get()?.get(usize::from(index))
+    }
+
+    /// Every worker handle.
+    pub(crate) fn all_workers(&self) -> &[WorkerHandle<Stream>] {
+        self.workers.get().map_or(&[], |w| w.as_slice())
+    }
+
+    /// A fresh message id for a push that came without one: node id in the top 16 bits.
+    pub(crate) fn new_message_id(&self) -> u64 {
+        let n = self.next_message_id.fetch_add(1, Ordering::Relaxed) & ((1 << 48) - 1);
+        (u64::from(self.cfg.node.id) << 48) | n
+    }
+
+    /// Whether connections keep their device id (only the webhooks read it).
+    pub(crate) fn keeps_device(&self) -> bool {
+        self.upstream.enabled() || self.events.enabled()
+    }
+}
