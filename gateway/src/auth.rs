@@ -19,6 +19,7 @@
 //! Failures are [`AuthFailure`]s, each with its wire [`Code`] for `AUTH_FAIL`, a bounded
 //! metrics label and a reason text that never contains the token.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -60,9 +61,9 @@ struct RawClaims {
     #[serde(default)]
     sub: Option<String>,
     #[serde(default)]
-    exp: Option<u64>,
+    exp: Option<serde_json::Value>,
     #[serde(default)]
-    nbf: Option<u64>,
+    nbf: Option<serde_json::Value>,
     #[serde(default)]
     device: Option<String>,
     #[serde(default)]
@@ -152,11 +153,20 @@ pub enum AuthError {
     },
 }
 
+/// The verification key(s): one for every token, or one per `kid`.
+#[derive(Clone)]
+enum Keys {
+    /// `auth.secret` / `auth.public_key_file` (or the development secret).
+    Single(DecodingKey),
+    /// `auth.keys`: the token header's `kid` picks the key.
+    ByKid(HashMap<String, DecodingKey>),
+}
+
 /// Checks `HELLO` tokens against `[auth]`; build once, share across workers.
 #[derive(Clone)]
 pub struct Verifier {
     algorithm: JwtAlgorithm,
-    key: DecodingKey,
+    keys: Keys,
     validation: Validation,
     leeway_secs: u64,
     require_device_match: bool,
@@ -183,28 +193,35 @@ impl Verifier {
     /// HS256 without `auth.secret` uses [`DEV_SECRET`]; the caller warns about it (see
     /// [`Verifier::uses_dev_secret`]).
     pub fn from_config(config: &AuthConfig) -> Result<Verifier, AuthError> {
-        let (key, dev_secret) = match config.algorithm {
-            JwtAlgorithm::HS256 => match config.secret.as_deref() {
-                Some("") => return Err(AuthError::EmptySecret),
-                Some(secret) => (DecodingKey::from_secret(secret.as_bytes()), false),
-                None => (DecodingKey::from_secret(DEV_SECRET.as_bytes()), true),
-            },
-            alg @ (JwtAlgorithm::RS256 | JwtAlgorithm::ES256) => {
-                let path = config.public_key_file.as_ref().ok_or(AuthError::MissingKeyFile(alg))?;
-                let pem = std::fs::read(path)
-                    .map_err(|source| AuthError::ReadKey { path: path.clone(), source })?;
-                let key = if alg == JwtAlgorithm::RS256 {
-                    DecodingKey::from_rsa_pem(&pem)
-                } else {
-                    DecodingKey::from_ec_pem(&pem)
+        let alg = config.algorithm;
+        let (keys, dev_secret) = if config.keys.is_empty() {
+            let (key, dev) = match alg {
+                JwtAlgorithm::HS256 => match config.secret.as_deref() {
+                    Some("") => return Err(AuthError::EmptySecret),
+                    Some(secret) => (DecodingKey::from_secret(secret.as_bytes()), false),
+                    None => (DecodingKey::from_secret(DEV_SECRET.as_bytes()), true),
+                },
+                JwtAlgorithm::RS256 | JwtAlgorithm::ES256 => {
+                    let path =
+                        config.public_key_file.as_ref().ok_or(AuthError::MissingKeyFile(alg))?;
+                    (public_key(alg, path)?, false)
+                }
+            };
+            (Keys::Single(key), dev)
+        } else {
+            let mut by_kid = HashMap::new();
+            for k in &config.keys {
+                let key = match (alg, &k.secret, &k.public_key_file) {
+                    (JwtAlgorithm::HS256, Some(secret), _) if !secret.is_empty() => {
+                        DecodingKey::from_secret(secret.as_bytes())
+                    }
+                    (JwtAlgorithm::HS256, _, _) => return Err(AuthError::EmptySecret),
+                    (_, _, Some(path)) => public_key(alg, path)?,
+                    (_, _, None) => return Err(AuthError::MissingKeyFile(alg)),
                 };
-                let key = key.map_err(|e| AuthError::BadKey {
-                    path: path.clone(),
-                    algorithm: alg,
-                    reason: e.to_string(),
-                })?;
-                (key, false)
+                by_kid.insert(k.kid.clone(), key);
             }
+            (Keys::ByKid(by_kid), false)
         };
 
         let mut validation = Validation::new(jwt_algorithm(config.algorithm));
@@ -212,7 +229,8 @@ impl Verifier {
         validation.validate_exp = false;
         validation.validate_nbf = false;
         validation.leeway = config.leeway_secs;
-        let mut required = vec!["exp", "sub"];
+        // `exp` is required too, but checked in `verify`, which names a wrong type.
+        let mut required = vec!["sub"];
         if let Some(issuer) = &config.issuer {
             validation.set_issuer(&[issuer]);
             required.push("iss");
@@ -229,7 +247,7 @@ impl Verifier {
 
         Ok(Verifier {
             algorithm: config.algorithm,
-            key,
+            keys,
             validation,
             leeway_secs: config.leeway_secs,
             require_device_match: config.require_device_match,
@@ -243,6 +261,12 @@ impl Verifier {
         self.algorithm
     }
 
+    /// The clock skew tolerated on `exp` and `nbf`, in seconds: a session ends at
+    /// `exp + leeway` unless refreshed.
+    pub fn leeway_secs(&self) -> u64 {
+        self.leeway_secs
+    }
+
     /// Whether tokens are checked against the public development secret [`DEV_SECRET`].
     pub fn uses_dev_secret(&self) -> bool {
         self.dev_secret
@@ -253,15 +277,37 @@ impl Verifier {
         if token.is_empty() {
             return Err(AuthFailure::Missing);
         }
-        let raw = jsonwebtoken::decode::<RawClaims>(token, &self.key, &self.validation)
+        // Name the algorithm when it is the reason (`alg: none` included), before the
+        // library turns an unknown one into a generic parse error.
+        let (alg, kid) = header(token)?;
+        if alg != self.algorithm.as_str() {
+            return Err(AuthFailure::Invalid(format!(
+                "algorithm `{alg}` is not accepted (only {})",
+                self.algorithm
+            )));
+        }
+        let key = match &self.keys {
+            Keys::Single(key) => key,
+            Keys::ByKid(keys) => {
+                let kid = kid.ok_or_else(|| {
+                    AuthFailure::Invalid(
+                        "the token header has no `kid`; keys are chosen by kid".into(),
+                    )
+                })?;
+                keys.get(&kid)
+                    .ok_or_else(|| AuthFailure::Invalid(format!("unknown key id `{kid}`")))?
+            }
+        };
+        let raw = jsonwebtoken::decode::<RawClaims>(token, key, &self.validation)
             .map_err(|e| failure_from(e.kind(), self.algorithm))?
             .claims;
 
-        let exp = raw.exp.ok_or_else(|| missing("exp"))?;
+        let exp = seconds(raw.exp.as_ref(), "exp")?.ok_or_else(|| missing("exp"))?;
         if now_secs > exp.saturating_add(self.leeway_secs) {
             return Err(AuthFailure::Expired);
         }
-        if let Some(nbf) = raw.nbf
+        let nbf = seconds(raw.nbf.as_ref(), "nbf")?;
+        if let Some(nbf) = nbf
             && nbf > now_secs.saturating_add(self.leeway_secs)
         {
             return Err(AuthFailure::NotYetValid);
@@ -274,7 +320,7 @@ impl Verifier {
         Ok(Claims {
             sub,
             exp,
-            nbf: raw.nbf,
+            nbf,
             device: raw.device,
             platform: raw.platform,
             region: raw.region,
@@ -317,6 +363,54 @@ fn jwt_algorithm(alg: JwtAlgorithm) -> Algorithm {
         JwtAlgorithm::HS256 => Algorithm::HS256,
         JwtAlgorithm::RS256 => Algorithm::RS256,
         JwtAlgorithm::ES256 => Algorithm::ES256,
+    }
+}
+
+/// The `alg` and `kid` of a JWT's header, or why the header cannot be read. Quotes at most
+/// 32 characters of each and nothing else from the token.
+fn header(token: &str) -> Result<(String, Option<String>), AuthFailure> {
+    use base64::Engine;
+    let invalid = |why: &str| AuthFailure::Invalid(why.to_owned());
+    let header = token.split('.').next().unwrap_or_default();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header.trim_end_matches('='))
+        .map_err(|_| invalid("not a well-formed JWT (the header is not base64url)"))?;
+    let json: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|_| invalid("not a well-formed JWT (the header is not JSON)"))?;
+    let short = |v: &serde_json::Value| v.as_str().map(|s| s.chars().take(32).collect::<String>());
+    let kid = json.get("kid").and_then(short);
+    match json.get("alg").and_then(short) {
+        Some(alg) => Ok((alg, kid)),
+        None => Err(invalid("the header has no `alg`")),
+    }
+}
+
+/// Read and parse a PEM public key for `alg`.
+fn public_key(alg: JwtAlgorithm, path: &std::path::Path) -> Result<DecodingKey, AuthError> {
+    let pem = std::fs::read(path)
+        .map_err(|source| AuthError::ReadKey { path: path.to_owned(), source })?;
+    let key = if alg == JwtAlgorithm::RS256 {
+        DecodingKey::from_rsa_pem(&pem)
+    } else {
+        DecodingKey::from_ec_pem(&pem)
+    };
+    key.map_err(|e| AuthError::BadKey {
+        path: path.to_owned(),
+        algorithm: alg,
+        reason: e.to_string(),
+    })
+}
+
+/// A time claim as whole seconds since the Unix epoch; a float, a string or a negative
+/// number is refused and named.
+fn seconds(value: Option<&serde_json::Value>, claim: &str) -> Result<Option<u64>, AuthFailure> {
+    match value {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+            AuthFailure::Invalid(format!(
+                "claim `{claim}` must be a whole number of seconds since the Unix epoch"
+            ))
+        }),
     }
 }
 
@@ -479,6 +573,55 @@ mod tests {
         ] {
             let f = verifier(&config).verify(&token, NOW).expect_err("alg none");
             assert_eq!(f.code(), Code::INVALID_TOKEN, "{f:?}");
+            assert!(f.reason().contains("algorithm `none` is not accepted"), "{}", f.reason());
+        }
+    }
+
+    #[test]
+    fn keys_are_chosen_by_kid() {
+        let config = AuthConfig {
+            keys: vec![
+                crate::config::KeyConfig {
+                    kid: "a".into(),
+                    secret: Some("secret-a-0123456789".into()),
+                    public_key_file: None,
+                },
+                crate::config::KeyConfig {
+                    kid: "b".into(),
+                    secret: Some("secret-b-0123456789".into()),
+                    public_key_file: None,
+                },
+            ],
+            ..AuthConfig::default()
+        };
+        let v = verifier(&config);
+        assert!(!v.uses_dev_secret());
+        let signed = |kid: Option<&str>, secret: &str| {
+            let mut header = Header::new(Algorithm::HS256);
+            header.kid = kid.map(str::to_owned);
+            jsonwebtoken::encode(&header, &claims(), &EncodingKey::from_secret(secret.as_bytes()))
+                .unwrap()
+        };
+        assert!(v.verify(&signed(Some("a"), "secret-a-0123456789"), NOW).is_ok());
+        assert!(v.verify(&signed(Some("b"), "secret-b-0123456789"), NOW).is_ok());
+        let why = invalid(v.verify(&signed(Some("a"), "secret-b-0123456789"), NOW));
+        assert!(why.contains("bad signature"), "{why}");
+        let why = invalid(v.verify(&signed(Some("c"), "secret-a-0123456789"), NOW));
+        assert!(why.contains("unknown key id `c`"), "{why}");
+        let why = invalid(v.verify(&signed(None, "secret-a-0123456789"), NOW));
+        assert!(why.contains("no `kid`"), "{why}");
+    }
+
+    #[test]
+    fn non_integer_time_claims_are_named() {
+        let v = verifier(&hs256_config());
+        for (claim, value) in
+            [("exp", json!(1.8e9)), ("exp", json!("1800000000")), ("nbf", json!(1.5))]
+        {
+            let mut c = claims();
+            c[claim] = value;
+            let why = invalid(v.verify(&hs256(&c, SECRET.as_bytes()), NOW));
+            assert!(why.contains(&format!("claim `{claim}` must be a whole number")), "{why}");
         }
     }
 
@@ -488,7 +631,7 @@ mod tests {
         let v = verifier(&asym_config(JwtAlgorithm::RS256, "rsa_public.pem"));
         let token = hs256(&claims(), &read_key("rsa_public.pem"));
         let why = invalid(v.verify(&token, NOW));
-        assert!(why.contains("algorithm not accepted (only RS256)"), "{why}");
+        assert!(why.contains("algorithm `HS256` is not accepted (only RS256)"), "{why}");
         // And an RS256 token under an ES256 config.
         let v = verifier(&asym_config(JwtAlgorithm::ES256, "ec_public.pem"));
         invalid(v.verify(&rs256(&claims(), "rsa_private.pem"), NOW));

@@ -80,7 +80,18 @@ fn main() -> ExitCode {
     // Tests and scripts wait for this line; keep its format.
     println!("holdfast-gateway ready: tcp={} http={}", running.tcp_addr, running.http_addr);
     tracing::info!(tcp = %running.tcp_addr, http = %running.http_addr, "gateway started");
-    running.wait_for_signal();
+    running.wait_for_signal(|running| {
+        // SIGHUP: re-read the configuration and apply what can change live: [auth].
+        let reloaded = Config::load(args.config.as_deref(), &args.sets, std::env::vars())
+            .and_then(|cfg| cfg.validate().map(|()| cfg));
+        match reloaded
+            .map_err(|e| e.to_string())
+            .and_then(|cfg| running.reload_auth(&cfg.auth).map_err(|e| e.to_string()))
+        {
+            Ok(()) => tracing::info!("SIGHUP: [auth] reloaded"),
+            Err(e) => tracing::error!(error = %e, "SIGHUP: reload refused; the old [auth] stays"),
+        }
+    });
     tracing::info!("shutting down");
     running.shutdown();
     ExitCode::SUCCESS

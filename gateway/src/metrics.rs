@@ -331,3 +331,29 @@ impl Default for Metrics {
         Metrics::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every metric family the gateway exports is documented, with its labels.
+    #[test]
+    fn every_metric_is_documented() {
+        let doc = include_str!("../../docs/OPERATIONS.md");
+        let m = Metrics::new();
+        for family in m.registry.gather() {
+            let name = family.name();
+            if name.starts_with("holdfast_gateway_process_") {
+                assert!(doc.contains("holdfast_gateway_process_*"));
+                continue;
+            }
+            assert!(doc.contains(&format!("| `{name}` |")), "docs/OPERATIONS.md lacks {name}");
+            for metric in family.get_metric() {
+                for label in metric.get_label() {
+                    let value = format!("`{}`", label.value());
+                    assert!(doc.contains(&value), "docs/OPERATIONS.md lacks {name}'s {value}");
+                }
+            }
+        }
+    }
+}

@@ -2,7 +2,7 @@
 //! kept in a module of its own so none of them imports another.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use crate::auth::Verifier;
 use crate::config::Config;
@@ -21,8 +21,8 @@ pub(crate) struct Node {
     pub(crate) metrics: Metrics,
     /// User → connections on this node.
     pub(crate) registry: Registry,
-    /// Token verification.
-    pub(crate) verifier: Verifier,
+    /// Token verification; replaced whole when `[auth]` is reloaded (`SIGHUP`).
+    pub(crate) verifier: RwLock<Arc<Verifier>>,
     /// The upstream webhook.
     pub(crate) upstream: Upstream,
     /// The connect/disconnect event webhook.
@@ -54,6 +54,12 @@ impl Node {
     pub(crate) fn new_message_id(&self) -> u64 {
         let n = self.next_message_id.fetch_add(1, Ordering::Relaxed) & ((1 << 48) - 1);
         (u64::from(self.cfg.node.id) << 48) | n
+    }
+
+    /// The verifier in force (a handshake or refresh takes one for its check).
+    pub(crate) fn verifier(&self) -> Arc<Verifier> {
+        // Only ever replaced whole, so a poisoned lock still holds a usable verifier.
+        Arc::clone(&self.verifier.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Whether connections keep their device id (only the webhooks read it).

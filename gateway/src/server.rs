@@ -19,7 +19,7 @@ use std::time::Duration;
 use mio::{Poll, Waker};
 
 use crate::auth::{AuthError, Verifier};
-use crate::config::{Config, ConfigError};
+use crate::config::{AuthConfig, Config, ConfigError};
 use crate::driver::accept::{ACCEPT_STOP, accept_loop, listener};
 use crate::driver::commands::queues;
 use crate::driver::supervise::run_or_abort;
@@ -119,7 +119,7 @@ pub fn start(cfg: Config, presence: Arc<dyn Presence>) -> Result<Running, StartE
         next_message_id: AtomicU64::new(crate::api::wall_ms().wrapping_mul(1000)),
         cfg,
         metrics,
-        verifier,
+        verifier: std::sync::RwLock::new(Arc::new(verifier)),
         upstream,
         events,
         presence,
@@ -181,30 +181,38 @@ impl Running {
         &self.node.metrics
     }
 
-    /// Block until SIGINT or SIGTERM.
-    pub fn wait_for_signal(&self) {
-        self.runtime.block_on(async {
-            let ctrl_c = tokio::signal::ctrl_c();
-            #[cfg(unix)]
-            {
-                use tokio::signal::unix::{SignalKind, signal};
-                match signal(SignalKind::terminate()) {
-                    Ok(mut term) => {
-                        tokio::select! {
-                            _ = ctrl_c => {}
-                            _ = term.recv() => {}
-                        }
-                    }
-                    Err(_) => {
-                        let _ = ctrl_c.await;
-                    }
+    /// Replace the token verifier with one built from `auth` (new keys, issuer, leeway...).
+    /// Connections already authenticated are not re-checked; handshakes and refreshes from
+    /// now on use the new one. On error the old verifier stays.
+    pub fn reload_auth(&self, auth: &AuthConfig) -> Result<(), AuthError> {
+        let verifier = Arc::new(Verifier::from_config(auth)?);
+        *self.node.verifier.write().unwrap_or_else(|p| p.into_inner()) = verifier;
+        Ok(())
+    }
+
+    /// Block until SIGINT or SIGTERM, calling `on_hangup` for each SIGHUP meanwhile.
+    pub fn wait_for_signal(&self, mut on_hangup: impl FnMut(&Running)) {
+        use tokio::signal::unix::{SignalKind, signal};
+        let _runtime = self.runtime.enter();
+        let (Ok(mut term), Ok(mut hup)) =
+            (signal(SignalKind::terminate()), signal(SignalKind::hangup()))
+        else {
+            let _ = self.runtime.block_on(tokio::signal::ctrl_c());
+            return;
+        };
+        loop {
+            let hangup = self.runtime.block_on(async {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => false,
+                    _ = term.recv() => false,
+                    _ = hup.recv() => true,
                 }
+            });
+            if !hangup {
+                return;
             }
-            #[cfg(not(unix))]
-            {
-                let _ = ctrl_c.await;
-            }
-        });
+            on_hangup(self);
+        }
     }
 
     /// Stop accepting, send `REDIRECT` `SERVER_SHUTDOWN` to every authenticated client and

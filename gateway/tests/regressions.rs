@@ -271,3 +271,99 @@ fn read_until(s: &mut TcpStream, count: usize) -> (Vec<Frame>, bool) {
     }
     (frames, false)
 }
+
+/// Keys chosen by the token's `kid`, rotated by editing `[auth]` and sending SIGHUP: no
+/// restart, and connections authenticated with the old key stay up.
+#[test]
+fn verification_keys_rotate_by_kid_on_sighup() {
+    use holdfast_tests::token_kid;
+    let dir = std::env::temp_dir().join(format!("holdfast-kid-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gateway.toml");
+    let keys = |entries: &[(&str, &str)]| {
+        let mut text = String::from("[auth]\nalgorithm = \"HS256\"\n");
+        for (kid, secret) in entries {
+            text.push_str(&format!("[[auth.keys]]\nkid = \"{kid}\"\nsecret = \"{secret}\"\n"));
+        }
+        std::fs::write(&path, text).unwrap();
+    };
+    keys(&[("2026-11", "old-secret-0123456789")]);
+    let gw = GatewayProcess::spawn_with(BIN, Some(&path), &[]);
+    let login = |token: String| {
+        let mut c = Client::connect(gw.tcp, client_config(token, Platform::Web, "dev"));
+        let outcome = c.expect(SECS, "the handshake's answer", |e| match e {
+            Event::Authenticated(_) => Some(Ok(())),
+            Event::AuthFailed { code, reason, .. } => Some(Err((code, reason))),
+            _ => None,
+        });
+        (c, outcome)
+    };
+    let (mut old_conn, ok) = login(token_kid("alice", "2026-11", "old-secret-0123456789"));
+    assert_eq!(ok, Ok(()));
+    let (_, refused) = login(token_kid("bob", "2026-12", "new-secret-0123456789"));
+    let (code, reason) = refused.unwrap_err();
+    assert_eq!(code, Code::INVALID_TOKEN);
+    assert!(reason.contains("unknown key id `2026-12`"), "{reason}");
+
+    keys(&[("2026-12", "new-secret-0123456789")]);
+    gw.signal(libc::SIGHUP);
+    let until = Instant::now() + SECS;
+    loop {
+        let (_, outcome) = login(token_kid("bob", "2026-12", "new-secret-0123456789"));
+        if outcome.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < until, "the new key was not loaded: {outcome:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, refused) = login(token_kid("carol", "2026-11", "old-secret-0123456789"));
+    assert_eq!(refused.unwrap_err().0, Code::INVALID_TOKEN);
+    // A bad file is refused and the keys in force stay.
+    std::fs::write(&path, "[auth]\nkeys = 5\n").unwrap();
+    gw.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(200));
+    let (_, outcome) = login(token_kid("dave", "2026-12", "new-secret-0123456789"));
+    assert_eq!(outcome, Ok(()));
+    // The connection made with the old key was never dropped.
+    gw.post("/v1/push/user", json!({"user": "alice", "payload": "still here"}));
+    assert_eq!(&old_conn.expect_push().payload[..], b"still here");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// SIGTERM: every authenticated client gets `REDIRECT` `SERVER_SHUTDOWN` behind whatever was
+/// still queued for it (before the fix queued bytes were dropped right after the redirect),
+/// and the process exits cleanly.
+#[test]
+fn sigterm_redirects_every_client_after_what_was_queued() {
+    let mut gw =
+        GatewayProcess::spawn(BIN, &["listen.send_buffer_bytes=4096", "push.max_unacked=100000"]);
+    let mut idle = Client::login(gw.tcp, "idle");
+    let mut behind = raw_login(&gw, "behind");
+    let payload = "z".repeat(10_000);
+    for _ in 0..40 {
+        let (status, answer) =
+            gw.post("/v1/push/user", json!({"user": "behind", "payload": payload, "ack": false}));
+        assert_eq!(status, 200);
+        assert_eq!(answer["delivered"].as_array().map(Vec::len), Some(1), "{answer}");
+    }
+    let queued = gw.wait_metric("holdfast_gateway_outbound_queue_bytes", 1.0, SECS);
+    assert!(queued > 0.0, "bytes wait in the gateway's own queue");
+    gw.signal(libc::SIGTERM);
+    let (frames, closed) = read_until(&mut behind, 41);
+    let pushes = frames.iter().filter(|f| matches!(f, Frame::Push(_))).count();
+    assert_eq!(pushes, 40, "every queued push arrives before the redirect");
+    assert!(
+        matches!(frames.last(), Some(Frame::Redirect(r)) if r.code == Code::SERVER_SHUTDOWN),
+        "{:?}",
+        frames.last().map(|f| f.kind())
+    );
+    let code = idle.expect(SECS, "REDIRECT", |e| match e {
+        Event::Redirected { code, .. } => Some(code),
+        _ => None,
+    });
+    assert_eq!(code, Code::SERVER_SHUTDOWN);
+    let (_, closed_after) = read_until(&mut behind, 1);
+    assert!(closed || closed_after, "the gateway closes after the redirect");
+    let status = gw.wait_exit(SECS).expect("the gateway exits");
+    assert!(status.success(), "{status:?}");
+}

@@ -56,6 +56,24 @@ pub fn token_with(
     .expect("token encodes")
 }
 
+/// Mint an HS256 token for `user` valid for an hour, signed with `secret` and naming key
+/// `kid` in its header.
+pub fn token_kid(user: &str, kid: &str, secret: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some(kid.to_owned());
+    let claims = serde_json::json!({ "sub": user, "exp": now + 3600 });
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("token encodes")
+}
+
 /// A running `holdfast-gateway` process; killed when dropped.
 pub struct GatewayProcess {
     child: Child,
@@ -70,7 +88,19 @@ impl GatewayProcess {
     /// Start `bin` on loopback with two workers and the given `--set` overrides, and wait
     /// (at most 30 s) for its ready line.
     pub fn spawn(bin: &str, sets: &[&str]) -> GatewayProcess {
+        GatewayProcess::spawn_with(bin, None, sets)
+    }
+
+    /// [`GatewayProcess::spawn`] with a configuration file (`--config FILE`) as well.
+    pub fn spawn_with(
+        bin: &str,
+        config: Option<&std::path::Path>,
+        sets: &[&str],
+    ) -> GatewayProcess {
         let mut cmd = Command::new(bin);
+        if let Some(path) = config {
+            cmd.arg("--config").arg(path);
+        }
         for s in ["listen.addr=127.0.0.1:0", "http.addr=127.0.0.1:0", "node.workers=2"] {
             cmd.arg("--set").arg(s);
         }
@@ -191,6 +221,27 @@ impl GatewayProcess {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Wait (at most `timeout`) for the process to exit; its status, or `None` if it did not.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let until = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > until {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Send the process a signal (for example `libc::SIGHUP`).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) with our own child's pid; no memory is involved.
+        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill({signal}) failed");
     }
 }
 

@@ -137,7 +137,9 @@ impl Config {
     /// Whether tokens are verified with [`DEV_SECRET`] (HS256 and no `auth.secret`); the
     /// gateway then logs a loud warning at start-up.
     pub fn uses_dev_secret(&self) -> bool {
-        self.auth.algorithm == JwtAlgorithm::HS256 && self.auth.secret.is_none()
+        self.auth.algorithm == JwtAlgorithm::HS256
+            && self.auth.secret.is_none()
+            && self.auth.keys.is_empty()
     }
 
     /// The configuration as TOML (for `--print-config`), with `auth.secret` redacted.
@@ -145,6 +147,11 @@ impl Config {
         let mut shown = self.clone();
         if shown.auth.secret.is_some() {
             shown.auth.secret = Some("<redacted>".to_owned());
+        }
+        for key in &mut shown.auth.keys {
+            if key.secret.is_some() {
+                key.secret = Some("<redacted>".to_owned());
+            }
         }
         for token in &mut shown.http.api_tokens {
             *token = "<redacted>".to_owned();

@@ -54,7 +54,7 @@ pub struct ListenConfig {
     pub handshake_timeout_ms: u64,
     /// Largest frame (header + body) accepted from clients, in bytes (default 65,536; 1,024
     /// to 16 MiB). Sent to clients in `AUTH_OK.max_frame`. Before authentication the limit is
-    /// the largest legal `HELLO` (8,771 bytes), whatever this says.
+    /// the largest legal `HELLO` (8,762 bytes), whatever this says.
     pub max_frame: u32,
     /// Kernel send buffer per client socket (`SO_SNDBUF`), in bytes; 0 = the kernel's
     /// autotuning (default 131,072; Linux doubles the value). A cap keeps a client that
@@ -209,6 +209,36 @@ pub struct AuthConfig {
     pub require_device_match: bool,
     /// A token's `platform` claim, when present, must equal `HELLO.platform` (default true).
     pub require_platform_match: bool,
+    /// Verification keys selected by the token header's `kid` (default none: the single
+    /// `secret` or `public_key_file` verifies every token). All use `algorithm`. Reloaded,
+    /// with the rest of `[auth]`, on `SIGHUP`: add the new key, let issuers switch, then
+    /// remove the old one, without dropping a connection.
+    pub keys: Vec<KeyConfig>,
+}
+
+/// One verification key of `auth.keys`.
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// The key id tokens name in their header's `kid`.
+    pub kid: String,
+    /// The HS256 secret (its raw UTF-8 bytes), for `algorithm = "HS256"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// The PEM public key file, for RS256 and ES256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key_file: Option<PathBuf>,
+}
+
+impl fmt::Debug for KeyConfig {
+    /// Like a derived `Debug`, with the secret redacted.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyConfig")
+            .field("kid", &self.kid)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("public_key_file", &self.public_key_file)
+            .finish()
+    }
 }
 
 impl Default for AuthConfig {
@@ -222,6 +252,7 @@ impl Default for AuthConfig {
             leeway_secs: 30,
             require_device_match: true,
             require_platform_match: true,
+            keys: Vec::new(),
         }
     }
 }
@@ -238,6 +269,7 @@ impl fmt::Debug for AuthConfig {
             .field("leeway_secs", &self.leeway_secs)
             .field("require_device_match", &self.require_device_match)
             .field("require_platform_match", &self.require_platform_match)
+            .field("keys", &self.keys)
             .finish()
     }
 }

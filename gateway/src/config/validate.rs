@@ -53,11 +53,12 @@ impl Config {
         );
 
         let a = &self.auth;
+        let keyed = !a.keys.is_empty();
         if a.algorithm.is_asymmetric() {
             check(
-                a.public_key_file.is_some(),
+                a.public_key_file.is_some() || keyed,
                 "auth.public_key_file",
-                format!("required with algorithm {}", a.algorithm),
+                format!("required with algorithm {} (or give auth.keys)", a.algorithm),
             );
             check(
                 a.secret.is_none(),
@@ -75,6 +76,31 @@ impl Config {
                 "auth.public_key_file",
                 "only used with RS256/ES256, but algorithm is HS256".to_owned(),
             );
+        }
+        if keyed {
+            check(
+                a.secret.is_none() && a.public_key_file.is_none(),
+                "auth.keys",
+                "give either auth.keys or auth.secret / auth.public_key_file, not both".to_owned(),
+            );
+            let mut kids = std::collections::HashSet::new();
+            for (i, k) in a.keys.iter().enumerate() {
+                let field = format!("auth.keys[{i}]");
+                check(!k.kid.is_empty(), &field, "kid is empty".to_owned());
+                check(kids.insert(k.kid.as_str()), &field, format!("kid {:?} given twice", k.kid));
+                let ok = if a.algorithm.is_asymmetric() {
+                    k.public_key_file.is_some() && k.secret.is_none()
+                } else {
+                    k.secret.as_deref().is_some_and(|s| !s.is_empty())
+                        && k.public_key_file.is_none()
+                };
+                let need = if a.algorithm.is_asymmetric() {
+                    "public_key_file"
+                } else {
+                    "a non-empty secret"
+                };
+                check(ok, &field, format!("needs {need} (only) with algorithm {}", a.algorithm));
+            }
         }
         check(
             a.issuer.as_deref().is_none_or(|s| !s.is_empty()),

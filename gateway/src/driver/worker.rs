@@ -430,9 +430,10 @@ impl<T: Transport> Worker<T> {
         let id = self.conn_id(key);
         let _span = tracing::info_span!("conn", conn_id = %id).entered();
         let now_secs = self.now.wall_ms / 1000;
-        let verdict = node.verifier.verify(&hello.token, now_secs).and_then(|c| {
-            node.verifier.check_binding(&c, &hello.device_id, hello.platform).map(|()| c)
-        });
+        let verifier = node.verifier();
+        let verdict = verifier
+            .verify(&hello.token, now_secs)
+            .and_then(|c| verifier.check_binding(&c, &hello.device_id, hello.platform).map(|()| c));
         let claims = match verdict {
             Ok(claims) => claims,
             Err(f) => {
@@ -444,7 +445,7 @@ impl<T: Transport> Worker<T> {
         };
         let registered = node.registry.register(&claims.sub, id, hello.platform);
         let keep_device = node.keeps_device() || claims.device.is_some();
-        let expires = claims.exp.saturating_add(node.cfg.auth.leeway_secs);
+        let expires = claims.exp.saturating_add(verifier.leeway_secs());
         let Some(remote) = self.with(key, |c, ctx| {
             c.user = Some(Arc::clone(&registered.user));
             // The device id is read only by the webhooks and by a refresh's device check;
@@ -479,17 +480,17 @@ impl<T: Transport> Worker<T> {
         let device = conn.device.clone();
         let platform = conn.session.platform();
         let now_secs = self.now.wall_ms / 1000;
-        let verdict = node
-            .verifier
+        let verifier = node.verifier();
+        let verdict = verifier
             .verify(token, now_secs)
             .and_then(|c| {
                 let device = device.as_deref().unwrap_or("");
-                node.verifier.check_binding(&c, device, platform).map(|()| c)
+                verifier.check_binding(&c, device, platform).map(|()| c)
             })
             .map_err(|f| (f.code(), f.reason()))
             .and_then(|c| {
                 if user.as_deref() == Some(c.sub.as_str()) {
-                    Ok(c.exp.saturating_add(node.cfg.auth.leeway_secs))
+                    Ok(c.exp.saturating_add(verifier.leeway_secs()))
                 } else {
                     Err((Code::CLAIM_MISMATCH, "the new token is for another user".to_owned()))
                 }
