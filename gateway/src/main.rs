@@ -70,7 +70,7 @@ fn main() -> ExitCode {
              (or use RS256/ES256) before exposing this gateway."
         );
     }
-    let running = match holdfast_gateway::start_default(cfg) {
+    let mut running = match holdfast_gateway::start_default(cfg) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("holdfast-gateway: cannot start: {e}");

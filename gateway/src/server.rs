@@ -74,6 +74,9 @@ pub struct Running {
     acceptor: Option<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
     http_stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// SIGTERM and SIGHUP handlers, installed before `start` returns, so a signal sent as
+    /// soon as the node is ready is never taken with its default action.
+    signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
 }
 
 /// The number of event loops for a `node.workers` setting (0 = one per CPU).
@@ -163,7 +166,14 @@ pub fn start(cfg: Config, presence: Arc<dyn Presence>) -> Result<Running, StartE
     runtime.spawn(crate::api::serve(http, app, header_timeout, async move {
         let _ = stopped.await;
     }));
+    let signals = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let _runtime = runtime.enter();
+        signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::hangup())?)))
+    }
+    .map_err(io_err("install the signal handlers"))?;
     Ok(Running {
+        signals: Some(signals),
         tcp_addr,
         http_addr,
         node,
@@ -191,15 +201,8 @@ impl Running {
     }
 
     /// Block until SIGINT or SIGTERM, calling `on_hangup` for each SIGHUP meanwhile.
-    pub fn wait_for_signal(&self, mut on_hangup: impl FnMut(&Running)) {
-        use tokio::signal::unix::{SignalKind, signal};
-        let _runtime = self.runtime.enter();
-        let (Ok(mut term), Ok(mut hup)) =
-            (signal(SignalKind::terminate()), signal(SignalKind::hangup()))
-        else {
-            let _ = self.runtime.block_on(tokio::signal::ctrl_c());
-            return;
-        };
+    pub fn wait_for_signal(&mut self, mut on_hangup: impl FnMut(&Running)) {
+        let Some((mut term, mut hup)) = self.signals.take() else { return };
         loop {
             let hangup = self.runtime.block_on(async {
                 tokio::select! {
@@ -209,10 +212,11 @@ impl Running {
                 }
             });
             if !hangup {
-                return;
+                break;
             }
             on_hangup(self);
         }
+        self.signals = Some((term, hup));
     }
 
     /// Stop accepting, send `REDIRECT` `SERVER_SHUTDOWN` to every authenticated client and
