@@ -1,2 +1,21 @@
-//! The presence (status) cluster (arrives with its own issue): who is online on which gateway,
-//! on a consistent-hash ring with virtual nodes and replicas, or on Redis behind the same trait.
+//! Holdfast status: presence (who is online, on which gateway, with which device).
+//!
+//! (Draft doc; completed with the node and clients.)
+
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod memory;
+pub mod placement;
+pub mod store;
+pub mod table;
+pub mod types;
+pub mod wire;
+
+pub use error::{FenceReason, StoreError};
+pub use memory::InProcessStore;
+pub use store::{PresenceStore, StoreFuture};
+pub use types::{Counts, GatewayId, Generation, Lease, LeaseId, Renewed, Session, UserId, Write};
+
+pub mod conn;
+pub mod node;
