@@ -17,5 +17,7 @@ pub use memory::InProcessStore;
 pub use store::{PresenceStore, StoreFuture};
 pub use types::{Counts, GatewayId, Generation, Lease, LeaseId, Renewed, Session, UserId, Write};
 
+pub mod client_metrics;
+pub mod cluster;
 pub mod conn;
 pub mod node;
