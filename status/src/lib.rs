@@ -21,3 +21,4 @@ pub mod client_metrics;
 pub mod cluster;
 pub mod conn;
 pub mod node;
+pub mod redis_store;

@@ -250,3 +250,27 @@ fn status_cluster_store_passes_the_suite() {
         suite(Arc::new(store), "cl-").await;
     });
 }
+
+#[test]
+fn redis_store_passes_the_suite() {
+    let redis = support::Redis::single();
+    runtime().block_on(async {
+        let cfg = holdfast_status::redis_store::RedisConfig::new(redis.urls());
+        let store = holdfast_status::redis_store::SingleRedisStore::connect_single(cfg, None)
+            .await
+            .expect("connect");
+        suite(Arc::new(store), "rs-").await;
+    });
+}
+
+#[test]
+fn redis_cluster_store_passes_the_suite() {
+    let redis = support::Redis::cluster();
+    runtime().block_on(async {
+        let cfg = holdfast_status::redis_store::RedisConfig::new(redis.urls());
+        let store = holdfast_status::redis_store::ClusterRedisStore::connect_cluster(cfg, None)
+            .await
+            .expect("connect");
+        suite(Arc::new(store), "rc-").await;
+    });
+}
