@@ -76,7 +76,6 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     let metrics = NodeMetrics::new()?;
     let node = Arc::new(Node::new(cfg.clone(), advertise.clone(), metrics));
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(super::server::serve(Arc::clone(&node), data)));
     let app = super::admin::router(Arc::clone(&node));
     tasks.push(tokio::spawn(async move {
         if let Err(e) = axum::serve(admin, app).await {
@@ -84,6 +83,8 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         }
     }));
     settle_ring(&node, &cfg, advertise).await;
+    // Serve data only once the ring is settled, so no request meets a half-started node.
+    tasks.push(tokio::spawn(super::server::serve(Arc::clone(&node), data)));
     let sweeper = Arc::clone(&node);
     let every = Duration::from_millis(cfg.node.sweep_ms);
     tasks.push(tokio::spawn(async move {
