@@ -2,7 +2,8 @@
 # Status benchmark, in one run, side by side (docs/BENCHMARKS.md § Status cluster):
 #   1. redis-server with `redis-benchmark -P 16` doing HSET (the reference);
 #   2. a local 3-node status cluster (R = 2), 16 writes per request;
-#   3. lookups on it at half that rate, 16 users per request: p50/p99/p99.9;
+#   3. its lookup capacity, then lookups at half the write rate, 16 users per request
+#      (open loop): p50/p99/p99.9;
 #   4. memory per stored session on a one-node status ring (RSS delta for 1,000,000);
 #   5. the same write and lookup workload through our Redis backend.
 # Everything runs on 127.0.0.1 with ports the kernel picks free; every process it starts is
@@ -56,6 +57,8 @@ out=$("$BENCH" write --status "$seeds" --batch 16 --callers 16 --secs "$SECS")
 echo "$out"
 rate=$(echo "$out" | sed -n 's/.*writes_per_sec=\([0-9]*\).*/\1/p')
 half=$((rate / 2))
+echo "== 3a. status cluster lookup capacity (closed loop): 16 callers × 16 users per request, ${SECS}s"
+"$BENCH" lookup-max --status "$seeds" --batch 16 --callers 16 --secs "$SECS"
 echo "== 3. status cluster lookups at half that rate: $half users/s, 16 users per request, ${SECS}s"
 "$BENCH" lookup --status "$seeds" --batch 16 --rate "$half" --secs "$SECS"
 echo "== 3b. same, 1 user per request at $((half / 16)) requests/s"
