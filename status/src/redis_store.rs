@@ -1,0 +1,671 @@
+//! Presence in Redis or Redis Cluster, behind the same [`PresenceStore`] trait.
+//!
+//! # Keys (prefix `P`, default `hf`)
+//!
+//! | key | type | what |
+//! | --- | --- | --- |
+//! | `P:s:{<user>}` | hash | the user's sessions: field `<gateway>:<conn>`, value `<gateway>:<generation>:<platform>:<login_ms>:<device>` |
+//! | `P:l:{g<gateway>}` | string, TTL | the live lease: its generation; expires with the lease |
+//! | `P:g:{g<gateway>}` | string | the newest generation ever seen (the fence) |
+//! | `P:n:{g<gateway>}` | string | the gateway's live session count |
+//! | `P:i:{g<gateway>}` | set | users that may have sessions of the gateway |
+//! | `P:gateways` | set | gateway ids that ever renewed |
+//!
+//! Hash tags (`{...}`) keep one user's sessions in one slot, and one gateway's lease keys in
+//! one slot, so every Lua script touches one slot (a Redis Cluster requirement). Generations
+//! are written as 20-digit zero-padded decimals so that Lua compares them exactly as
+//! strings (Lua numbers are doubles).
+//!
+//! # Fencing
+//!
+//! Renewal is one script on the gateway's slot: an older generation is refused, the same
+//! generation after its lease key expired is refused, a newer one takes over. A session is
+//! live only while `P:l:{g<gw>}` holds its generation, so a lapsed or superseded lease
+//! takes the gateway's sessions offline for every reader at once; dead fields are deleted
+//! when seen. A write checks the lease first (a write that races the lease's expiry is
+//! stored under a dead generation, never visible).
+//!
+//! # Atomicity
+//!
+//! All writes of one batch for one user run as one Lua script (multi-device updates are
+//! atomic per user); different users' scripts are sent concurrently on the multiplexed
+//! connection (pipelined), each in its own slot.
+//!
+//! # Timeouts and retries
+//!
+//! Set explicitly (the `redis` crate's cluster defaults retry 16 times over seconds): see
+//! [`RedisConfig`]. Every store call also has its own deadline, `call_timeout`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prometheus::Registry;
+use redis::aio::ConnectionLike;
+
+use crate::client_metrics::{ClientMetrics, Op};
+use crate::error::{FenceReason, StoreError};
+use crate::store::{PresenceStore, StoreFuture, check_user, check_writes};
+use crate::types::{
+    Counts, GatewayId, Generation, Lease, LeaseId, Renewed, Session, UserId, Write,
+};
+
+/// How to reach Redis, and how patient to be.
+#[derive(Clone, Debug)]
+pub struct RedisConfig {
+    /// `redis://host:port/` URLs: one for a single server, the seed nodes for a cluster.
+    pub urls: Vec<String>,
+    /// Key prefix (default `hf`).
+    pub prefix: String,
+    /// Deadline of one whole store call (default 1 s).
+    pub call_timeout: Duration,
+    /// Deadline to connect to a Redis node (default 500 ms).
+    pub connect_timeout: Duration,
+    /// Deadline of one Redis command (default 500 ms).
+    pub response_timeout: Duration,
+    /// Retries of a failed command or reconnect (default 2; the crate's cluster default is 16).
+    pub retries: u32,
+    /// Shortest wait between retries, in milliseconds (default 10).
+    pub min_retry_wait_ms: u64,
+    /// Longest wait between retries, in milliseconds (default 100; the crate's cluster
+    /// default waits over a second).
+    pub max_retry_wait_ms: u64,
+}
+
+impl RedisConfig {
+    /// Defaults for `urls`.
+    pub fn new(urls: Vec<String>) -> RedisConfig {
+        RedisConfig {
+            urls,
+            prefix: "hf".into(),
+            call_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_millis(500),
+            response_timeout: Duration::from_millis(500),
+            retries: 2,
+            min_retry_wait_ms: 10,
+            max_retry_wait_ms: 100,
+        }
+    }
+}
+
+const RENEW: &str = r"
+local max = redis.call('GET', KEYS[2])
+if max and ARGV[1] < max then return {-1, max} end
+if max and ARGV[1] == max then
+  if redis.call('EXISTS', KEYS[1]) == 0 then return {-2, max} end
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return {0, max}
+end
+redis.call('SET', KEYS[2], ARGV[1])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('SET', KEYS[3], 0)
+return {1, ARGV[1]}
+";
+
+/// ARGV: gateway, generation, then (op, conn, value) triples; op 1 = online, 2 = offline.
+/// Drops the gateway's fields of older generations; returns the change in live sessions.
+const APPLY: &str = r"
+local gw, gen = ARGV[1], ARGV[2]
+local mine = gw .. ':' .. gen .. ':'
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local g, n = string.match(all[i + 1], '^(%d+):(%d+):')
+  if g == gw and n < gen then redis.call('HDEL', KEYS[1], all[i]) end
+end
+local delta = 0
+for i = 3, #ARGV, 3 do
+  local field = gw .. ':' .. ARGV[i + 1]
+  local old = redis.call('HGET', KEYS[1], field)
+  local live = old and string.sub(old, 1, #mine) == mine
+  if ARGV[i] == '1' then
+    if not live then delta = delta + 1 end
+    redis.call('HSET', KEYS[1], field, ARGV[i + 2])
+  else
+    if live then delta = delta - 1 end
+    redis.call('HDEL', KEYS[1], field)
+  end
+end
+return delta
+";
+
+/// ARGV: gateway, then (conn, value) pairs: replace all of the gateway's fields.
+const REPLACE: &str = r"
+local prefix = ARGV[1] .. ':'
+local all = redis.call('HKEYS', KEYS[1])
+for _, f in ipairs(all) do
+  if string.sub(f, 1, #prefix) == prefix then redis.call('HDEL', KEYS[1], f) end
+end
+for i = 2, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], prefix .. ARGV[i], ARGV[i + 1])
+end
+return 1
+";
+
+fn pad(g: Generation) -> String {
+    format!("{g:020}")
+}
+
+fn value(
+    gateway: GatewayId,
+    generation: Generation,
+    platform: u8,
+    login_ms: u64,
+    device: &str,
+) -> String {
+    format!("{gateway}:{}:{platform}:{login_ms}:{device}", pad(generation))
+}
+
+fn parse(field: &str, value: &str) -> Option<Session> {
+    let conn = field.split_once(':')?.1.parse().ok()?;
+    let mut it = value.splitn(5, ':');
+    Some(Session {
+        gateway: it.next()?.parse().ok()?,
+        generation: it.next()?.parse().ok()?,
+        platform: it.next()?.parse().ok()?,
+        login_ms: it.next()?.parse().ok()?,
+        device: Box::from(it.next()?),
+        conn,
+    })
+}
+
+fn unavailable(e: redis::RedisError) -> StoreError {
+    if e.is_timeout() {
+        StoreError::Timeout(Duration::ZERO)
+    } else {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+struct Scripts {
+    renew: redis::Script,
+    apply: redis::Script,
+    replace: redis::Script,
+}
+
+/// A [`PresenceStore`] in Redis (`C` = `ConnectionManager`) or Redis Cluster
+/// (`C` = `ClusterConnection`). Cheap to clone.
+#[derive(Clone)]
+pub struct RedisStore<C> {
+    conn: C,
+    cfg: Arc<RedisConfig>,
+    name: &'static str,
+    scripts: Arc<Scripts>,
+    /// Generations this client renewed, per gateway: a "created" answer for one of them
+    /// means Redis lost the lease (restart, failover): resync.
+    renewed: Arc<Mutex<HashMap<GatewayId, Generation>>>,
+    metrics: ClientMetrics,
+}
+
+/// Redis on one server.
+pub type SingleRedisStore = RedisStore<redis::aio::ConnectionManager>;
+
+/// Redis Cluster.
+pub type ClusterRedisStore = RedisStore<redis::cluster_async::ClusterConnection>;
+
+fn metrics(registry: Option<&Registry>, name: &str) -> Result<ClientMetrics, StoreError> {
+    match registry {
+        Some(r) => {
+            ClientMetrics::new(r, name).map_err(|e| StoreError::Invalid(format!("metrics: {e}")))
+        }
+        None => Ok(ClientMetrics::private(name)),
+    }
+}
+
+impl SingleRedisStore {
+    /// Connect to one `redis-server` (the first URL).
+    pub async fn connect_single(
+        cfg: RedisConfig,
+        registry: Option<&Registry>,
+    ) -> Result<SingleRedisStore, StoreError> {
+        let url = cfg.urls.first().ok_or_else(|| StoreError::Invalid("no Redis URL".into()))?;
+        let client =
+            redis::Client::open(url.as_str()).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let mcfg = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(cfg.connect_timeout))
+            .set_response_timeout(Some(cfg.response_timeout))
+            .set_number_of_retries(cfg.retries as usize)
+            .set_min_delay(Duration::from_millis(cfg.min_retry_wait_ms))
+            .set_max_delay(Duration::from_millis(cfg.max_retry_wait_ms));
+        let conn = tokio::time::timeout(
+            cfg.call_timeout,
+            redis::aio::ConnectionManager::new_with_config(client, mcfg),
+        )
+        .await
+        .map_err(|_| StoreError::Timeout(cfg.call_timeout))?
+        .map_err(unavailable)?;
+        Ok(RedisStore::build(conn, cfg, "redis", metrics(registry, "redis")?))
+    }
+}
+
+impl ClusterRedisStore {
+    /// Connect to a Redis Cluster through its seed URLs.
+    pub async fn connect_cluster(
+        cfg: RedisConfig,
+        registry: Option<&Registry>,
+    ) -> Result<ClusterRedisStore, StoreError> {
+        let client = redis::cluster::ClusterClientBuilder::new(cfg.urls.clone())
+            .retries(cfg.retries)
+            .min_retry_wait(cfg.min_retry_wait_ms)
+            .max_retry_wait(cfg.max_retry_wait_ms)
+            .connection_timeout(cfg.connect_timeout)
+            .response_timeout(cfg.response_timeout)
+            .build()
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let conn = tokio::time::timeout(cfg.call_timeout, client.get_async_connection())
+            .await
+            .map_err(|_| StoreError::Timeout(cfg.call_timeout))?
+            .map_err(unavailable)?;
+        Ok(RedisStore::build(conn, cfg, "redis-cluster", metrics(registry, "redis-cluster")?))
+    }
+}
+
+impl<C: ConnectionLike + Clone + Send + Sync + 'static> RedisStore<C> {
+    fn build(
+        conn: C,
+        cfg: RedisConfig,
+        name: &'static str,
+        metrics: ClientMetrics,
+    ) -> RedisStore<C> {
+        RedisStore {
+            conn,
+            cfg: Arc::new(cfg),
+            name,
+            scripts: Arc::new(Scripts {
+                renew: redis::Script::new(RENEW),
+                apply: redis::Script::new(APPLY),
+                replace: redis::Script::new(REPLACE),
+            }),
+            renewed: Arc::new(Mutex::new(HashMap::new())),
+            metrics,
+        }
+    }
+
+    /// The client's metrics handles.
+    pub fn metrics(&self) -> &ClientMetrics {
+        &self.metrics
+    }
+
+    fn user_key(&self, user: &str) -> String {
+        format!("{}:s:{{{user}}}", self.cfg.prefix)
+    }
+
+    fn gw_key(&self, kind: &str, gateway: GatewayId) -> String {
+        format!("{}:{kind}:{{g{gateway}}}", self.cfg.prefix)
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        cmd.query_async(&mut conn).await.map_err(unavailable)
+    }
+
+    async fn renew_inner(&self, lease: Lease) -> Result<Renewed, StoreError> {
+        let ttl_ms = u64::try_from(lease.ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let LeaseId { gateway, generation } = lease.id;
+        let mut conn = self.conn.clone();
+        let (code, current): (i64, String) = self
+            .scripts
+            .renew
+            .key(self.gw_key("l", gateway))
+            .key(self.gw_key("g", gateway))
+            .key(self.gw_key("n", gateway))
+            .arg(pad(generation))
+            .arg(ttl_ms)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let fenced = |reason| StoreError::Fenced { gateway, generation, reason };
+        match code {
+            -1 => return Err(fenced(FenceReason::Stale { current: current.parse().unwrap_or(0) })),
+            -2 => return Err(fenced(FenceReason::Expired)),
+            _ => {}
+        }
+        let _: i64 = self
+            .query(
+                redis::cmd("SADD")
+                    .arg(format!("{}:gateways", self.cfg.prefix))
+                    .arg(gateway)
+                    .clone(),
+            )
+            .await?;
+        let before =
+            self.renewed.lock().unwrap_or_else(|e| e.into_inner()).insert(gateway, generation);
+        // Created again for a generation we had: Redis lost our lease and maybe sessions.
+        let resync = code == 1 && before == Some(generation);
+        if resync {
+            self.metrics.resyncs_requested.inc();
+        }
+        Ok(Renewed { resync })
+    }
+
+    async fn check_lease(&self, id: LeaseId) -> Result<(), StoreError> {
+        let live: Option<String> =
+            self.query(redis::cmd("GET").arg(self.gw_key("l", id.gateway)).clone()).await?;
+        let fenced =
+            |reason| StoreError::Fenced { gateway: id.gateway, generation: id.generation, reason };
+        let mine = pad(id.generation);
+        match live {
+            Some(g) if g == mine => Ok(()),
+            Some(g) if g > mine => {
+                Err(fenced(FenceReason::Stale { current: g.parse().unwrap_or(0) }))
+            }
+            _ => {
+                let max: Option<String> =
+                    self.query(redis::cmd("GET").arg(self.gw_key("g", id.gateway)).clone()).await?;
+                match max {
+                    Some(m) if m > mine => {
+                        Err(fenced(FenceReason::Stale { current: m.parse().unwrap_or(0) }))
+                    }
+                    _ => Err(fenced(FenceReason::Expired)),
+                }
+            }
+        }
+    }
+
+    async fn apply_inner(&self, lease: LeaseId, writes: Vec<Write>) -> Result<(), StoreError> {
+        check_writes(&writes)?;
+        self.check_lease(lease).await?;
+        let mut per_user: BTreeMap<&str, Vec<&Write>> = BTreeMap::new();
+        for w in &writes {
+            per_user.entry(w.user()).or_default().push(w);
+        }
+        let generation = pad(lease.generation);
+        let calls = per_user.iter().map(|(user, ws)| {
+            let mut inv = self.scripts.apply.prepare_invoke();
+            inv.key(self.user_key(user)).arg(lease.gateway).arg(&generation);
+            for w in ws {
+                match w {
+                    Write::Online { conn, device, platform, login_ms, .. } => {
+                        inv.arg(1).arg(*conn).arg(value(
+                            lease.gateway,
+                            lease.generation,
+                            *platform,
+                            *login_ms,
+                            device,
+                        ));
+                    }
+                    Write::Offline { conn, .. } => {
+                        inv.arg(2).arg(*conn).arg("");
+                    }
+                }
+            }
+            let mut conn = self.conn.clone();
+            async move { inv.invoke_async::<i64>(&mut conn).await }
+        });
+        let mut delta = 0i64;
+        for r in futures_util::future::join_all(calls).await {
+            delta += r.map_err(unavailable)?;
+        }
+        let onlines: HashSet<&str> = writes
+            .iter()
+            .filter(|w| matches!(w, Write::Online { .. }))
+            .map(|w| &**w.user())
+            .collect();
+        if !onlines.is_empty() {
+            let mut sadd = redis::cmd("SADD");
+            sadd.arg(self.gw_key("i", lease.gateway));
+            for u in onlines {
+                sadd.arg(u);
+            }
+            let _: i64 = self.query(sadd).await?;
+        }
+        if delta != 0 {
+            let _: i64 = self
+                .query(redis::cmd("INCRBY").arg(self.gw_key("n", lease.gateway)).arg(delta).clone())
+                .await?;
+        }
+        self.metrics.writes.inc_by(writes.len() as u64);
+        Ok(())
+    }
+
+    /// The hashes of `users`, parsed.
+    async fn read_users(&self, users: &[&str]) -> Result<Vec<Vec<Session>>, StoreError> {
+        let calls = users.iter().map(|u| {
+            self.query::<Vec<(String, String)>>(redis::cmd("HGETALL").arg(self.user_key(u)).clone())
+        });
+        let mut out = Vec::with_capacity(users.len());
+        for r in futures_util::future::join_all(calls).await {
+            out.push(r?.iter().filter_map(|(f, v)| parse(f, v)).collect());
+        }
+        Ok(out)
+    }
+
+    /// Keep the live sessions (their gateway's lease holds their generation); delete the
+    /// dead fields in the background.
+    async fn filter_live(
+        &self,
+        users: &[&str],
+        lists: Vec<Vec<Session>>,
+    ) -> Result<Vec<Vec<Session>>, StoreError> {
+        let gateways: Vec<GatewayId> =
+            lists.iter().flatten().map(|s| s.gateway).collect::<HashSet<_>>().into_iter().collect();
+        let calls = gateways.iter().map(|g| {
+            self.query::<Option<String>>(redis::cmd("GET").arg(self.gw_key("l", *g)).clone())
+        });
+        let mut live: HashMap<GatewayId, Generation> = HashMap::new();
+        for (g, r) in gateways.iter().zip(futures_util::future::join_all(calls).await) {
+            if let Some(v) = r? {
+                live.insert(*g, v.parse().unwrap_or(0));
+            }
+        }
+        let mut dead: Vec<(String, String)> = Vec::new();
+        let out = users
+            .iter()
+            .zip(lists)
+            .map(|(u, list)| {
+                list.into_iter()
+                    .filter(|s| {
+                        let ok = live.get(&s.gateway) == Some(&s.generation);
+                        if !ok {
+                            dead.push((self.user_key(u), format!("{}:{}", s.gateway, s.conn)));
+                        }
+                        ok
+                    })
+                    .collect()
+            })
+            .collect();
+        if !dead.is_empty() {
+            // Check-and-delete in Lua: a field rewritten meanwhile under the live
+            // generation is kept.
+            let this = self.clone();
+            let pairs: Vec<(String, String, String)> = dead
+                .into_iter()
+                .map(|(k, f)| {
+                    let g = f.split(':').next().unwrap_or("0").parse::<GatewayId>().unwrap_or(0);
+                    let prefix = match live.get(&g) {
+                        Some(live_gen) => format!("{g}:{}:", pad(*live_gen)),
+                        None => String::new(),
+                    };
+                    (k, f, prefix)
+                })
+                .collect();
+            tokio::spawn(async move { this.delete_dead(pairs).await });
+        }
+        Ok(out)
+    }
+
+    async fn delete_dead(&self, pairs: Vec<(String, String, String)>) {
+        const DELETE: &str = r"
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if v and (ARGV[2] == '' or string.sub(v, 1, #ARGV[2]) ~= ARGV[2]) then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 1
+";
+        let script = redis::Script::new(DELETE);
+        for (key, field, live_prefix) in pairs {
+            let mut conn = self.conn.clone();
+            let _: Result<i64, _> =
+                script.key(key).arg(field).arg(live_prefix).invoke_async(&mut conn).await;
+        }
+    }
+
+    async fn lookup_inner(&self, users: Vec<UserId>) -> Result<Vec<Vec<Session>>, StoreError> {
+        users.iter().try_for_each(|u| check_user(u))?;
+        let names: Vec<&str> = users.iter().map(|u| &**u).collect();
+        let lists = self.read_users(&names).await?;
+        self.filter_live(&names, lists).await
+    }
+
+    async fn sessions_of_inner(
+        &self,
+        gateway: GatewayId,
+    ) -> Result<Vec<(UserId, Session)>, StoreError> {
+        let members: Vec<String> =
+            self.query(redis::cmd("SMEMBERS").arg(self.gw_key("i", gateway)).clone()).await?;
+        let names: Vec<&str> = members.iter().map(String::as_str).collect();
+        let lists = self.read_users(&names).await?;
+        let lists = self.filter_live(&names, lists).await?;
+        Ok(names
+            .iter()
+            .zip(lists)
+            .flat_map(|(u, list)| {
+                list.into_iter()
+                    .filter(|s| s.gateway == gateway)
+                    .map(|s| (UserId::from(*u), s))
+                    .collect::<Vec<_>>()
+            })
+            .collect())
+    }
+
+    async fn resync_inner(
+        &self,
+        lease: LeaseId,
+        sessions: Vec<(UserId, Session)>,
+    ) -> Result<(), StoreError> {
+        sessions.iter().try_for_each(|(u, _)| check_user(u))?;
+        self.check_lease(lease).await?;
+        let old: Vec<String> =
+            self.query(redis::cmd("SMEMBERS").arg(self.gw_key("i", lease.gateway)).clone()).await?;
+        let mut per_user: BTreeMap<String, Vec<&Session>> =
+            old.into_iter().map(|u| (u, Vec::new())).collect();
+        for (u, s) in &sessions {
+            per_user.entry(u.to_string()).or_default().push(s);
+        }
+        let calls = per_user.iter().map(|(user, list)| {
+            let mut inv = self.scripts.replace.prepare_invoke();
+            inv.key(self.user_key(user)).arg(lease.gateway);
+            for s in list {
+                inv.arg(s.conn).arg(value(
+                    lease.gateway,
+                    lease.generation,
+                    s.platform,
+                    s.login_ms,
+                    &s.device,
+                ));
+            }
+            let mut conn = self.conn.clone();
+            async move { inv.invoke_async::<i64>(&mut conn).await }
+        });
+        for r in futures_util::future::join_all(calls).await {
+            r.map_err(unavailable)?;
+        }
+        let index = self.gw_key("i", lease.gateway);
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("DEL").arg(&index).ignore();
+        let users: HashSet<&str> = sessions.iter().map(|(u, _)| &**u).collect();
+        if !users.is_empty() {
+            let sadd = pipe.cmd("SADD").arg(&index);
+            for u in &users {
+                sadd.arg(*u);
+            }
+            sadd.ignore();
+        }
+        let mut conn = self.conn.clone();
+        let _: () = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        let _: () = self
+            .query(
+                redis::cmd("SET").arg(self.gw_key("n", lease.gateway)).arg(sessions.len()).clone(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn counts_inner(&self) -> Result<Counts, StoreError> {
+        let gateways: Vec<GatewayId> = self
+            .query(redis::cmd("SMEMBERS").arg(format!("{}:gateways", self.cfg.prefix)).clone())
+            .await?;
+        let mut counts = Counts { sessions: 0, users: None, gateways: 0 };
+        for g in gateways {
+            let lease: Option<String> =
+                self.query(redis::cmd("GET").arg(self.gw_key("l", g)).clone()).await?;
+            if lease.is_none() {
+                continue;
+            }
+            let n: Option<i64> =
+                self.query(redis::cmd("GET").arg(self.gw_key("n", g)).clone()).await?;
+            counts.gateways += 1;
+            counts.sessions += n.unwrap_or(0).max(0) as u64;
+        }
+        Ok(counts)
+    }
+
+    async fn timed<T>(
+        &self,
+        op: Op,
+        fut: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let deadline = self.cfg.call_timeout;
+        let r = match tokio::time::timeout(deadline, fut).await {
+            Ok(Err(StoreError::Timeout(_))) | Err(_) => Err(StoreError::Timeout(deadline)),
+            Ok(r) => r,
+        };
+        self.metrics.observe(op, started, &r);
+        r
+    }
+}
+
+impl<C: ConnectionLike + Clone + Send + Sync + 'static> PresenceStore for RedisStore<C> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn renew(&self, lease: Lease) -> StoreFuture<'_, Renewed> {
+        Box::pin(self.timed(Op::Renew, self.renew_inner(lease)))
+    }
+
+    fn apply(&self, lease: LeaseId, writes: Vec<Write>) -> StoreFuture<'_, ()> {
+        Box::pin(self.timed(Op::Apply, self.apply_inner(lease, writes)))
+    }
+
+    fn lookup(&self, users: Vec<UserId>) -> StoreFuture<'_, Vec<Vec<Session>>> {
+        Box::pin(self.timed(Op::Lookup, self.lookup_inner(users)))
+    }
+
+    fn sessions_of(&self, gateway: GatewayId) -> StoreFuture<'_, Vec<(UserId, Session)>> {
+        Box::pin(self.timed(Op::SessionsOf, self.sessions_of_inner(gateway)))
+    }
+
+    fn resync(&self, lease: LeaseId, sessions: Vec<(UserId, Session)>) -> StoreFuture<'_, ()> {
+        Box::pin(self.timed(Op::Resync, self.resync_inner(lease, sessions)))
+    }
+
+    fn counts(&self) -> StoreFuture<'_, Counts> {
+        Box::pin(self.timed(Op::Counts, self.counts_inner()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_roundtrip_and_generations_sort_as_strings() {
+        let v = value(7, 1_700_000_000_123, 2, 99, "dev:ice");
+        let s = parse("7:42", &v).unwrap();
+        assert_eq!(
+            s,
+            Session {
+                conn: 42,
+                gateway: 7,
+                device: "dev:ice".into(),
+                platform: 2,
+                login_ms: 99,
+                generation: 1_700_000_000_123
+            }
+        );
+        assert!(pad(9) < pad(10));
+        assert!(pad(u64::MAX - 1) < pad(u64::MAX));
+        assert_eq!(parse("7:x", &v), None);
+    }
+}
