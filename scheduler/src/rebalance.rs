@@ -5,8 +5,10 @@
 //! while the old ones stay hot, because dispatch only places *new* clients. So, per pool
 //! (one group in one region) and per dimension, most important first:
 //!
-//! - **sources** are gateways in the active move-out zone (above the high watermark) that
-//!   are not already shedding; the most loaded first;
+//! - **sources** are gateways in the active move-out zone (above the high watermark) and,
+//!   while some gateway is in the active move-in zone (below the low watermark), also those
+//!   in the passive move-out zone (above the mean), as in seed 001; not those already
+//!   shedding; the most loaded first;
 //! - **targets** are gateways below the mean that may take clients and are above no high
 //!   watermark on a more important dimension (a move may trade a less important
 //!   dimension's balance for this one, never the reverse);
@@ -75,10 +77,14 @@ pub fn plan(view: &View, me: &str, in_flight: &BTreeMap<String, u64>) -> Vec<Pla
             if budget == 0 {
                 break;
             }
-            let (mean, high) = (pool.mean[d], pool.high[d]);
+            let (mean, high, low) = (pool.mean[d], pool.high[d], pool.low[d]);
+            // A gateway in the active move-in zone pulls from every move-out zone, passive
+            // ones included; otherwise only the active move-out zone sheds.
+            let pull = members.iter().any(|g| g.capacity[d] > 0.0 && g.util[d] < low);
+            let floor = if pull { mean } else { high };
             let mut sources: Vec<_> = members
                 .iter()
-                .filter(|g| g.capacity[d] > 0.0 && g.util[d] > high && !handled.contains(&*g.id))
+                .filter(|g| g.capacity[d] > 0.0 && g.util[d] > floor && !handled.contains(&*g.id))
                 .collect();
             if sources.is_empty() {
                 continue;
@@ -305,5 +311,62 @@ mod tests {
         // 0.5, high 0.575): a is hot, but the only gateway below the mean is c, hot on cpu.
         let got: Vec<_> = orders.iter().map(|o| (o.gateway.as_str(), o.dimension)).collect();
         assert_eq!(got, [("c", Dim::Cpu)]);
+    }
+
+    /// The worked example of `docs/SCHEDULER.md`, with redirected clients placed by the real
+    /// dispatch decision on the view of their round.
+    #[test]
+    fn worked_example_converges_into_the_balanced_zones() {
+        use crate::decide::{Request, decide};
+        use crate::view::Zone;
+        let rules = Arc::new(Rules::default());
+        let caps = [("gw-a", 100_000.0), ("gw-b", 100_000.0), ("gw-c", 50_000.0)];
+        let mut conns = BTreeMap::from([("gw-a", 60_000u64), ("gw-b", 60_000), ("gw-c", 0)]);
+        let build = |conns: &BTreeMap<&str, u64>| {
+            let mut f = Fleet::new();
+            for (id, cap) in caps {
+                let mut r = report(id, conns[id] as f64, cap);
+                r.coordinator = Some("s1".into());
+                f.apply(r, 0).expect("ok");
+            }
+            View::build(Arc::clone(&rules), &f, 0, 10_000)
+        };
+        let mut rounds = Vec::new();
+        for round in 0.. {
+            assert!(round < 100, "no convergence after 100 rounds: {conns:?}");
+            let v = build(&conns);
+            let orders = plan(&v, "s1", &BTreeMap::new());
+            if orders.is_empty() {
+                for g in &v.gateways {
+                    let z = g.zones[Dim::Connections.index()];
+                    assert!(matches!(z, Zone::PassiveIn | Zone::PassiveOut), "{} in {z:?}", g.id);
+                }
+                break;
+            }
+            let shed: u64 = orders.iter().map(|o| o.connections).sum();
+            assert!(shed <= 1000, "pool budget: 200/s x 5 s");
+            for o in &orders {
+                assert_ne!(o.gateway, "gw-c", "the cold gateway never sheds");
+                *conns.get_mut(o.gateway.as_str()).expect("known") -= o.connections;
+                for k in 0..o.connections {
+                    let uid = format!("{}-{round}-{k}", o.gateway);
+                    let d = decide(&v, &Request { uid: &uid, ..Request::default() }, 1);
+                    *conns.get_mut(&*d.chosen[0].gateway.id).expect("known") += 1;
+                }
+            }
+            rounds.push(conns.clone());
+        }
+        assert_eq!(conns.values().sum::<u64>(), 120_000, "nobody lost");
+        // Round 1: 500 each from gw-a and gw-b (100/s x 5 s), all to the cold gw-c.
+        assert_eq!(
+            rounds[0],
+            BTreeMap::from([("gw-a", 59_500), ("gw-b", 59_500), ("gw-c", 1_000)])
+        );
+        println!(
+            "{} rounds, {:?} at the end; first rounds {:?}",
+            rounds.len(),
+            conns,
+            &rounds[..3]
+        );
     }
 }

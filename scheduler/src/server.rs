@@ -213,7 +213,11 @@ impl Shared {
         let rb = &view.rules.file.rebalance;
         let keep_ms = rb.window_ms + 2 * self.cfg.fleet.report_interval_ms;
         let mut book = lock(&self.orders);
-        book.in_flight.retain(|_, (_, at)| now < *at + keep_ms);
+        // An order is in flight until the gateway's reports show it (then `pending_shed`
+        // speaks for it), or until it can no longer arrive.
+        book.in_flight.retain(|g, (_, at)| {
+            now < *at + keep_ms && view.gateway(g).is_none_or(|v| v.pending_shed == 0)
+        });
         let in_flight: BTreeMap<String, u64> =
             book.in_flight.iter().map(|(g, (n, _))| (g.clone(), *n)).collect();
         for o in rebalance::plan(&view, &self.instance, &in_flight) {

@@ -329,9 +329,19 @@ zone = "z2"
         }
         async move { r.send().await.expect("answers").json::<serde_json::Value>().await.expect("json") }
     };
+    // Wait until all three gateways reached both instances.
+    let registered = |s: &Scheduler| {
+        let url = format!("http://{}/v1/gateways", s.control);
+        let c = c.clone();
+        async move {
+            let body: serde_json::Value =
+                c.get(url).send().await.expect("answers").json().await.expect("json");
+            body["gateways"].as_array().map_or(0, Vec::len) == 3
+        }
+    };
     assert!(
         eventually(Duration::from_secs(5), || async {
-            gateways_of(&ask(&trusting, "uid=u", None).await).len() == 2
+            registered(&trusting).await && registered(&untrusting).await
         })
         .await
     );
