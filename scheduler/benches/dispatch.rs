@@ -255,13 +255,25 @@ async fn conn_loop(
     lat.lock().expect("lat").add(&local).expect("merge");
 }
 
-/// Load `addr` with `conns` connections for `secs`: requests per second and latency.
+/// CPU time a process has used (user + system), in clock ticks (1/100 s).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which may hold spaces) start after ") ".
+    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    get(11) + get(12) // utime and stime, fields 14 and 15 of stat
+}
+
+/// Load `addr` (served by process `pid`) with `conns` connections for `secs`: requests per
+/// second, the server's CPU µs per request, and latency.
 fn load(
     addr: SocketAddr,
+    pid: u32,
     paths: Arc<Vec<String>>,
     conns: usize,
     secs: f64,
-) -> (f64, Histogram<u64>) {
+) -> (f64, f64, Histogram<u64>) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
         let stop = Arc::new(AtomicBool::new(false));
@@ -282,16 +294,18 @@ fn load(
         // One second of warm-up, then the measured window.
         tokio::time::sleep(Duration::from_secs(1)).await;
         let start_count = ok.load(Ordering::Relaxed);
+        let cpu0 = cpu_ticks(pid);
         let t = Instant::now();
         tokio::time::sleep(Duration::from_secs_f64(secs)).await;
         let done = ok.load(Ordering::Relaxed) - start_count;
+        let cpu_us = (cpu_ticks(pid) - cpu0) as f64 * 10_000.0 / done.max(1) as f64;
         let rate = done as f64 / t.elapsed().as_secs_f64();
         stop.store(true, Ordering::Relaxed);
         for t in tasks {
             let _ = t.await;
         }
         let h = lat.lock().expect("lat").clone();
-        (rate, h)
+        (rate, cpu_us, h)
     })
 }
 
@@ -305,9 +319,12 @@ fn throughput(secs: f64, conns: usize, rounds: usize) {
     println!(
         "## HTTP throughput ({conns} keep-alive connections, {secs} s per run, {rounds} interleaved runs each)"
     );
-    println!("| server | gateways | runs (req/s) | median req/s | p50 | p99 | ratio to bare |");
-    println!("|---|---:|---|---:|---:|---:|---:|");
-    let (_bare_proc, bare) = start_bare();
+    println!(
+        "| server | gateways | runs (req/s) | median req/s | ratio to bare | server CPU per request (median) | CPU ratio | p50 | p99 |"
+    );
+    println!("|---|---:|---|---:|---:|---:|---:|---:|---:|");
+    let (bare_proc, bare) = start_bare();
+    let bare_pid = bare_proc.0.id();
     let bare_paths = Arc::new(vec!["/v1/dispatch?uid=x".to_owned()]);
     let user_paths: Arc<Vec<String>> = Arc::new(
         (0..10_000)
@@ -315,36 +332,41 @@ fn throughput(secs: f64, conns: usize, rounds: usize) {
             .collect(),
     );
     for gateways in [100, 1_000] {
-        let (_sched_proc, dispatch, control) = start_scheduler();
+        let (sched_proc, dispatch, control) = start_scheduler();
+        let sched_pid = sched_proc.0.id();
         let rt =
             tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         rt.block_on(register(control, gateways));
         std::thread::sleep(Duration::from_millis(300)); // one view refresh
-        let (mut b, mut s) = (Vec::new(), Vec::new());
-        let (mut bh, mut sh) =
-            (Histogram::<u64>::new(3).expect("h"), Histogram::<u64>::new(3).expect("h"));
+        let (mut b, mut s, mut bc, mut sc) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut bh = Histogram::<u64>::new(3).expect("histogram");
+        let mut sh = Histogram::<u64>::new(3).expect("histogram");
         for _ in 0..rounds {
-            let (r, h) = load(bare, bare_paths.clone(), conns, secs);
+            let (r, c, h) = load(bare, bare_pid, bare_paths.clone(), conns, secs);
             b.push(r);
+            bc.push(c);
             bh.add(&h).expect("merge");
-            let (r, h) = load(dispatch, user_paths.clone(), conns, secs);
+            let (r, c, h) = load(dispatch, sched_pid, user_paths.clone(), conns, secs);
             s.push(r);
+            sc.push(c);
             sh.add(&h).expect("merge");
         }
         let (mb, ms) = (median(b.clone()), median(s.clone()));
+        let (mbc, msc) = (median(bc), median(sc));
         let fmt = |v: &[f64]| v.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", ");
         println!(
-            "| bare axum, fixed JSON | - | {} | {mb:.0} | {} µs | {} µs | 1.00 |",
+            "| bare axum, fixed JSON | - | {} | {mb:.0} | 1.00 | {mbc:.1} µs | 1.00 | {} µs | {} µs |",
             fmt(&b),
             bh.value_at_quantile(0.5),
             bh.value_at_quantile(0.99)
         );
         println!(
-            "| holdfast-scheduler /v1/dispatch | {gateways} | {} | {ms:.0} | {} µs | {} µs | {:.2} |",
+            "| holdfast-scheduler /v1/dispatch | {gateways} | {} | {ms:.0} | {:.2} | {msc:.1} µs | {:.2} | {} µs | {} µs |",
             fmt(&s),
+            ms / mb,
+            msc / mbc,
             sh.value_at_quantile(0.5),
-            sh.value_at_quantile(0.99),
-            ms / mb
+            sh.value_at_quantile(0.99)
         );
     }
 }

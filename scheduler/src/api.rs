@@ -70,8 +70,10 @@ struct ErrorBody<'a> {
 }
 
 fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
-    match serde_json::to_vec(body) {
-        Ok(bytes) => {
+    // An answer with three endpoints is about 450 bytes: one allocation, no regrowth.
+    let mut bytes = Vec::with_capacity(640);
+    match serde_json::to_writer(&mut bytes, body) {
+        Ok(()) => {
             (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], bytes)
                 .into_response()
         }
@@ -206,11 +208,12 @@ struct Answer<'a> {
 async fn dispatch(
     State(s): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
     RawQuery(query): RawQuery,
+    request: axum::extract::Request,
 ) -> Response {
     let m = &s.metrics;
-    let ip = client_ip(peer.ip(), &headers, &s.trusted_proxies);
+    // The headers are read in place (the `HeaderMap` extractor would copy them).
+    let ip = client_ip(peer.ip(), request.headers(), &s.trusted_proxies);
     let now_ns = s.clock.now_ns();
     if let Err(wait) = s.global_limiter.check(now_ns) {
         return rate_limited(&s, Rejection::GlobalRate, wait);
