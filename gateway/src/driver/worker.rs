@@ -311,7 +311,8 @@ impl<T: Transport> Worker<T> {
     fn transmit(&mut self, key: usize, bytes: &[u8]) -> Result<(), PushFailure> {
         let Some(conn) = self.conns.get_mut(key) else { return Err(PushFailure::Closed) };
         let mut rest = bytes;
-        if conn.session.queued() == 0 {
+        let was_empty = conn.session.queued() == 0;
+        if was_empty {
             match write_some(&mut conn.transport, bytes) {
                 Ok(n) => rest = &bytes[n..],
                 Err(_) => {
@@ -325,8 +326,25 @@ impl<T: Transport> Worker<T> {
         }
         let kernel = conn.transport.unsent_bytes();
         match self.with(key, |c, ctx| c.session.enqueue(ctx, rest, kernel)) {
-            Some(true) => Ok(()),
+            Some(true) => {
+                if was_empty {
+                    self.want_writable(key, true);
+                }
+                Ok(())
+            }
             _ => Err(PushFailure::SlowConsumer),
+        }
+    }
+
+    /// Ask for writable events only while bytes are queued: a socket registered for them all
+    /// the time gets one after every write whose ACK frees send buffer space, a wake-up per
+    /// heartbeat for nothing.
+    fn want_writable(&mut self, key: usize, writable: bool) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let interest =
+            if writable { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+        if self.poll.registry().reregister(&mut conn.transport, Token(key), interest).is_err() {
+            self.call(key, |c, ctx| c.session.close(ctx, Close::IoError));
         }
     }
 
@@ -342,6 +360,9 @@ impl<T: Transport> Worker<T> {
             Ok(n) => c.session.handle_transmitted(ctx, n, kernel),
             Err(_) => c.session.close(ctx, Close::IoError),
         });
+        if self.conns.get(key).is_some_and(|c| c.session.queued() == 0) {
+            self.want_writable(key, false);
+        }
     }
 
     /// Read once and feed the session; come back next turn if there may be more.
@@ -642,7 +663,8 @@ impl<T: Transport> Worker<T> {
             return;
         };
         let Some(conn) = self.conns.get_mut(key) else { return };
-        let interest = Interest::READABLE | Interest::WRITABLE;
+        // Writable interest is added only while bytes are queued (`want_writable`).
+        let interest = Interest::READABLE;
         if let Err(e) = self.poll.registry().register(&mut conn.transport, Token(key), interest) {
             tracing::warn!(%peer, error = %e, "cannot register socket");
             if let Some(c) = self.conns.remove(key) {
