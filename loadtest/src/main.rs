@@ -95,6 +95,14 @@ enum Cmd {
     /// Start a local cluster (gateways, optionally a scheduler), print where everything is,
     /// and keep it up until Ctrl-C or SIGTERM; then stop every process it started.
     Cluster(ClusterArgs),
+    /// Render `report.html` again from a run's `result.json` (next to it, or to `--out`).
+    Report {
+        /// The `result.json` of a run.
+        json: PathBuf,
+        /// Where to write the HTML (default: `report.html` beside the JSON).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Internal: one worker process of a run (reads its plan on stdin).
     #[command(hide = true)]
     Worker,
@@ -383,6 +391,16 @@ async fn run(cmd: Cmd) -> Result<(), String> {
         }
         Cmd::Run(args) => run_scenarios(*args).await,
         Cmd::Cluster(args) => cluster(args).await,
+        Cmd::Report { json, out } => {
+            let text = std::fs::read(&json).map_err(|e| format!("{}: {e}", json.display()))?;
+            let result: holdfast_loadtest::report::RunResult =
+                serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", json.display()))?;
+            let out = out.unwrap_or_else(|| json.with_file_name("report.html"));
+            std::fs::write(&out, holdfast_loadtest::report::html::render(&result))
+                .map_err(|e| format!("{}: {e}", out.display()))?;
+            println!("{}", out.display());
+            Ok(())
+        }
         Cmd::Worker => Ok(()),
     }
 }

@@ -270,6 +270,10 @@ impl<'a> Run<'a> {
             return;
         }
         let t = self.totals();
+        if self.workers.per_worker().iter().any(|w| w.gauges.rss_bytes == 0) {
+            // Not every worker has reported yet.
+            return;
+        }
         for (i, w) in self.workers.per_worker().iter().enumerate() {
             if w.gauges.rss_bytes > 0 {
                 self.rss_start.entry(i as u32).or_insert(w.gauges.rss_bytes);
@@ -728,6 +732,11 @@ impl<'a> Run<'a> {
         f.insert("reconnects".into(), json!(c.reconnects));
         f.insert("peak_dispatch_per_sec".into(), json!(round2(peak)));
         f.insert("established_after".into(), json!(self.totals().gauges.established));
+        if let Some(c) = self.cluster.as_deref() {
+            // Reported by each gateway's /v1/stats (polled every 500 ms).
+            let per: Vec<u64> = c.established().into_iter().skip(1).collect();
+            f.insert("max_connections_on_one_gateway_after".into(), json!(per.iter().max()));
+        }
         self.finish_phase("storm", start, &before.counters, f, &[]).await?;
         Ok(())
     }

@@ -245,34 +245,38 @@ fn latency(area: &Area<'_>, r: &RunResult) -> Drawn {
 }
 
 fn errors(area: &Area<'_>, r: &RunResult) -> Drawn {
+    // Horizontal bars: one row per kind, the name on the left, the count at the bar's end.
     let kinds: Vec<(&String, &u64)> = r.errors.iter().collect();
     let n = kinds.len().max(1);
-    let y_max = kinds.iter().map(|(_, v)| **v).max().unwrap_or(0).max(1) as f64 * 1.15;
+    let x_max = kinds.iter().map(|(_, v)| **v).max().unwrap_or(0).max(1) as f64 * 1.2;
     let mut c = ChartBuilder::on(area)
         .margin(12)
-        .x_label_area_size(90)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0f64..n as f64, 0f64..y_max)
+        .x_label_area_size(36)
+        .y_label_area_size(150)
+        .build_cartesian_2d(0f64..x_max, 0f64..n as f64)
         .map_err(err)?;
     let names: Vec<String> = kinds.iter().map(|(k, _)| (*k).clone()).collect();
     c.configure_mesh()
-        .disable_x_mesh()
-        .x_labels(n + 1)
-        .x_label_style(("sans-serif", 11).into_font().transform(FontTransform::Rotate90))
-        .x_label_formatter(&|x| {
-            let i = x.floor() as usize;
-            if (*x - i as f64 - 0.5).abs() < 0.5 {
+        .disable_y_mesh()
+        .y_labels(n * 2 + 1)
+        .y_label_formatter(&|y| {
+            let i = y.floor() as usize;
+            if (y - i as f64 - 0.5).abs() < 0.01 {
                 names.get(i).cloned().unwrap_or_default()
             } else {
                 String::new()
             }
         })
-        .y_desc("count")
+        .x_desc("count")
         .draw()
         .map_err(err)?;
     c.draw_series(kinds.iter().enumerate().map(|(i, (_, v))| {
-        let x = i as f64;
-        Rectangle::new([(x + 0.15, 0.0), (x + 0.85, **v as f64)], COLORS[3].filled())
+        let y = i as f64;
+        Rectangle::new([(0.0, y + 0.2), (**v as f64, y + 0.8)], COLORS[3].filled())
+    }))
+    .map_err(err)?;
+    c.draw_series(kinds.iter().enumerate().map(|(i, (_, v))| {
+        Text::new(v.to_string(), (**v as f64 + x_max * 0.01, i as f64 + 0.65), ("sans-serif", 12))
     }))
     .map_err(err)?;
     Ok(())
