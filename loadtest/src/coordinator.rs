@@ -162,10 +162,19 @@ impl Workers {
 
     /// Send `cmd` to every worker.
     pub async fn send(&mut self, cmd: &Command) -> Result<(), CoordinatorError> {
+        self.send_to(|_| true, cmd).await
+    }
+
+    /// Send `cmd` to the workers `which` selects (by worker number).
+    pub async fn send_to(
+        &mut self,
+        which: impl Fn(u32) -> bool,
+        cmd: &Command,
+    ) -> Result<(), CoordinatorError> {
         let line = serde_json::to_string(cmd)
             .map_err(|e| CoordinatorError::Worker(u32::MAX, e.to_string()))?;
         for (i, p) in self.procs.iter_mut().enumerate() {
-            if p.done {
+            if p.done || !which(i as u32) {
                 continue;
             }
             if let Some(stdin) = p.stdin.as_mut() {

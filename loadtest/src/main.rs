@@ -229,6 +229,11 @@ struct RunArgs {
     /// `limits.inbound_frames_per_sec`; a launched cluster sets that to 62,500).
     #[arg(long, default_value_t = 50_000)]
     flood_rate: u32,
+    /// flood: put the flooders only in the last K worker processes (which then send no
+    /// pushes), so the measuring clients' process never handles flood traffic; 0 mixes
+    /// flooders into every worker.
+    #[arg(long, default_value_t = 0)]
+    flood_workers: u32,
     /// storm: longest wait for every client to be back, seconds.
     #[arg(long, default_value_t = 60.0)]
     storm_timeout_secs: f64,
@@ -368,6 +373,7 @@ async fn run(cmd: Cmd) -> Result<(), String> {
                 refresh_secs: secs,
                 flood_every: 10,
                 flood_rate: 100,
+                flood_workers: 0,
                 storm_timeout_secs: 30.0,
                 backoff_ms: (500, 30_000),
                 target: Target::Fixed,
@@ -523,6 +529,7 @@ async fn run_scenarios(a: RunArgs) -> Result<(), String> {
         refresh_secs: a.refresh_secs,
         flood_every: a.flood_every,
         flood_rate: a.flood_rate,
+        flood_workers: a.flood_workers,
         storm_timeout_secs: a.storm_timeout_secs,
         backoff_ms: (a.backoff_base_ms, a.backoff_cap_ms.max(a.backoff_base_ms)),
         target,

@@ -108,6 +108,10 @@ pub struct RunSpec {
     pub flood_every: u32,
     /// `PING`s per second per flooding client.
     pub flood_rate: u32,
+    /// Flooders only in the last this many workers, which then send no pushes, so that
+    /// the measuring clients' own process never handles flood traffic (0: flooders in
+    /// every worker).
+    pub flood_workers: u32,
     /// Longest wait for everyone to reconnect after a kill, seconds.
     pub storm_timeout_secs: f64,
     /// Reconnect backoff base and cap, ms.
@@ -476,8 +480,14 @@ impl<'a> Run<'a> {
     }
 
     async fn pushes(&mut self, rate: f64, secs: f64) -> Result<(), RunError> {
-        let w = self.workers.pids().len().max(1) as f64;
-        self.workers.send(&Command::Pushes { rate: rate / w, secs }).await?;
+        self.pushes_from(rate, secs, u32::MAX).await
+    }
+
+    /// Pushes at `rate` for `secs` from workers numbered below `upto`.
+    async fn pushes_from(&mut self, rate: f64, secs: f64, upto: u32) -> Result<(), RunError> {
+        let n = (self.workers.pids().len() as u32).min(upto).max(1);
+        let cmd = Command::Pushes { rate: rate / f64::from(n), secs };
+        self.workers.send_to(|w| w < n, &cmd).await?;
         self.wait("push", Duration::from_secs_f64(secs)).await?;
         Ok(())
     }
@@ -618,30 +628,39 @@ impl<'a> Run<'a> {
     async fn flood_phase(&mut self) -> Result<(), RunError> {
         let rate = if self.spec.push_rate > 0.0 { self.spec.push_rate } else { 200.0 };
         let secs = self.spec.push_secs;
-        // Without the flood.
+        let every = self.spec.flood_every.max(1);
+        let w = self.workers.pids().len() as u32;
+        let k = self.spec.flood_workers.min(w.saturating_sub(1));
+        // With k > 0, workers below `split` measure and the others flood; else every worker
+        // does both (its flooders are skipped as push targets).
+        let split = w - k;
+        let (flooders_from, pushers_below) = if k > 0 { (split, split) } else { (0, u32::MAX) };
+        // The same clients measure in both halves: without, then with the flood.
         let start = self.t();
         let before = self.totals().counters;
         self.progress
             .line(&format!("flood: pushes at {rate:.0}/s for {secs:.0} s without the flood"));
-        self.pushes(rate, secs).await?;
+        self.pushes_from(rate, secs, pushers_below).await?;
         self.drain_pushes(&before, Duration::from_secs(10)).await?;
         let c = self.totals().counters.since(&before);
         let off =
             self.finish_phase("flood-off", start, &before, Self::push_figures(&c), &[]).await?;
-        // With it.
         let start = self.t();
         let before = self.totals().counters;
-        let every = self.spec.flood_every.max(1);
         self.progress.line(&format!(
-            "flood: one client in {every} pipelines {} PINGs/s; pushes at {rate:.0}/s for {secs:.0} s",
+            "flood: one client in {every} of {} worker(s) pipelines {} PINGs/s; pushes at {rate:.0}/s for {secs:.0} s",
+            w - flooders_from,
             self.spec.flood_rate
         ));
-        self.workers.send(&Command::Flood { every, rate: self.spec.flood_rate }).await?;
-        self.pushes(rate, secs).await?;
+        let flood = Command::Flood { every, rate: self.spec.flood_rate };
+        self.workers.send_to(|i| i >= flooders_from, &flood).await?;
+        self.pushes_from(rate, secs, pushers_below).await?;
+        let flooding = self.totals().gauges.flooding;
         self.workers.send(&Command::Flood { every, rate: 0 }).await?;
         self.drain_pushes(&before, Duration::from_secs(10)).await?;
         let c = self.totals().counters.since(&before);
         let mut f = Self::push_figures(&c);
+        f.insert("flooding_clients".into(), json!(flooding));
         f.insert("flood_pings".into(), json!(c.flood_pings));
         f.insert("flood_pongs".into(), json!(c.flood_pongs));
         f.insert(
@@ -948,6 +967,7 @@ mod tests {
             refresh_secs: 1.0,
             flood_every: 10,
             flood_rate: 100,
+            flood_workers: 0,
             storm_timeout_secs: 10.0,
             backoff_ms: (500, 30_000),
             target: Target::Fixed,

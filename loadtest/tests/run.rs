@@ -41,11 +41,12 @@ fn loadtest() -> Command {
     c
 }
 
-/// Run `holdfast-loadtest run ARGS --out DIR`; the parsed `result.json`.
-fn run(dir: &Path, args: &[&str]) -> Value {
+/// Run `holdfast-loadtest run ARGS --out DIR` (ARGS split at whitespace); the parsed
+/// `result.json`.
+fn run(dir: &Path, args: &str) -> Value {
     let out = loadtest()
         .arg("run")
-        .args(args)
+        .args(args.split_whitespace())
         .args(["--no-sysctl", "--quiet", "--out", dir.to_str().unwrap()])
         .args(["--bin-dir", bin_dir().to_str().unwrap()])
         .output()
@@ -121,35 +122,10 @@ fn cluster_run_counts_every_push_merges_histograms_exactly_and_renders_its_repor
     let dir = temp_dir("cluster-run");
     let r = run(
         &dir,
-        &[
-            "--cluster",
-            "2",
-            "--with-scheduler",
-            "--clients",
-            "300",
-            "--per-worker",
-            "150",
-            "--rate",
-            "1000",
-            "--heartbeat-ms",
-            "1000",
-            "--scenarios",
-            "hold,push,broadcast,refresh,storm",
-            "--hold-secs",
-            "2",
-            "--push-rate",
-            "200",
-            "--push-secs",
-            "2",
-            "--broadcasts",
-            "2",
-            "--refresh-secs",
-            "2",
-            "--storm-timeout-secs",
-            "30",
-            "--backoff-cap-ms",
-            "2000",
-        ],
+        "--cluster 2 --with-scheduler --clients 300 --per-worker 150 --rate 1000 \
+         --heartbeat-ms 1000 --scenarios hold,push,broadcast,refresh,storm --hold-secs 2 \
+         --push-rate 200 --push-secs 2 --broadcasts 2 --refresh-secs 2 \
+         --storm-timeout-secs 30 --backoff-cap-ms 2000",
     );
     // Two workers, every client connected through the scheduler.
     assert_eq!(r["workers"].as_array().unwrap().len(), 2);
@@ -224,37 +200,20 @@ fn flood_and_heartbeat_cpu_scenarios_report_their_figures() {
     let dir = temp_dir("flood");
     let r = run(
         &dir,
-        &[
-            "--cluster",
-            "1",
-            "--clients",
-            "200",
-            "--heartbeat-ms",
-            "1000",
-            "--scenarios",
-            "heartbeat-cpu,flood",
-            "--hold-secs",
-            "2",
-            "--settle-secs",
-            "1",
-            "--push-rate",
-            "100",
-            "--push-secs",
-            "2",
-            "--flood-every",
-            "20",
-            "--flood-rate",
-            "2000",
-        ],
+        "--cluster 1 --clients 220 --per-worker 110 --heartbeat-ms 1000 \
+         --scenarios heartbeat-cpu,flood --hold-secs 2 --settle-secs 1 --push-rate 100 \
+         --push-secs 2 --flood-workers 1 --flood-every 11 --flood-rate 2000",
     );
     let hb = phase(&r, "heartbeat-cpu");
-    assert!(hb["figures"]["pongs"].as_u64().unwrap() >= 200, "{hb}");
+    assert!(hb["figures"]["pongs"].as_u64().unwrap() >= 220, "{hb}");
     assert!(hb["figures"]["gateway_cpu_us_per_heartbeat"].as_f64().unwrap() > 0.0, "{hb}");
     assert!(hb["figures"]["tool_cpu_us_per_heartbeat"].as_f64().unwrap() > 0.0, "{hb}");
     let off = phase(&r, "flood-off");
     assert_eq!(off["figures"]["lost"], 0, "{off}");
     let on = phase(&r, "flood-on");
     let f = &on["figures"];
+    // Flooders only in the second worker (110 / 11); the pushes came from the first.
+    assert_eq!(f["flooding_clients"], 10, "{on}");
     // 10 flooders at 2,000 PINGs/s for 2 s, answered (the gateway's limit was raised).
     assert!(f["flood_pongs"].as_u64().unwrap() > 10_000, "{on}");
     assert_eq!(f["closed_by_gateway"], 0, "{on}");
