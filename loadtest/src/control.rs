@@ -4,7 +4,8 @@
 //! The event loop never blocks: it hands [`Request`]s to this thread over a channel, and
 //! gets [`Reply`]s back over another, with a `mio::Waker` to wake it. This thread runs a
 //! current-thread tokio runtime with one `reqwest` client (keep-alive, at most
-//! [`MAX_IN_FLIGHT`] requests at once); a second plain thread reads command lines from stdin.
+//! [`MAX_DISPATCH_IN_FLIGHT`] dispatch and [`MAX_PUSHES_IN_FLIGHT`] push requests at once);
+//! a second plain thread reads command lines from stdin.
 
 use std::io::BufRead;
 use std::net::SocketAddr;
@@ -16,8 +17,12 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::plan::{Command, unicast_payload, wall_ns};
 
-/// Most HTTP requests of one worker in flight at once.
-pub const MAX_IN_FLIGHT: usize = 512;
+/// Most push API requests of one worker in flight at once.
+pub const MAX_PUSHES_IN_FLIGHT: usize = 128;
+/// Most dispatch requests of one worker in flight at once. Each may hold a connection to
+/// the scheduler, and 50 workers × 512 once exhausted a scheduler's open-file limit; with
+/// keep-alive, 32 answer thousands per second.
+pub const MAX_DISPATCH_IN_FLIGHT: usize = 32;
 
 /// What the event loop asks the control thread to do.
 #[derive(Debug)]
@@ -143,7 +148,7 @@ async fn serve(
 ) {
     let http = match reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
-        .pool_max_idle_per_host(MAX_IN_FLIGHT)
+        .pool_max_idle_per_host(MAX_PUSHES_IN_FLIGHT)
         .no_proxy()
         .build()
     {
@@ -153,10 +158,15 @@ async fn serve(
             return;
         }
     };
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    let dispatch_slots = Arc::new(tokio::sync::Semaphore::new(MAX_DISPATCH_IN_FLIGHT));
+    let push_slots = Arc::new(tokio::sync::Semaphore::new(MAX_PUSHES_IN_FLIGHT));
     let base = dispatch_url.map(|u| u.trim_end_matches('/').to_owned());
     while let Some(req) = requests.recv().await {
-        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else { break };
+        let slots = match req {
+            Request::Dispatch { .. } => &dispatch_slots,
+            Request::Push { .. } => &push_slots,
+        };
+        let Ok(permit) = Arc::clone(slots).acquire_owned().await else { break };
         let http = http.clone();
         let replies = replies.clone();
         let waker = Arc::clone(&waker);

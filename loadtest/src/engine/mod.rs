@@ -234,7 +234,12 @@ impl Engine {
         }
         let elapsed = now.duration_since(self.epoch).as_secs_f64();
         let due = ((self.plan.rate * elapsed) as usize + 1).min(clients);
-        while self.conns.len() < due && (self.pending() as u32) < self.plan.max_pending {
+        // Clients awaiting a dispatch answer count as pending too: the ramp never runs
+        // ahead of the scheduler.
+        while self.conns.len() < due
+            && ((self.pending() + self.phases[Phase::Dispatching as usize]) as u32)
+                < self.plan.max_pending
+        {
             let idx = self.conns.len();
             match self.new_session(idx, now) {
                 Ok(session) => {
