@@ -94,6 +94,8 @@ pub enum Command {
         /// Names the phase the histograms belong to.
         tag: String,
     },
+    /// Start no more clients (the ramp gave up); those started carry on.
+    StopRamp,
     /// Close every connection (acknowledging what was received) and exit.
     Stop,
 }
@@ -122,7 +124,7 @@ pub enum Report {
         worker: u32,
         /// The tag of the command.
         tag: String,
-        /// Each histogram, serialized exactly (HDR V2, base64).
+        /// Each histogram, serialized exactly (HDR V2 deflated, base64).
         histograms: SerializedHistograms,
     },
     /// The worker is done (after [`Command::Stop`] or a fatal error).

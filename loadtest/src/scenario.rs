@@ -324,7 +324,8 @@ impl<'a> Run<'a> {
         figures: BTreeMap<String, serde_json::Value>,
         rename: &[(&str, &str)],
     ) -> Result<BTreeMap<String, Summary>, RunError> {
-        let merged = self.workers.take_histograms(name, Duration::from_secs(20)).await?;
+        // Generous: on a saturated machine a worker may take a while to answer.
+        let merged = self.workers.take_histograms(name, Duration::from_secs(120)).await?;
         for (w, counts) in &merged.per_worker {
             let e = self.per_worker_counts.entry(*w).or_default();
             for (k, n) in counts {
@@ -397,6 +398,11 @@ impl<'a> Run<'a> {
             })
             .await?;
         self.progress.end_ramp();
+        if !ok {
+            // Phases after the ramp measure a steady state: stop starting clients.
+            self.workers.send(&Command::StopRamp).await?;
+            self.progress.line("ramp: timed out; no more clients are started");
+        }
         let t = self.totals();
         let secs = self.t() - start;
         let mut f = BTreeMap::new();
@@ -508,6 +514,10 @@ impl<'a> Run<'a> {
     fn push_figures(c: &Counters) -> BTreeMap<String, serde_json::Value> {
         let mut f = BTreeMap::new();
         f.insert("api_calls".into(), json!(c.push_calls));
+        // Calls still queued in the tool (or unanswered) when the phase ended: the tool
+        // could not keep the rate. Latency is stamped when a call is made, not queued.
+        let answered = c.push_delivered + c.push_offline + c.push_failed;
+        f.insert("unanswered".into(), json!(c.push_calls.saturating_sub(answered)));
         f.insert("delivered".into(), json!(c.push_delivered));
         f.insert("received".into(), json!(c.push_received));
         f.insert("offline".into(), json!(c.push_offline));
@@ -806,6 +816,7 @@ pub async fn run(
     let plans = plans(&spec);
     let worker_clients: Vec<u32> = plans.iter().map(|p| p.clients).collect();
     let started_unix_ms = wall_ns() / 1_000_000;
+    let machine = crate::report::machine();
     let workers = Workers::spawn(&spec.exe, plans, Some(&spec.out_dir.join("workers.log"))).await?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -836,12 +847,21 @@ pub async fn run(
     run.workers.stop(Duration::from_secs(10)).await;
     run.progress.end_ramp();
     let interrupted = matches!(outcome, Err(RunError::Interrupted));
+    let mut result = run.result(worker_clients, started_unix_ms, interrupted);
+    result.machine = machine;
+    if let Ok(l) = std::fs::read_to_string("/proc/loadavg") {
+        let end = l.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+        result.machine.insert("loadavg_at_end".into(), end);
+    }
     if let Err(e) = &outcome
         && !interrupted
     {
-        return Err(RunError::Spec(e.to_string()));
+        // What was measured before the failure is still worth keeping.
+        result.figures.insert("error".into(), json!(e.to_string()));
+        let dir = run.spec.out_dir.clone();
+        result.write(&dir)?;
+        return Err(RunError::Spec(format!("{e} (partial result in {})", dir.display())));
     }
-    let mut result = run.result(worker_clients, started_unix_ms, interrupted);
     let dir = run.spec.out_dir.clone();
     result.write(&dir)?;
     Ok(result)

@@ -47,6 +47,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const FLOOD_TICK: Duration = Duration::from_millis(10);
 /// Id of every flood `PING` (the session's own ids count up from 1 and never reach it).
 const FLOOD_PING_ID: u32 = 0x8000_0001;
+/// Timers fire on this grid (2 ms, as the reference harness in `../shared/peers` wakes):
+/// heartbeats are late by at most that much, and a
+/// worker wakes once for all the deadlines that fall in one slot.
+const TIMER_GRID_NS: u64 = 2_000_000;
 /// Unsent bytes past which a client is considered stuck and its connection dropped.
 const MAX_UNSENT: usize = 4 << 20;
 
@@ -219,6 +223,9 @@ impl Engine {
             wake = wake.min(FLOOD_TICK.saturating_sub(now.duration_since(self.last_flood)));
         }
         if let Some(at) = self.timers.next_ns() {
+            // Round up to the timer grid, so deadlines close together are handled in one
+            // wake-up (a session takes a late `handle_timeout` in its stride).
+            let at = at.div_ceil(TIMER_GRID_NS) * TIMER_GRID_NS;
             let now_ns = self.ns(now);
             wake = wake.min(Duration::from_nanos(at.saturating_sub(now_ns)));
         }
@@ -432,6 +439,12 @@ impl Engine {
                 Ok(n) => {
                     c.session.receive(&self.buf[..n], now);
                     self.after_input(idx, now);
+                    if n < self.buf.len() {
+                        // A short read emptied the socket's receive queue; anything that
+                        // arrives later raises a new edge. Saves the read that would only
+                        // say WouldBlock: one syscall per heartbeat.
+                        return;
+                    }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -779,6 +792,7 @@ impl Engine {
                 };
                 self.emit(&report);
             }
+            Command::StopRamp => self.plan.clients = self.conns.len() as u32,
             Command::Stop => self.stopping = true,
         }
     }
