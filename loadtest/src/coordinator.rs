@@ -65,6 +65,8 @@ pub struct Merged {
     pub histograms: Histograms,
     /// Worker → histogram name → samples in that worker's histogram.
     pub per_worker: BTreeMap<u32, BTreeMap<String, u64>>,
+    /// Live workers whose histograms did not arrive in time (left out of the merge).
+    pub missing: Vec<u32>,
 }
 
 struct Proc {
@@ -248,7 +250,9 @@ impl Workers {
     }
 
     /// Ask every live worker for its histograms under `tag`, wait (at most `timeout`) for all
-    /// answers, and merge them exactly.
+    /// answers, and merge them exactly. Workers that do not answer in time (a saturated
+    /// machine) are listed in [`Merged::missing`] and left out; their late answers are
+    /// dropped.
     pub async fn take_histograms(
         &mut self,
         tag: &str,
@@ -257,13 +261,18 @@ impl Workers {
         self.send(&Command::TakeHistograms { tag: tag.to_owned() }).await?;
         let live = self.procs.iter().filter(|p| !p.done).count();
         let deadline = Instant::now() + timeout;
-        while self.histograms.get(tag).map_or(0, Vec::len) < live {
-            if Instant::now() >= deadline {
-                return Err(CoordinatorError::Timeout(format!("histograms {tag:?}")));
-            }
+        while self.histograms.get(tag).map_or(0, Vec::len) < live && Instant::now() < deadline {
             self.pump(Instant::now() + Duration::from_millis(100)).await;
         }
         let mut merged = Merged::default();
+        let answered: Vec<u32> = self
+            .histograms
+            .get(tag)
+            .map(|v| v.iter().map(|(w, _)| *w).collect())
+            .unwrap_or_default();
+        merged.missing = (0..self.procs.len() as u32)
+            .filter(|w| !self.procs[*w as usize].done && !answered.contains(w))
+            .collect();
         for (worker, h) in self.histograms.remove(tag).unwrap_or_default() {
             let mut own = Histograms::default();
             own.merge_serialized(&h)?;

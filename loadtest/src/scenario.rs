@@ -332,6 +332,14 @@ impl<'a> Run<'a> {
                 *e.entry(k.clone()).or_default() += n;
             }
         }
+        let mut figures = figures;
+        if !merged.missing.is_empty() {
+            figures.insert("histograms_missing_workers".into(), json!(merged.missing));
+            self.progress.line(&format!(
+                "{name}: no histograms from worker(s) {:?} within 120 s; left out",
+                merged.missing
+            ));
+        }
         let mut latency = BTreeMap::new();
         for name in HISTOGRAMS {
             let s = merged.histograms.summary(name);
