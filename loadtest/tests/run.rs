@@ -275,3 +275,48 @@ fn cluster_launcher_leaves_no_process_behind_on_ctrl_c_or_kill_9() {
     assert_eq!(wait_gone(&pids, Duration::from_secs(5)), Vec::<u64>::new());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn ctrl_c_during_a_run_stops_everything_and_keeps_what_was_measured() {
+    let dir = temp_dir("interrupt");
+    let mut child = loadtest()
+        .args(
+            "run --cluster 2 --clients 200 --scenarios hold --hold-secs 600 --no-sysctl".split(' '),
+        )
+        .args(["--out", dir.to_str().unwrap(), "--bin-dir", bin_dir().to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut gateway_pids: Vec<u64> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "the hold did not start");
+        let line = lines.next().expect("run ended early").unwrap();
+        if line.starts_with("cluster: gw-") {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            gateway_pids.push(words[3].parse().unwrap());
+        }
+        if line.contains("hold: holding") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    // SAFETY: signalling a child we spawned and have not reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "run did not stop on Ctrl-C");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("result.json")).unwrap()).unwrap();
+    assert_eq!(r["figures"]["interrupted"], true);
+    assert_eq!(phase(&r, "ramp")["figures"]["established"], 200);
+    let mut pids: Vec<u64> =
+        r["workers"].as_array().unwrap().iter().map(|w| w["pid"].as_u64().unwrap()).collect();
+    assert_eq!(gateway_pids.len(), 2);
+    pids.extend(gateway_pids);
+    assert_eq!(wait_gone(&pids, Duration::from_secs(5)), Vec::<u64>::new());
+    let _ = std::fs::remove_dir_all(dir);
+}
