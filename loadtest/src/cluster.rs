@@ -306,14 +306,37 @@ impl Cluster {
 
     /// `kill -9` gateway `i` and stop its agent; returns its pid.
     pub async fn kill_gateway(&mut self, i: usize) -> Option<u32> {
-        let g = self.gateways.get_mut(i)?;
-        let mut child = g.child.take()?;
-        let _ = child.start_kill();
-        let _ = child.wait().await;
+        self.stop_gateway(i, false).await
+    }
+
+    /// Stop gateway `i`: its agent first (the scheduler stops naming it after its TTL),
+    /// then `SIGTERM` when `graceful` (the gateway sends every client `REDIRECT`
+    /// `SERVER_SHUTDOWN` and exits; `SIGKILL` after 30 s) or `SIGKILL`. Returns its pid.
+    pub async fn stop_gateway(&mut self, i: usize, graceful: bool) -> Option<u32> {
         if let Some(agent) = self.agents.get_mut(i).and_then(Option::take) {
             agent.stop().await;
         }
+        let g = self.gateways.get_mut(i)?;
+        let mut child = g.child.take()?;
+        if graceful {
+            if let Some(pid) = child.id() {
+                // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
+                unsafe {
+                    libc::kill(pid as libc::pid_t, libc::SIGTERM);
+                }
+            }
+            if tokio::time::timeout(Duration::from_secs(30), child.wait()).await.is_ok() {
+                return Some(g.pid);
+            }
+        }
+        let _ = child.start_kill();
+        let _ = child.wait().await;
         Some(g.pid)
+    }
+
+    /// The first gateway still running, by index.
+    pub fn first_live(&self) -> Option<usize> {
+        self.gateways.iter().position(|g| g.child.is_some())
     }
 
     /// Stop everything: agents, then SIGTERM to every process, SIGKILL after `grace`.

@@ -20,7 +20,7 @@
 //!   merges their HDR histograms exactly ([`stats`]).
 //! - [`cluster`]: the local cluster launcher (gateway processes, a scheduler and a
 //!   registration agent per gateway), readiness on ready lines, teardown of everything.
-//! - [`scenario`]: ramp, hold, unicast pushes, broadcast, reconnect storm, token refresh,
+//! - [`scenario`]: ramp, hold, unicast pushes, broadcast, drain, reconnect storm, token refresh,
 //!   flood fairness, CPU per heartbeat; [`progress`]: the terminal view; [`report`]: the
 //!   JSON result and the HTML report with inline SVG charts; [`procfs`]: CPU and memory
 //!   of processes.

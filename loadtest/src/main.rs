@@ -142,7 +142,7 @@ struct ClusterArgs {
 #[derive(ClapArgs, Debug)]
 struct RunArgs {
     /// Phases after the ramp, comma-separated: hold, heartbeat-cpu, push, broadcast,
-    /// refresh, flood, storm (they run in that order).
+    /// refresh, flood, drain, storm (they run in that order).
     #[arg(long, value_delimiter = ',', default_value = "hold,push,broadcast")]
     scenarios: Vec<String>,
     /// Clients in total.
@@ -234,7 +234,7 @@ struct RunArgs {
     /// flooders into every worker.
     #[arg(long, default_value_t = 0)]
     flood_workers: u32,
-    /// storm: longest wait for every client to be back, seconds.
+    /// drain, storm: longest wait for every client to be back, seconds.
     #[arg(long, default_value_t = 60.0)]
     storm_timeout_secs: f64,
     /// Reconnect backoff base, ms.

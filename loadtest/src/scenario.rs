@@ -7,8 +7,8 @@
 //! received), `broadcast` (one push to everyone: time until the last client has it, how
 //! many got it), `refresh` (every client refreshes its token), `flood` (a share of clients
 //! pipeline `PING`s while the others measure push latency: p99 with and without, as a
-//! ratio), `storm` (kill a gateway: time until everyone is back, peak dispatch rate, pushes
-//! lost). `docs/LOADTEST.md` describes each figure.
+//! ratio), `drain` (`SIGTERM` a gateway: its clients are redirected), `storm` (kill a
+//! gateway: time until everyone is back, peak dispatch rate, pushes lost). `docs/LOADTEST.md` describes each figure.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -38,19 +38,22 @@ pub enum Scenario {
     Refresh,
     /// Flood fairness.
     Flood,
+    /// Graceful stop (`SIGTERM`) of a gateway: its clients are redirected elsewhere.
+    Drain,
     /// Reconnect storm after `kill -9` of a gateway.
     Storm,
 }
 
 impl Scenario {
     /// Every scenario with its name.
-    pub const ALL: [(Scenario, &'static str); 7] = [
+    pub const ALL: [(Scenario, &'static str); 8] = [
         (Scenario::Hold, "hold"),
         (Scenario::HeartbeatCpu, "heartbeat-cpu"),
         (Scenario::Push, "push"),
         (Scenario::Broadcast, "broadcast"),
         (Scenario::Refresh, "refresh"),
         (Scenario::Flood, "flood"),
+        (Scenario::Drain, "drain"),
         (Scenario::Storm, "storm"),
     ];
 
@@ -706,18 +709,21 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    async fn storm_phase(&mut self) -> Result<(), RunError> {
+    /// Stop the first live gateway (`graceful`: `SIGTERM`, else `kill -9`) with pushes
+    /// running, and wait until every client is connected again.
+    async fn outage_phase(&mut self, name: &str, graceful: bool) -> Result<(), RunError> {
         let start = self.t();
         let before = self.totals();
         let Some(cluster) = self.cluster.as_deref_mut() else {
-            return Err(RunError::Spec(
-                "storm needs a cluster launched by this run (--cluster)".into(),
-            ));
+            return Err(RunError::Spec(format!(
+                "{name} needs a cluster launched by this run (--cluster)"
+            )));
         };
         if cluster.gateway_pids().len() < 2 {
-            return Err(RunError::Spec("storm needs at least 2 live gateways".into()));
+            return Err(RunError::Spec(format!("{name} needs at least 2 live gateways")));
         }
-        let victim_load = cluster.established().first().copied().unwrap_or(0);
+        let victim = cluster.first_live().unwrap_or(0);
+        let victim_load = cluster.established().get(victim).copied().unwrap_or(0);
         let secs = self.spec.storm_timeout_secs;
         let with_pushes = self.spec.push_rate > 0.0;
         if with_pushes {
@@ -725,24 +731,26 @@ impl<'a> Run<'a> {
             self.workers
                 .send(&Command::Pushes { rate: self.spec.push_rate / w, secs: secs + 5.0 })
                 .await?;
-            self.wait("storm", Duration::from_secs(2)).await?;
+            self.wait(name, Duration::from_secs(2)).await?;
         }
         let target = before.gauges.established;
         let cluster =
             self.cluster.as_deref_mut().ok_or_else(|| RunError::Spec("no cluster".into()))?;
-        let pid = cluster.kill_gateway(0).await;
+        let t_kill = self.started.elapsed().as_secs_f64();
         let killed_at = Instant::now();
-        let t_kill = self.t();
+        let pid = cluster.stop_gateway(victim, graceful).await;
         self.progress.line(&format!(
-            "storm: killed gateway 1 (pid {}) holding ~{victim_load} clients; waiting for {target} to be back",
+            "{name}: {} gateway {} (pid {}) holding ~{victim_load} clients; waiting for {target} to be back",
+            if graceful { "stopped (SIGTERM)" } else { "killed (SIGKILL)" },
+            victim + 1,
             pid.unwrap_or(0)
         ));
         // First see the loss (stats arrive once a second), then the recovery.
-        self.wait_until("storm", Duration::from_secs(10), move |t| t.gauges.established < target)
+        self.wait_until(name, Duration::from_secs(10), move |t| t.gauges.established < target)
             .await?;
         let down_before = before.gauges.down;
         let back = self
-            .wait_until("storm", Duration::from_secs_f64(secs), move |t| {
+            .wait_until(name, Duration::from_secs_f64(secs), move |t| {
                 t.gauges.established + t.gauges.down.saturating_sub(down_before) >= target
             })
             .await?;
@@ -763,7 +771,8 @@ impl<'a> Run<'a> {
             })
             .fold(0.0, f64::max);
         let mut f = Self::push_figures(&c);
-        f.insert("killed_gateway_clients".into(), json!(victim_load));
+        f.insert("stopped_gateway_clients".into(), json!(victim_load));
+        f.insert("redirected".into(), json!(c.redirected));
         f.insert("all_back".into(), json!(back));
         f.insert("seconds_until_all_back".into(), json!(round2(recovery)));
         f.insert("reconnects".into(), json!(c.reconnects));
@@ -771,10 +780,13 @@ impl<'a> Run<'a> {
         f.insert("established_after".into(), json!(self.totals().gauges.established));
         if let Some(c) = self.cluster.as_deref() {
             // Reported by each gateway's /v1/stats (polled every 500 ms).
-            let per: Vec<u64> = c.established().into_iter().skip(1).collect();
+            let live: Vec<usize> = (0..c.gateways.len())
+                .filter(|i| c.gateway_pids().contains(&c.gateways[*i].pid))
+                .collect();
+            let per: Vec<u64> = live.iter().map(|i| c.established()[*i]).collect();
             f.insert("max_connections_on_one_gateway_after".into(), json!(per.iter().max()));
         }
-        self.finish_phase("storm", start, &before.counters, f, &[]).await?;
+        self.finish_phase(name, start, &before.counters, f, &[]).await?;
         Ok(())
     }
 }
@@ -892,7 +904,8 @@ async fn run_phases(run: &mut Run<'_>) -> Result<(), RunError> {
             Scenario::Broadcast => run.broadcast_phase().await?,
             Scenario::Refresh => run.refresh_phase().await?,
             Scenario::Flood => run.flood_phase().await?,
-            Scenario::Storm => run.storm_phase().await?,
+            Scenario::Drain => run.outage_phase("drain", true).await?,
+            Scenario::Storm => run.outage_phase("storm", false).await?,
         }
     }
     Ok(())

@@ -122,12 +122,12 @@ fn cluster_run_counts_every_push_merges_histograms_exactly_and_renders_its_repor
     let dir = temp_dir("cluster-run");
     let r = run(
         &dir,
-        "--cluster 2 --with-scheduler --clients 300 --per-worker 150 --rate 1000 \
-         --heartbeat-ms 1000 --scenarios hold,push,broadcast,refresh,storm --hold-secs 2 \
+        "--cluster 3 --with-scheduler --clients 300 --per-worker 150 --rate 1000 \
+         --heartbeat-ms 1000 --scenarios hold,push,broadcast,refresh,drain,storm --hold-secs 2 \
          --push-rate 200 --push-secs 2 --broadcasts 2 --refresh-secs 2 \
          --storm-timeout-secs 30 --backoff-cap-ms 2000",
     );
-    // Two workers, every client connected through the scheduler.
+    // Two workers, every client connected through the scheduler (3 gateways).
     assert_eq!(r["workers"].as_array().unwrap().len(), 2);
     assert_eq!(phase(&r, "ramp")["figures"]["established"], 300, "{r}");
     assert!(r["totals"]["dispatch_requests"].as_u64().unwrap() >= 300);
@@ -153,9 +153,17 @@ fn cluster_run_counts_every_push_merges_histograms_exactly_and_renders_its_repor
     let rf = phase(&r, "refresh");
     assert_eq!(rf["figures"]["sent"], 300, "{rf}");
     assert_eq!(rf["figures"]["ok"], 300, "{rf}");
-    // Storm: one gateway killed, its clients all back on the other.
+    // Drain: one gateway stopped with SIGTERM redirects its clients, all back elsewhere.
+    let d = phase(&r, "drain");
+    let stopped = d["figures"]["stopped_gateway_clients"].as_u64().unwrap();
+    assert!(stopped > 0, "{d}");
+    assert!(d["figures"]["redirected"].as_u64().unwrap() >= stopped, "{d}");
+    assert_eq!(d["figures"]["all_back"], true, "{d}");
+    assert_eq!(d["figures"]["established_after"], 300, "{d}");
+    assert_eq!(d["figures"]["lost"], 0, "{d}");
+    // Storm: another gateway killed, its clients all back on the last one.
     let s = phase(&r, "storm");
-    let killed = s["figures"]["killed_gateway_clients"].as_u64().unwrap();
+    let killed = s["figures"]["stopped_gateway_clients"].as_u64().unwrap();
     assert!(killed > 0, "{s}");
     assert_eq!(s["figures"]["all_back"], true, "{s}");
     assert!(s["figures"]["reconnects"].as_u64().unwrap() >= killed, "{s}");
