@@ -20,10 +20,10 @@
 //!   merges their HDR histograms exactly ([`stats`]).
 //! - [`cluster`]: the local cluster launcher (gateway processes, a scheduler and a
 //!   registration agent per gateway), readiness on ready lines, teardown of everything.
-//! - [`scenario`]: ramp, hold, unicast pushes, broadcast, drain, reconnect storm, token refresh,
-//!   flood fairness, CPU per heartbeat; [`progress`]: the terminal view; [`report`]: the
-//!   JSON result and the HTML report with inline SVG charts; [`procfs`]: CPU and memory
-//!   of processes.
+//! - [`scenario`]: ramp, hold, CPU per heartbeat, unicast pushes, broadcast, token
+//!   refresh, flood fairness, kick, drain, reconnect storm; [`progress`]: the terminal
+//!   view; [`report`]: the JSON result and the HTML report with inline SVG charts;
+//!   [`procfs`]: CPU and memory of processes.
 //! - [`token`] mints development JWTs; [`demo`] and [`drive`] run a few clients on tokio for the
 //!   `client` and `demo` subcommands.
 //!

@@ -142,7 +142,7 @@ struct ClusterArgs {
 #[derive(ClapArgs, Debug)]
 struct RunArgs {
     /// Phases after the ramp, comma-separated: hold, heartbeat-cpu, push, broadcast,
-    /// refresh, flood, drain, storm (they run in that order).
+    /// refresh, flood, kick, drain, storm (they run in that order).
     #[arg(long, value_delimiter = ',', default_value = "hold,push,broadcast")]
     scenarios: Vec<String>,
     /// Clients in total.
@@ -234,7 +234,14 @@ struct RunArgs {
     /// flooders into every worker.
     #[arg(long, default_value_t = 0)]
     flood_workers: u32,
-    /// drain, storm: longest wait for every client to be back, seconds.
+    /// kick: users to kick through the API (spread over the client indices).
+    #[arg(long, default_value_t = 100)]
+    kick_users: u64,
+    /// kick: the code, 3xx: 303 (token expired) makes clients come back with a new token;
+    /// 301, 302, 304 make them stay away.
+    #[arg(long, default_value_t = 303)]
+    kick_code: u16,
+    /// kick, drain, storm: longest wait for every client to be back, seconds.
     #[arg(long, default_value_t = 60.0)]
     storm_timeout_secs: f64,
     /// Reconnect backoff base, ms.
@@ -374,6 +381,8 @@ async fn run(cmd: Cmd) -> Result<(), String> {
                 flood_every: 10,
                 flood_rate: 100,
                 flood_workers: 0,
+                kick_users: 0,
+                kick_code: 303,
                 storm_timeout_secs: 30.0,
                 backoff_ms: (500, 30_000),
                 target: Target::Fixed,
@@ -530,6 +539,8 @@ async fn run_scenarios(a: RunArgs) -> Result<(), String> {
         flood_every: a.flood_every,
         flood_rate: a.flood_rate,
         flood_workers: a.flood_workers,
+        kick_users: a.kick_users,
+        kick_code: a.kick_code,
         storm_timeout_secs: a.storm_timeout_secs,
         backoff_ms: (a.backoff_base_ms, a.backoff_cap_ms.max(a.backoff_base_ms)),
         target,

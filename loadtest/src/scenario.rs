@@ -38,6 +38,8 @@ pub enum Scenario {
     Refresh,
     /// Flood fairness.
     Flood,
+    /// `KICK` a sample of users through the API; they follow the advice of the code.
+    Kick,
     /// Graceful stop (`SIGTERM`) of a gateway: its clients are redirected elsewhere.
     Drain,
     /// Reconnect storm after `kill -9` of a gateway.
@@ -46,13 +48,14 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario with its name.
-    pub const ALL: [(Scenario, &'static str); 8] = [
+    pub const ALL: [(Scenario, &'static str); 9] = [
         (Scenario::Hold, "hold"),
         (Scenario::HeartbeatCpu, "heartbeat-cpu"),
         (Scenario::Push, "push"),
         (Scenario::Broadcast, "broadcast"),
         (Scenario::Refresh, "refresh"),
         (Scenario::Flood, "flood"),
+        (Scenario::Kick, "kick"),
         (Scenario::Drain, "drain"),
         (Scenario::Storm, "storm"),
     ];
@@ -115,6 +118,11 @@ pub struct RunSpec {
     /// the measuring clients' own process never handles flood traffic (0: flooders in
     /// every worker).
     pub flood_workers: u32,
+    /// Users to kick in the kick phase.
+    pub kick_users: u64,
+    /// The kick code (3xx): 303 (token expired) makes clients reconnect with a new token,
+    /// 301, 302 and 304 make them stay away.
+    pub kick_code: u16,
     /// Longest wait for everyone to reconnect after a kill, seconds.
     pub storm_timeout_secs: f64,
     /// Reconnect backoff base and cap, ms.
@@ -709,6 +717,64 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
+    async fn kick_phase(&mut self) -> Result<(), RunError> {
+        let start = self.t();
+        let before = self.totals();
+        let n = self.spec.kick_users.min(self.spec.clients);
+        let code = self.spec.kick_code;
+        self.progress.line(&format!("kick: {n} users with code {code}"));
+        // Which gateway holds a user is the worker's knowledge, so ask every gateway; the
+        // others answer that the user is not there.
+        let step = (self.spec.clients / n.max(1)).max(1);
+        let gateways = self.live_gateways();
+        let mut kicked = 0u64;
+        for k in 0..n {
+            let user = format!("{}{}", self.spec.user_prefix, k * step);
+            let calls = gateways.iter().map(|g| {
+                let http = self.http.clone();
+                let url = format!("http://{}/v1/kick", g.http);
+                let body = json!({"user": user, "code": code});
+                async move {
+                    let r = http.post(url).json(&body).send().await.ok()?;
+                    let v: serde_json::Value = r.json().await.ok()?;
+                    Some(v["kicked"].as_array().map_or(0, Vec::len) as u64)
+                }
+            });
+            kicked += futures_join(calls).await.into_iter().flatten().sum::<u64>();
+        }
+        let kicked_at = Instant::now();
+        let target = before.gauges.established;
+        let comes_back = code == 303;
+        let b = before.counters.clone();
+        let down_before = before.gauges.down;
+        let done = self
+            .wait_until("kick", Duration::from_secs_f64(self.spec.storm_timeout_secs), move |t| {
+                let c = t.counters.since(&b);
+                c.kicked >= kicked
+                    && if comes_back {
+                        t.gauges.established >= target
+                    } else {
+                        t.gauges.down.saturating_sub(down_before) >= kicked
+                    }
+            })
+            .await?;
+        let c = self.totals().counters.since(&before.counters);
+        let mut f = BTreeMap::new();
+        f.insert("kick_code".into(), json!(code));
+        f.insert("kicked_by_api".into(), json!(kicked));
+        f.insert("kicks_received".into(), json!(c.kicked));
+        f.insert(
+            "reconnected_with_new_token".into(),
+            json!(if comes_back { c.authenticated } else { 0 }),
+        );
+        f.insert("stayed_away".into(), json!(c.gave_up));
+        f.insert("complete".into(), json!(done));
+        f.insert("seconds".into(), json!(round2(kicked_at.elapsed().as_secs_f64())));
+        f.insert("established_after".into(), json!(self.totals().gauges.established));
+        self.finish_phase("kick", start, &before.counters, f, &[]).await?;
+        Ok(())
+    }
+
     /// Stop the first live gateway (`graceful`: `SIGTERM`, else `kill -9`) with pushes
     /// running, and wait until every client is connected again.
     async fn outage_phase(&mut self, name: &str, graceful: bool) -> Result<(), RunError> {
@@ -904,6 +970,7 @@ async fn run_phases(run: &mut Run<'_>) -> Result<(), RunError> {
             Scenario::Broadcast => run.broadcast_phase().await?,
             Scenario::Refresh => run.refresh_phase().await?,
             Scenario::Flood => run.flood_phase().await?,
+            Scenario::Kick => run.kick_phase().await?,
             Scenario::Drain => run.outage_phase("drain", true).await?,
             Scenario::Storm => run.outage_phase("storm", false).await?,
         }
@@ -1009,6 +1076,8 @@ mod tests {
             flood_every: 10,
             flood_rate: 100,
             flood_workers: 0,
+            kick_users: 0,
+            kick_code: 303,
             storm_timeout_secs: 10.0,
             backoff_ms: (500, 30_000),
             target: Target::Fixed,

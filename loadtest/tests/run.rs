@@ -123,9 +123,9 @@ fn cluster_run_counts_every_push_merges_histograms_exactly_and_renders_its_repor
     let r = run(
         &dir,
         "--cluster 3 --with-scheduler --clients 300 --per-worker 150 --rate 1000 \
-         --heartbeat-ms 1000 --scenarios hold,push,broadcast,refresh,drain,storm --hold-secs 2 \
+         --heartbeat-ms 1000 --scenarios hold,push,broadcast,refresh,kick,drain,storm --hold-secs 2 \
          --push-rate 200 --push-secs 2 --broadcasts 2 --refresh-secs 2 \
-         --storm-timeout-secs 30 --backoff-cap-ms 2000",
+         --storm-timeout-secs 30 --backoff-cap-ms 2000 --kick-users 5 --kick-code 302",
     );
     // Two workers, every client connected through the scheduler (3 gateways).
     assert_eq!(r["workers"].as_array().unwrap().len(), 2);
@@ -153,13 +153,19 @@ fn cluster_run_counts_every_push_merges_histograms_exactly_and_renders_its_repor
     let rf = phase(&r, "refresh");
     assert_eq!(rf["figures"]["sent"], 300, "{rf}");
     assert_eq!(rf["figures"]["ok"], 300, "{rf}");
+    // Kick 302 (banned): the 5 kicked clients stay away, as the session advises.
+    let k = phase(&r, "kick");
+    assert_eq!(k["figures"]["kicked_by_api"], 5, "{k}");
+    assert_eq!(k["figures"]["kicks_received"], 5, "{k}");
+    assert_eq!(k["figures"]["stayed_away"], 5, "{k}");
+    assert_eq!(k["figures"]["established_after"], 295, "{k}");
     // Drain: one gateway stopped with SIGTERM redirects its clients, all back elsewhere.
     let d = phase(&r, "drain");
     let stopped = d["figures"]["stopped_gateway_clients"].as_u64().unwrap();
     assert!(stopped > 0, "{d}");
     assert!(d["figures"]["redirected"].as_u64().unwrap() >= stopped, "{d}");
     assert_eq!(d["figures"]["all_back"], true, "{d}");
-    assert_eq!(d["figures"]["established_after"], 300, "{d}");
+    assert_eq!(d["figures"]["established_after"], 295, "{d}");
     assert_eq!(d["figures"]["lost"], 0, "{d}");
     // Storm: another gateway killed, its clients all back on the last one.
     let s = phase(&r, "storm");
@@ -167,7 +173,7 @@ fn cluster_run_counts_every_push_merges_histograms_exactly_and_renders_its_repor
     assert!(killed > 0, "{s}");
     assert_eq!(s["figures"]["all_back"], true, "{s}");
     assert!(s["figures"]["reconnects"].as_u64().unwrap() >= killed, "{s}");
-    assert_eq!(s["figures"]["established_after"], 300, "{s}");
+    assert_eq!(s["figures"]["established_after"], 295, "{s}");
     assert!(s["figures"]["peak_dispatch_per_sec"].as_f64().unwrap() > 0.0, "{s}");
     assert_eq!(s["figures"]["lost"], 0, "{s}");
     // Merged histogram counts equal the sum of the workers'.
@@ -204,13 +210,14 @@ fn cluster_run_counts_every_push_merges_histograms_exactly_and_renders_its_repor
 }
 
 #[test]
-fn flood_and_heartbeat_cpu_scenarios_report_their_figures() {
+fn flood_heartbeat_cpu_and_kick_scenarios_report_their_figures() {
     let dir = temp_dir("flood");
     let r = run(
         &dir,
         "--cluster 1 --clients 220 --per-worker 110 --heartbeat-ms 1000 \
-         --scenarios heartbeat-cpu,flood --hold-secs 2 --settle-secs 1 --push-rate 100 \
-         --push-secs 2 --flood-workers 1 --flood-every 11 --flood-rate 2000",
+         --scenarios heartbeat-cpu,flood,kick --hold-secs 2 --settle-secs 1 --push-rate 100 \
+         --push-secs 2 --flood-workers 1 --flood-every 11 --flood-rate 2000 --kick-users 10 \
+         --kick-code 303",
     );
     let hb = phase(&r, "heartbeat-cpu");
     assert!(hb["figures"]["pongs"].as_u64().unwrap() >= 220, "{hb}");
@@ -228,6 +235,12 @@ fn flood_and_heartbeat_cpu_scenarios_report_their_figures() {
     assert_eq!(f["lost"], 0, "{on}");
     assert!(f["p99_ratio"].as_f64().unwrap() > 0.0, "{on}");
     assert!(r["figures"]["flood_p99_ratio"].as_f64().is_some());
+    // Kick 303 (token expired): the 10 kicked clients come back with a new token.
+    let k = phase(&r, "kick");
+    assert_eq!(k["figures"]["kicks_received"], 10, "{k}");
+    assert_eq!(k["figures"]["reconnected_with_new_token"], 10, "{k}");
+    assert_eq!(k["figures"]["complete"], true, "{k}");
+    assert_eq!(k["figures"]["established_after"], 220, "{k}");
     let _ = std::fs::remove_dir_all(dir);
 }
 
