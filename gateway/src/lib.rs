@@ -21,7 +21,8 @@
 //! - Control plane, ordinary tokio code off the hot path: [`api`] (crate-private: the HTTP
 //!   push API, health, `/metrics`), [`upstream`] and [`events`] (webhooks), [`presence`].
 //! - Shared pieces: [`auth`] (JWT), [`registry`] (user → connections, kick policy), [`ids`]
-//!   (connection ids), [`metrics`], [`config`]; [`server`] assembles and stops a node.
+//!   (connection ids), [`metrics`], [`config`], [`memory`] (allocator tuning, trimming
+//!   after bursts); [`server`] assembles and stops a node.
 //!
 //! # A request's way through
 //!
@@ -39,6 +40,7 @@ pub mod config;
 pub mod driver;
 pub mod events;
 pub mod ids;
+pub mod memory;
 pub mod metrics;
 mod node;
 pub mod presence;

@@ -42,6 +42,7 @@ fn init_logging(cfg: &Config) {
 }
 
 fn main() -> ExitCode {
+    holdfast_gateway::memory::tune_allocator();
     let args = Args::parse();
     let cfg = match Config::load(args.config.as_deref(), &args.sets, std::env::vars()) {
         Ok(cfg) => cfg,

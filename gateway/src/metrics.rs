@@ -98,6 +98,8 @@ pub struct Metrics {
     pub outbound_queue_bytes: IntGauge,
     /// Turns a connection yielded with frames left over (fairness under pipelining).
     pub yields: IntCounter,
+    /// Times the allocator was trimmed after a burst drained.
+    pub memory_trims: IntCounter,
     /// Token refreshes, by outcome (`ok`, `refused`).
     pub token_refreshes: Vec<IntCounter>,
     /// Upstream forwarding metrics.
@@ -273,6 +275,11 @@ impl Metrics {
                 r,
                 "holdfast_gateway_yields_total",
                 "Turns a connection gave up with frames left over, so others get theirs.",
+            ),
+            memory_trims: counter(
+                r,
+                "holdfast_gateway_memory_trims_total",
+                "Times free allocator memory was returned to the system after a burst drained.",
             ),
             token_refreshes: counter_family(
                 r,

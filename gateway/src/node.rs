@@ -1,7 +1,7 @@
 //! The node's shared state: what the event loops, the HTTP API and the assembly all use,
 //! kept in a module of its own so none of them imports another.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use crate::auth::Verifier;
@@ -35,6 +35,8 @@ pub(crate) struct Node {
     pub(crate) worker_count: usize,
     /// Open sockets (accepted, not yet dropped), for `listen.max_connections`.
     pub(crate) open: AtomicUsize,
+    /// The most bytes queued for clients since the memory reclaimer last looked.
+    pub(crate) queue_peak: AtomicI64,
     /// The counter behind generated message ids.
     pub(crate) next_message_id: AtomicU64,
 }

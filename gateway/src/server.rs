@@ -129,6 +129,7 @@ pub fn start(cfg: Config, presence: Arc<dyn Presence>) -> Result<Running, StartE
         workers: Arc::clone(&workers),
         worker_count,
         open: AtomicUsize::new(0),
+        queue_peak: std::sync::atomic::AtomicI64::new(0),
     });
     let mut threads = Vec::new();
     let mut handles = Vec::new();
@@ -162,6 +163,7 @@ pub fn start(cfg: Config, presence: Arc<dyn Presence>) -> Result<Running, StartE
     let http_addr = http.local_addr().map_err(io_err("read the http address"))?;
     let (http_stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let app = crate::api::router(Arc::clone(&node));
+    runtime.spawn(crate::memory::reclaim(Arc::clone(&node)));
     let header_timeout = Duration::from_millis(node.cfg.http.header_timeout_ms);
     runtime.spawn(crate::api::serve(http, app, header_timeout, async move {
         let _ = stopped.await;

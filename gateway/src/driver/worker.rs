@@ -885,7 +885,12 @@ impl<T: Transport> Worker<T> {
         if s.unsupported_versions > 0 {
             m.auth_failure("unsupported_version").inc_by(s.unsupported_versions);
         }
-        m.outbound_queue_bytes.add(std::mem::take(&mut self.queued_delta));
+        let delta = std::mem::take(&mut self.queued_delta);
+        if delta != 0 {
+            m.outbound_queue_bytes.add(delta);
+            // The high-water mark the memory reclaimer compares with (`memory::reclaim`).
+            self.node.queue_peak.fetch_max(m.outbound_queue_bytes.get(), Ordering::Relaxed);
+        }
     }
 }
 
