@@ -101,3 +101,27 @@ impl SessionSource for Book {
         all
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::OnceLock;
+
+    use super::*;
+
+    #[test]
+    fn a_resync_after_a_fence_leaves_out_the_sessions_being_redirected() {
+        let fence =
+            Arc::new(Fence::new(Arc::new(OnceLock::new()), crate::metrics::Metrics::new().cluster));
+        let book = Book::new(Arc::clone(&fence));
+        book.insert("old".into(), 1, "d", 1, 10);
+        assert_eq!(book.snapshot().len(), 1);
+        fence.raise();
+        fence.lower();
+        book.insert("new".into(), 2, "d", 1, 20);
+        let users: Vec<String> = book.snapshot().into_iter().map(|(u, _)| u.to_string()).collect();
+        assert_eq!(users, vec!["new".to_owned()]);
+        assert_eq!(book.len(), 2, "the old one stays until its connection closes");
+        book.remove(1);
+        assert_eq!(book.len(), 1);
+    }
+}
