@@ -158,6 +158,28 @@ fn pushes_and_kicks_through_one_gateway_reach_users_on_the_other() {
             "holdfast_status_client_ops_total{backend=\"status\",op=\"lookup\",outcome=\"ok\"}"
         ) >= 1.0
     );
+    promtool_accepts(&a.metrics());
+}
+
+/// `promtool check metrics` accepts the exposition (the gateway's own metrics and the
+/// presence client's, registered side by side).
+fn promtool_accepts(text: &str) {
+    let promtool = std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".into());
+    let mut child = std::process::Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is required (scripts/test installs it)");
+    child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write");
+    let out = child.wait_with_output().expect("promtool runs");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -303,4 +325,24 @@ fn the_redis_backend_routes_pushes_and_kicks_and_expires_a_killed_gateway() {
     let killed = Instant::now();
     let gone = eventually(TTL + MARGIN, || sessions(&gws[1], "frank").is_empty().then_some(()));
     assert!(gone.is_some(), "frank still online after {:?}", killed.elapsed());
+}
+
+#[test]
+fn a_gateway_started_before_its_status_node_waits_for_it_then_serves() {
+    let port = free_port();
+    let backend = vec![
+        "presence.backend=status".to_owned(),
+        format!("presence.seeds=[\"127.0.0.1:{port}\"]"),
+        format!("presence.secret={STATUS_SECRET}"),
+    ];
+    let starting = std::thread::spawn(move || gateways(&backend, 1, &[]).pop().expect("one"));
+    // The gateway retries (presence.start_timeout_ms, 10 s) while the node is not up yet.
+    std::thread::sleep(Duration::from_millis(500));
+    let _node = StatusProcess::spawn(
+        1,
+        &[format!("node.data_addr=127.0.0.1:{port}"), "node.admin_addr=127.0.0.1:0".to_owned()],
+    );
+    let gw = starting.join().expect("the gateway started once the node was up");
+    let _gina = Client::login(gw.tcp, "gina");
+    wait_sessions(&gw, "gina", &[1]);
 }

@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use holdfast_codec::Platform;
 use holdfast_status::batcher::{Batcher, BatcherConfig, SessionSource};
+use holdfast_status::client_metrics::ClientMetrics;
 use holdfast_status::cluster::{ClusterConfig as StatusConfig, ClusterStore};
 use holdfast_status::redis_store::{ClusterRedisStore, RedisConfig, SingleRedisStore};
 use holdfast_status::{PresenceStore, StoreError};
@@ -96,10 +97,13 @@ pub(crate) struct Started {
     pub(crate) logins: mpsc::UnboundedReceiver<displace::Login>,
 }
 
-async fn connect(cfg: &Config, metrics: &Metrics) -> Result<Arc<dyn PresenceStore>, StoreError> {
+async fn connect(
+    cfg: &Config,
+    metrics: &ClientMetrics,
+) -> Result<Arc<dyn PresenceStore>, StoreError> {
     let p = &cfg.presence;
     let call_timeout = Duration::from_millis(p.call_timeout_ms);
-    let registry = Some(&metrics.registry);
+    let metrics = metrics.clone();
     let redis = || {
         let mut r = RedisConfig::new(p.redis_urls.clone());
         r.prefix = p.redis_prefix.clone();
@@ -111,13 +115,13 @@ async fn connect(cfg: &Config, metrics: &Metrics) -> Result<Arc<dyn PresenceStor
         PresenceBackend::Status => {
             let mut c = StatusConfig::new(p.seeds.clone(), p.secret.clone().unwrap_or_default());
             c.call_timeout = call_timeout;
-            Arc::new(ClusterStore::connect(c, registry).await?)
+            Arc::new(ClusterStore::connect_with(c, metrics).await?)
         }
         PresenceBackend::Redis => {
-            Arc::new(SingleRedisStore::connect_single(redis(), registry).await?)
+            Arc::new(SingleRedisStore::connect_single_with(redis(), metrics).await?)
         }
         PresenceBackend::RedisCluster => {
-            Arc::new(ClusterRedisStore::connect_cluster(redis(), registry).await?)
+            Arc::new(ClusterRedisStore::connect_cluster_with(redis(), metrics).await?)
         }
     })
 }
@@ -134,9 +138,15 @@ impl Cluster {
         let backend = p.backend.as_str();
         let until = tokio::time::Instant::now() + Duration::from_millis(p.start_timeout_ms);
         let fail = |source| ClusterError::Presence { backend, source };
-        // The metrics register once; retries reuse the store.
+        // The client metrics register once, in the gateway's registry; retries reuse them.
+        let label = match p.backend {
+            PresenceBackend::RedisCluster => "redis-cluster",
+            other => other.as_str(),
+        };
+        let client_metrics = ClientMetrics::new(&metrics.registry, label)
+            .map_err(|e| fail(StoreError::Invalid(format!("presence client metrics: {e}"))))?;
         let store = loop {
-            match connect(cfg, metrics).await {
+            match connect(cfg, &client_metrics).await {
                 Ok(s) => break s,
                 Err(e) if e.is_transient() && tokio::time::Instant::now() < until => {
                     tracing::warn!(error = %e, "presence store not reachable yet; retrying");
