@@ -12,6 +12,9 @@ pub(super) const OPTIONAL_FIELDS: &[(&str, &str)] = &[
     ("auth", "audience"),
     ("upstream", "webhook_url"),
     ("events", "webhook_url"),
+    ("presence", "secret"),
+    ("cluster", "secret"),
+    ("scheduler", "secret"),
 ];
 
 /// One `section.field = value` override and where it came from.

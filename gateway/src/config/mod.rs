@@ -39,6 +39,10 @@ pub const MAX_MAX_FRAME: u32 = 16 * 1024 * 1024;
 /// The largest `node.workers`: a connection id has 8 bits for the worker.
 pub const MAX_WORKERS: usize = 255;
 
+/// The shortest shared secret accepted for an internal channel (`presence.secret`,
+/// `cluster.secret`, `scheduler.secret`), in bytes.
+pub const MIN_SECRET_BYTES: usize = 16;
+
 /// The largest `auth.leeway_secs` accepted: more would keep expired tokens alive for long.
 pub const MAX_LEEWAY_SECS: u64 = 3600;
 
@@ -78,6 +82,12 @@ pub struct Config {
     pub events: EventsConfig,
     /// `[log]`: logging.
     pub log: LogConfig,
+    /// `[presence]`: where sessions are registered; the gateway's lease and fencing.
+    pub presence: PresenceConfig,
+    /// `[cluster]`: the internal gateway-to-gateway channel (cross-gateway push and kick).
+    pub cluster: ClusterConfig,
+    /// `[scheduler]`: registration and load reports to the access scheduler.
+    pub scheduler: SchedulerConfig,
 }
 
 /// Why the configuration could not be loaded or is unusable.
@@ -151,6 +161,13 @@ impl Config {
         for key in &mut shown.auth.keys {
             if key.secret.is_some() {
                 key.secret = Some("<redacted>".to_owned());
+            }
+        }
+        for secret in
+            [&mut shown.presence.secret, &mut shown.cluster.secret, &mut shown.scheduler.secret]
+        {
+            if secret.is_some() {
+                *secret = Some("<redacted>".to_owned());
             }
         }
         for token in &mut shown.http.api_tokens {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, SyncSender, TrySendError};
 
 use bytes::Bytes;
-use holdfast_codec::Code;
+use holdfast_codec::{Code, Redirect};
 use mio::Waker;
 use tokio::sync::oneshot;
 
@@ -83,14 +83,33 @@ pub enum Command {
     },
 }
 
+/// Send `REDIRECT` to established connections of one event loop: a scheduler's shed order
+/// (its share for this loop) or a fence.
+#[derive(Debug)]
+pub struct Sweep {
+    /// How many connections (`None`: every connection established when the sweep reaches
+    /// it).
+    pub count: Option<u64>,
+    /// Spread the redirects evenly over this many ms (0: as fast as the loop's chunks of
+    /// 1,024 per turn allow).
+    pub over_ms: u64,
+    /// The frame each connection gets.
+    pub redirect: Redirect,
+    /// A shed order (counted in `holdfast_gateway_shed_pending` and as `rebalance`), or a
+    /// fence (`fenced`).
+    pub shed: bool,
+}
+
 /// A message from inside the node that must not be dropped.
 pub enum Internal<T> {
     /// Own this freshly accepted transport.
     Adopt(T, SocketAddr),
     /// The backend's answer to an `UPSTREAM` request.
     Upstream(UpstreamResult),
-    /// Another loop's login displaced this connection: `KICK` 301 it.
+    /// Another loop's (or another gateway's) login displaced this connection: `KICK` 301 it.
     Displaced(ConnId),
+    /// Redirect some or all established connections.
+    Redirect(Sweep),
     /// Close every connection (authenticated ones with `REDIRECT` `SERVER_SHUTDOWN`), let
     /// them flush, and stop.
     Shutdown,
