@@ -175,3 +175,33 @@ impl<T> WorkerHandle<T> {
         self.internal.send(msg).is_ok() && self.waker.wake().is_ok()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kick() -> Command {
+        Command::Kick { conn: ConnId(1), code: Code::KICKED_BY_ADMIN, reason: String::new() }
+    }
+
+    /// The API's queue is bounded: a loop that is behind refuses more (the API answers 503),
+    /// while the internal queue never refuses a socket or a reply.
+    #[test]
+    fn the_control_queue_is_bounded_and_the_internal_one_is_not() {
+        let poll = mio::Poll::new().expect("poll");
+        let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).expect("waker"));
+        let (handle, queues) = queues::<()>(2, waker);
+        assert_eq!(handle.send(kick()), Ok(()));
+        assert_eq!(handle.send(kick()), Ok(()));
+        assert_eq!(handle.send(kick()), Err(SendError::Busy));
+        for _ in 0..10_000 {
+            assert!(handle.send_internal(Internal::Displaced(ConnId(2))));
+        }
+        // Draining makes room again.
+        assert!(queues.control.try_recv().is_ok());
+        assert_eq!(handle.send(kick()), Ok(()));
+        drop(queues);
+        assert_eq!(handle.send(kick()), Err(SendError::Stopped));
+        assert!(!handle.send_internal(Internal::Shutdown));
+    }
+}
