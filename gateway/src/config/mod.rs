@@ -17,7 +17,6 @@
 //! binary runs it at start-up and for `--check-config`, and exits with its message on failure.
 
 use std::fmt;
-use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -93,36 +92,10 @@ pub struct Config {
 /// Why the configuration could not be loaded or is unusable.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file named with `--config` could not be read.
-    #[error("cannot read config file {}: {source}", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// What the OS said.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML, or a value has the wrong type or an unknown name.
-    #[error("config file {}: {message}", path.display())]
-    File {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong, with the line and column where the parser knows them.
-        message: String,
-    },
-    /// An override (`--set` or environment variable) is malformed or names no field.
-    #[error("{origin}: {message}")]
-    Override {
-        /// The override, as given (`--set listen.addr=...` or `env HOLDFAST_LISTEN__ADDR`).
-        origin: String,
-        /// What is wrong.
-        message: String,
-    },
-    /// A value from an override has the wrong type or cannot be parsed.
-    #[error("configuration (after overrides): {message}")]
-    Merged {
-        /// What is wrong, naming the field.
-        message: String,
-    },
+    /// The file, an environment variable or a `--set` could not be read or names no field
+    /// (the message says which layer and which field).
+    #[error(transparent)]
+    Load(#[from] holdfast_conf::LoadError),
     /// The configuration parsed but its values are unusable; every problem is listed.
     #[error("invalid configuration:{}", Problems(problems))]
     Invalid {
