@@ -1,125 +1,58 @@
-//! The load generator, demo client and token minting: simulated clients driving
-//! `holdfast_codec::client::Session` over real TCP.
+//! `holdfast-loadtest`: the load generator and benchmark harness of Holdfast.
 //!
-//! - [`token`] mints development JWTs the gateway accepts.
-//! - [`drive`] runs one client connection to its end: it feeds the socket's bytes and the
-//!   clock to a `Session` and writes what the session wants written, handing every event to
-//!   a callback. The `client`, `demo` and `hold` subcommands of the `holdfast-loadtest`
-//!   binary are built on it.
+//! It simulates many real clients (thousands per process, a million across processes),
+//! each speaking the protocol through `holdfast_codec::client::Session` exactly as an app
+//! would, drives a real local cluster (gateways, scheduler) through scenarios, and reports
+//! what happened: live progress, a JSON result and a self-contained HTML report.
+//!
+//! It is not a gateway test suite (that is `tests/`), and it never connects outside
+//! 127.0.0.0/8 unless told to.
+//!
+//! # Layout
+//!
+//! - [`engine`]: one mio event loop per worker process driving every client's `Session`
+//!   (no task or buffer per client); [`net`]: sockets bound to a worker's own source
+//!   addresses with `IP_BIND_ADDRESS_NO_PORT`; [`control`]: the worker's HTTP side
+//!   (scheduler dispatch, push API) and command intake, off the event loop.
+//! - [`worker`]: the `worker` subcommand, one process of at most ~19,000 clients;
+//!   [`plan`]: what the coordinator and workers say to each other (JSON lines).
+//! - [`coordinator`]: spawns the workers, sends commands, aggregates their statistics and
+//!   merges their HDR histograms exactly ([`stats`]).
+//! - [`cluster`]: the local cluster launcher (gateway processes, a scheduler and a
+//!   registration agent per gateway), readiness on ready lines, teardown of everything.
+//! - [`scenario`]: ramp, hold, unicast pushes, broadcast, drain, reconnect storm, token refresh,
+//!   flood fairness, CPU per heartbeat; [`progress`]: the terminal view; [`report`]: the
+//!   JSON result and the HTML report with inline SVG charts; [`procfs`]: CPU and memory
+//!   of processes.
+//! - [`token`] mints development JWTs; [`demo`] and [`drive`] run a few clients on tokio for the
+//!   `client` and `demo` subcommands.
+//!
+//! # How a run flows
+//!
+//! `holdfast-loadtest run` (or `demo`) builds a [`scenario::RunSpec`], starts a cluster if
+//! asked, and hands each worker a [`plan::Plan`] on its stdin. Workers ramp their clients
+//! and write a [`plan::Report::Stats`] line every second; the coordinator sums them into a
+//! timeline, steps through the scenario's phases with [`plan::Command`]s, asks for each
+//! phase's histograms ([`plan::Command::TakeHistograms`]), merges them, and finally writes
+//! `result.json` and `report.html`.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+pub mod cluster;
+pub mod control;
+pub mod coordinator;
+pub mod demo;
+pub mod drive;
+pub mod engine;
+pub mod net;
+pub mod plan;
+pub mod procfs;
+pub mod progress;
+pub mod report;
+pub mod scenario;
+pub mod stats;
+pub mod token;
+pub mod worker;
 
-use holdfast_codec::client::{Event, Session};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::time::Instant;
+pub use drive::{DriveError, Flow, drive};
 
 /// The gateway's built-in development secret (`docs/CONFIG.md`).
 pub const DEV_SECRET: &str = "holdfast-dev-secret";
-
-/// Minting development tokens (HS256).
-pub mod token {
-    use super::*;
-
-    /// The claims of a development token.
-    #[derive(serde::Serialize, Debug, Clone)]
-    pub struct Claims {
-        /// The user id.
-        pub sub: String,
-        /// Expiry, seconds since the Unix epoch.
-        pub exp: u64,
-        /// The device the token is bound to, if any.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        pub device: Option<String>,
-        /// The platform the token is bound to, if any.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        pub platform: Option<String>,
-    }
-
-    /// Mint an HS256 token for `user`, valid for `ttl`.
-    pub fn mint(
-        secret: &str,
-        user: &str,
-        ttl: Duration,
-        device: Option<&str>,
-        platform: Option<&str>,
-    ) -> Result<String, jsonwebtoken::errors::Error> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let claims = Claims {
-            sub: user.to_owned(),
-            exp: now + ttl.as_secs(),
-            device: device.map(str::to_owned),
-            platform: platform.map(str::to_owned),
-        };
-        jsonwebtoken::encode(
-            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-            &claims,
-            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-        )
-    }
-}
-
-/// What the event callback of [`drive`] wants next.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Flow {
-    /// Keep going.
-    Continue,
-    /// Close the connection and return.
-    Stop,
-}
-
-/// How a driven connection ended.
-#[derive(thiserror::Error, Debug)]
-pub enum DriveError {
-    /// The socket failed.
-    #[error("socket: {0}")]
-    Io(#[from] std::io::Error),
-}
-
-/// Run one connection of `session` over `stream` until the session closes or `on_event`
-/// says stop. Returns when the connection is over; the session then holds the reconnect
-/// advice.
-pub async fn drive(
-    stream: TcpStream,
-    session: &mut Session,
-    mut on_event: impl FnMut(&mut Session, Event) -> Flow,
-) -> Result<(), DriveError> {
-    let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
-    session.connect(Instant::now().into_std());
-    let mut buf = vec![0u8; 4096];
-    loop {
-        while let Some(bytes) = session.poll_transmit() {
-            wr.write_all(&bytes).await?;
-        }
-        let mut stop = false;
-        while let Some(event) = session.poll_event() {
-            let closed = matches!(event, Event::Closed { .. });
-            if on_event(session, event) == Flow::Stop || closed {
-                stop = true;
-            }
-        }
-        if stop {
-            session.close();
-            while let Some(bytes) = session.poll_transmit() {
-                wr.write_all(&bytes).await?;
-            }
-            let _ = wr.shutdown().await;
-            return Ok(());
-        }
-        let deadline = session.poll_timeout().map(Instant::from_std);
-        let far = Instant::now() + Duration::from_secs(3600);
-        tokio::select! {
-            read = rd.read(&mut buf) => {
-                let now = Instant::now().into_std();
-                match read {
-                    Ok(0) | Err(_) => session.transport_closed(now),
-                    Ok(n) => session.receive(&buf[..n], now),
-                }
-            }
-            _ = tokio::time::sleep_until(deadline.unwrap_or(far)) => {
-                session.handle_timeout(Instant::now().into_std());
-            }
-        }
-    }
-}

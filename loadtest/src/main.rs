@@ -1,19 +1,19 @@
-//! `holdfast-loadtest`: mint tokens, run a demo client, run the demo, hold many connections.
+//! `holdfast-loadtest`: mint tokens, run a demo client, run load scenarios against gateways
+//! or a local cluster it launches. See `docs/LOADTEST.md`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use holdfast_codec::Platform;
-use holdfast_codec::client::{Config, Event, Session};
-use holdfast_loadtest::{DEV_SECRET, Flow, drive, token};
-use tokio::net::TcpStream;
-use tokio::time::Instant;
+use clap::{Args as ClapArgs, Parser, Subcommand};
+use holdfast_loadtest::cluster::{Cluster, ClusterSpec, default_bin_dir, tune_kernel};
+use holdfast_loadtest::plan::{GatewayAddr, Target};
+use holdfast_loadtest::progress::Progress;
+use holdfast_loadtest::scenario::{RunSpec, Scenario};
+use holdfast_loadtest::{DEV_SECRET, demo, scenario, token};
 
-/// Holdfast load generator and demo client.
+/// Holdfast load generator, demo client and cluster launcher.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
@@ -68,7 +68,8 @@ enum Cmd {
         #[arg(long)]
         timeout_secs: Option<u64>,
     },
-    /// Connect three clients, push to them through the HTTP API, show what arrives.
+    /// Three clients receive pushes you can watch, then (by default) 10,000 clients for
+    /// about half a minute: hold, unicast pushes, broadcasts; a summary table and a report.
     Demo {
         /// The gateway's client address.
         #[arg(long, default_value = "127.0.0.1:7100")]
@@ -79,73 +80,237 @@ enum Cmd {
         /// The secret to mint tokens with.
         #[arg(long, env = "HOLDFAST_JWT_SECRET", default_value = DEV_SECRET)]
         secret: String,
+        /// Clients of the load part (0 skips it).
+        #[arg(long, default_value_t = 10_000)]
+        clients: u64,
+        /// Seconds of each measured phase of the load part.
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        /// Where the report goes (default `loadtest-out/demo-<time>`).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
-    /// Open and hold many authenticated, heartbeating connections; optionally time pushes
-    /// to all of them.
-    Hold {
-        /// The gateway's client address.
-        #[arg(long, default_value = "127.0.0.1:7100")]
-        addr: SocketAddr,
-        /// Connections to open.
-        #[arg(long, default_value_t = 1000)]
-        connections: usize,
-        /// New connections per second.
-        #[arg(long, default_value_t = 2000)]
-        rate: u32,
-        /// The heartbeat interval to ask for, ms (0 = the server's default).
-        #[arg(long, default_value_t = 0)]
-        heartbeat_ms: u64,
-        /// Seconds to hold once every connection is established.
-        #[arg(long, default_value_t = 10)]
-        hold_secs: u64,
-        /// The gateway's HTTP API, for `--push-all`.
-        #[arg(long, default_value = "127.0.0.1:7180")]
-        http: SocketAddr,
-        /// Pushes to all connections to send and time, once all are established.
-        #[arg(long, default_value_t = 0)]
-        push_all: u32,
-        /// The user id prefix (user i is PREFIX + i).
-        #[arg(long, default_value = "load-")]
-        prefix: String,
-        /// The secret to mint tokens with.
-        #[arg(long, env = "HOLDFAST_JWT_SECRET", default_value = DEV_SECRET)]
-        secret: String,
+    /// Run load scenarios against gateways, a scheduler, or a local cluster it starts.
+    Run(Box<RunArgs>),
+    /// Start a local cluster (gateways, optionally a scheduler), print where everything is,
+    /// and keep it up until Ctrl-C or SIGTERM; then stop every process it started.
+    Cluster(ClusterArgs),
+    /// Render `report.html` again from a run's `result.json` (next to it, or to `--out`).
+    Report {
+        /// The `result.json` of a run.
+        json: PathBuf,
+        /// Where to write the HTML (default: `report.html` beside the JSON).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
+    /// Internal: one worker process of a run (reads its plan on stdin).
+    #[command(hide = true)]
+    Worker,
 }
 
-fn platform(name: &str) -> Platform {
-    Platform::ALL.into_iter().find(|p| p.as_str() == name).unwrap_or(Platform::Other)
+#[derive(ClapArgs, Debug)]
+struct ClusterArgs {
+    /// Gateway processes (each holds at most `--gateway-max-connections`).
+    #[arg(long, default_value_t = 1)]
+    gateways: u32,
+    /// Also start a scheduler and register every gateway with it.
+    #[arg(long)]
+    scheduler: bool,
+    /// `listen.max_connections` of each gateway; keep it below the open-file limit (20,000 here).
+    #[arg(long, default_value_t = 19_500)]
+    gateway_max_connections: u32,
+    /// `node.workers` of each gateway (0 = one per CPU).
+    #[arg(long, default_value_t = 0)]
+    gateway_workers: u32,
+    /// Extra gateway setting, `section.field=value` (repeatable).
+    #[arg(long = "gateway-set")]
+    gateway_sets: Vec<String>,
+    /// Where `holdfast-gateway` and `holdfast-scheduler` are (default: next to this binary).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Where the logs go (default `loadtest-out/cluster-<time>`).
+    #[arg(long)]
+    log_dir: Option<PathBuf>,
+    /// Do not touch kernel settings.
+    #[arg(long)]
+    no_sysctl: bool,
+    /// The gateways' token secret (default: their development secret).
+    #[arg(long, env = "HOLDFAST_JWT_SECRET")]
+    secret: Option<String>,
 }
 
-fn client_config(token: String, device: &str, platform: Platform, hb_ms: u64, seed: u64) -> Config {
-    Config {
-        token,
-        device_id: device.to_owned(),
-        app_version: env!("CARGO_PKG_VERSION").to_owned(),
-        platform,
-        heartbeat_wish: Duration::from_millis(hb_ms),
-        seed,
-        ..Config::default()
-    }
+#[derive(ClapArgs, Debug)]
+struct RunArgs {
+    /// Phases after the ramp, comma-separated: hold, heartbeat-cpu, push, broadcast,
+    /// refresh, flood, drain, storm (they run in that order).
+    #[arg(long, value_delimiter = ',', default_value = "hold,push,broadcast")]
+    scenarios: Vec<String>,
+    /// Clients in total.
+    #[arg(long, short = 'n', default_value_t = 1000)]
+    clients: u64,
+    /// Connects per second, all workers together (default 2,000; with heartbeat-cpu,
+    /// clients ÷ heartbeat interval, so heartbeats are spread evenly).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Most clients per worker process (each needs one file descriptor per client).
+    #[arg(long, default_value_t = 19_000)]
+    per_worker: u32,
+    /// Most connections pending (connecting or authenticating) at once.
+    #[arg(long, default_value_t = 512)]
+    max_pending: u32,
+    /// A gateway: `TCP` or `TCP/HTTP` (default HTTP: the TCP port + 80). Repeatable.
+    #[arg(long = "gateway")]
+    gateways: Vec<String>,
+    /// Ask this scheduler (base URL of its dispatch API) for a gateway before each connect.
+    #[arg(long)]
+    scheduler: Option<String>,
+    /// Gateway processes to measure (CPU, RSS) when not launched by this run. Repeatable.
+    #[arg(long)]
+    gateway_pid: Vec<u32>,
+    /// Launch a local cluster of this many gateways for the run.
+    #[arg(long)]
+    cluster: Option<u32>,
+    /// With `--cluster`: also launch a scheduler; clients then dispatch through it.
+    #[arg(long)]
+    with_scheduler: bool,
+    /// With `--cluster`: `listen.max_connections` of each gateway.
+    #[arg(long, default_value_t = 19_500)]
+    gateway_max_connections: u32,
+    /// With `--cluster`: `node.workers` of each gateway (0 = one per CPU).
+    #[arg(long, default_value_t = 0)]
+    gateway_workers: u32,
+    /// With `--cluster`: extra gateway setting `section.field=value` (repeatable).
+    #[arg(long = "gateway-set")]
+    gateway_sets: Vec<String>,
+    /// With `--cluster`: where the binaries are (default: next to this one).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// With `--cluster`: do not touch kernel settings.
+    #[arg(long)]
+    no_sysctl: bool,
+    /// Heartbeat interval clients ask for, ms (0 = the gateway's default; a launched
+    /// cluster's `heartbeat.min_ms` is lowered to it when needed).
+    #[arg(long, default_value_t = 0)]
+    heartbeat_ms: u64,
+    /// Token lifetime, seconds; clients refresh at 80 % of it.
+    #[arg(long, default_value_t = 86_400)]
+    token_ttl_secs: u64,
+    /// The HS256 secret tokens are signed with.
+    #[arg(long, env = "HOLDFAST_JWT_SECRET", default_value = DEV_SECRET)]
+    secret: String,
+    /// User id prefix (letters, digits, `-`, `_`, `.`): client i is PREFIX + i.
+    #[arg(long, default_value = "lt-")]
+    user_prefix: String,
+    /// Source addresses in 127.0.0.0/8 per worker (0 = the kernel's choice, 1-4).
+    #[arg(long, default_value_t = 4)]
+    sources_per_worker: u32,
+    /// hold / heartbeat-cpu: seconds.
+    #[arg(long, default_value_t = 10.0)]
+    hold_secs: f64,
+    /// heartbeat-cpu: quiet seconds before the measured hold.
+    #[arg(long, default_value_t = 5.0)]
+    settle_secs: f64,
+    /// push, flood, storm: unicast pushes per second (storm: 0 = none).
+    #[arg(long, default_value_t = 1000.0)]
+    push_rate: f64,
+    /// push: seconds; flood: seconds of each half.
+    #[arg(long, default_value_t = 10.0)]
+    push_secs: f64,
+    /// broadcast: pushes to everyone.
+    #[arg(long, default_value_t = 3)]
+    broadcasts: u32,
+    /// refresh: the window over which every client refreshes, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    refresh_secs: f64,
+    /// flood: one client in this many floods.
+    #[arg(long, default_value_t = 10)]
+    flood_every: u32,
+    /// flood: `PING`s per second per flooding client (keep it below the gateways'
+    /// `limits.inbound_frames_per_sec`; a launched cluster sets that to 62,500).
+    #[arg(long, default_value_t = 50_000)]
+    flood_rate: u32,
+    /// flood: put the flooders only in the last K worker processes (which then send no
+    /// pushes), so the measuring clients' process never handles flood traffic; 0 mixes
+    /// flooders into every worker.
+    #[arg(long, default_value_t = 0)]
+    flood_workers: u32,
+    /// drain, storm: longest wait for every client to be back, seconds.
+    #[arg(long, default_value_t = 60.0)]
+    storm_timeout_secs: f64,
+    /// Reconnect backoff base, ms.
+    #[arg(long, default_value_t = 500)]
+    backoff_base_ms: u64,
+    /// Reconnect backoff cap, ms.
+    #[arg(long, default_value_t = 30_000)]
+    backoff_cap_ms: u64,
+    /// Give up on the ramp after this many seconds (default: from the rate).
+    #[arg(long, default_value_t = 0.0)]
+    ramp_timeout_secs: f64,
+    /// Where `result.json`, `report.html` and the logs go (default `loadtest-out/<time>`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print phase headlines and results only.
+    #[arg(long)]
+    quiet: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    if let Cmd::Worker = args.cmd {
+        return match holdfast_loadtest::worker::main() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("holdfast-loadtest worker: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    // One thread: child processes are spawned from it, and PR_SET_PDEATHSIG follows the
+    // thread that forked (see `coordinator::die_with_parent`).
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(run(args.cmd));
-    match result {
+    match runtime.block_on(run(args.cmd)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("holdfast-loadtest: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn command_line() -> String {
+    std::env::args().collect::<Vec<_>>().join(" ")
+}
+
+fn timestamp() -> String {
+    let secs = holdfast_loadtest::plan::wall_ns() / 1_000_000_000;
+    format!("{secs}")
+}
+
+/// A watch that turns true on Ctrl-C or SIGTERM.
+fn stop_signal() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
+        }
+        let _ = tx.send(true);
+    });
+    rx
 }
 
 async fn run(cmd: Cmd) -> Result<(), String> {
@@ -162,13 +327,13 @@ async fn run(cmd: Cmd) -> Result<(), String> {
             println!("{t}");
             Ok(())
         }
-        Cmd::Client { addr, user, token, secret, platform: p, device, count, timeout_secs } => {
+        Cmd::Client { addr, user, token, secret, platform, device, count, timeout_secs } => {
             let token = match token {
                 Some(t) => t,
                 None => token::mint(&secret, &user, Duration::from_secs(86_400), None, None)
                     .map_err(|e| e.to_string())?,
             };
-            let work = client(addr, &user, token, platform(&p), &device, count);
+            let work = demo::client(addr, &user, token, demo::platform(&platform), &device, count);
             match timeout_secs {
                 Some(s) => tokio::time::timeout(Duration::from_secs(s), work)
                     .await
@@ -176,308 +341,269 @@ async fn run(cmd: Cmd) -> Result<(), String> {
                 None => work.await,
             }
         }
-        Cmd::Demo { addr, http, secret } => demo(addr, http, &secret).await,
-        Cmd::Hold {
-            addr,
-            connections,
-            rate,
-            heartbeat_ms,
-            hold_secs,
-            http,
-            push_all,
-            prefix,
-            secret,
-        } => {
-            hold(HoldArgs {
-                addr,
-                connections,
-                rate,
-                heartbeat_ms,
-                hold_secs,
-                http,
-                push_all,
-                prefix,
+        Cmd::Demo { addr, http, secret, clients, secs, out } => {
+            demo::demo(addr, http, &secret).await?;
+            if clients == 0 {
+                return Ok(());
+            }
+            println!();
+            println!(
+                "Now {clients} clients: connect, hold with heartbeats, unicast pushes, broadcasts."
+            );
+            let out =
+                out.unwrap_or_else(|| PathBuf::from(format!("loadtest-out/demo-{}", timestamp())));
+            let spec = RunSpec {
+                label: "demo".into(),
+                command: command_line(),
+                clients,
+                rate: 5000.0,
+                per_worker: 19_000,
+                max_pending: 512,
+                heartbeat_ms: 10_000,
+                token_ttl_secs: 3600,
                 secret,
-            })
-            .await
+                user_prefix: "demo-".into(),
+                sources_per_worker: 4,
+                scenarios: vec![Scenario::Hold, Scenario::Push, Scenario::Broadcast],
+                hold_secs: secs,
+                settle_secs: 0.0,
+                push_rate: 1000.0,
+                push_secs: secs,
+                broadcasts: 3,
+                refresh_secs: secs,
+                flood_every: 10,
+                flood_rate: 100,
+                flood_workers: 0,
+                storm_timeout_secs: 30.0,
+                backoff_ms: (500, 30_000),
+                target: Target::Fixed,
+                gateways: vec![GatewayAddr { tcp: addr, http }],
+                gateway_pids: vec![],
+                exe: std::env::current_exe().map_err(|e| e.to_string())?,
+                out_dir: out,
+                ramp_timeout_secs: 0.0,
+                kernel: vec![],
+            };
+            let mut progress = Progress::new(false);
+            let result = scenario::run(spec, None, &mut progress, stop_signal())
+                .await
+                .map_err(|e| e.to_string())?;
+            drop(progress);
+            println!("\nSummary\n{}", result.summary_table());
+            if let Some(p) = result.files.get("html") {
+                println!("Open the report: {}", p.display());
+            }
+            Ok(())
         }
-    }
-}
-
-fn describe(event: &Event) -> String {
-    match event {
-        Event::Authenticated(ok) => format!(
-            "connected conn_id={} heartbeat_ms={} idle_timeout_ms={}",
-            ok.conn_id, ok.heartbeat_ms, ok.idle_timeout_ms
-        ),
-        Event::Push(p) => format!(
-            "push seq={} message_id={} topic={:?} payload={:?}",
-            p.seq,
-            p.message_id,
-            p.topic,
-            String::from_utf8_lossy(&p.payload)
-        ),
-        other => format!("{other:?}"),
-    }
-}
-
-async fn client(
-    addr: SocketAddr,
-    user: &str,
-    token: String,
-    platform: Platform,
-    device: &str,
-    count: Option<u64>,
-) -> Result<(), String> {
-    let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
-    let cfg = client_config(token, device, platform, 0, std::process::id().into());
-    let mut session = Session::new(cfg, Instant::now().into_std()).map_err(|e| e.to_string())?;
-    let mut pushes = 0u64;
-    let mut failure = None;
-    drive(stream, &mut session, |_, event| {
-        println!("{user}: {}", describe(&event));
-        match event {
-            Event::Push(_) => {
-                pushes += 1;
-                if count.is_some_and(|c| pushes >= c) {
-                    return Flow::Stop;
-                }
-            }
-            Event::AuthFailed { code, reason, .. } => {
-                failure = Some(format!("auth failed: {code} {reason}"))
-            }
-            _ => {}
+        Cmd::Run(args) => run_scenarios(*args).await,
+        Cmd::Cluster(args) => cluster(args).await,
+        Cmd::Report { json, out } => {
+            let text = std::fs::read(&json).map_err(|e| format!("{}: {e}", json.display()))?;
+            let result: holdfast_loadtest::report::RunResult =
+                serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", json.display()))?;
+            let out = out.unwrap_or_else(|| json.with_file_name("report.html"));
+            std::fs::write(&out, holdfast_loadtest::report::html::render(&result))
+                .map_err(|e| format!("{}: {e}", out.display()))?;
+            println!("{}", out.display());
+            Ok(())
         }
-        Flow::Continue
-    })
-    .await
-    .map_err(|e| e.to_string())?;
-    match failure {
-        Some(f) => Err(f),
-        None => Ok(()),
+        Cmd::Worker => Ok(()),
     }
 }
 
-async fn post(
-    http: SocketAddr,
-    path: &str,
-    body: serde_json::Value,
-) -> Result<serde_json::Value, String> {
-    let url = format!("http://{http}{path}");
-    let resp = reqwest::Client::new()
-        .post(&url)
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| format!("POST {url}: {e}"))?;
-    let status = resp.status();
-    let value: serde_json::Value = resp.json().await.map_err(|e| format!("POST {url}: {e}"))?;
-    if !status.is_success() {
-        return Err(format!("POST {url}: {status} {value}"));
-    }
-    Ok(value)
+fn parse_gateway(s: &str) -> Result<GatewayAddr, String> {
+    let (tcp, http) = match s.split_once('/') {
+        Some((t, h)) => (t, Some(h)),
+        None => (s, None),
+    };
+    let tcp: SocketAddr = tcp.parse().map_err(|e| format!("--gateway {s}: {e}"))?;
+    let http = match http {
+        Some(h) => h.parse().map_err(|e| format!("--gateway {s}: {e}"))?,
+        None => SocketAddr::new(tcp.ip(), tcp.port().wrapping_add(80)),
+    };
+    Ok(GatewayAddr { tcp, http })
 }
 
-async fn demo(addr: SocketAddr, http: SocketAddr, secret: &str) -> Result<(), String> {
-    let clients = [("alice", "ios", 2u64), ("alice", "linux", 2), ("bob", "android", 1)];
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(clients.len());
-    let mut tasks = Vec::new();
-    for (i, (user, p, expect)) in clients.into_iter().enumerate() {
-        let token = token::mint(secret, user, Duration::from_secs(3600), None, None)
-            .map_err(|e| e.to_string())?;
-        let ready = ready_tx.clone();
-        let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
-        tasks.push(tokio::spawn(async move {
-            let cfg = client_config(token, &format!("demo-{i}"), platform(p), 0, i as u64);
-            let mut session =
-                Session::new(cfg, Instant::now().into_std()).map_err(|e| e.to_string())?;
-            let mut got = 0;
-            let label = format!("{user}@{p}");
-            drive(stream, &mut session, |_, event| {
-                println!("  {label:<14} {}", describe(&event));
-                match event {
-                    Event::Authenticated(_) => {
-                        let _ = ready.try_send(());
-                    }
-                    Event::Push(_) => {
-                        got += 1;
-                        if got >= expect {
-                            return Flow::Stop;
-                        }
-                    }
-                    _ => {}
-                }
-                Flow::Continue
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-            if got >= expect {
-                Ok(())
-            } else {
-                Err(format!("{label} got {got} of {expect} pushes"))
+async fn run_scenarios(a: RunArgs) -> Result<(), String> {
+    let mut scenarios = Vec::new();
+    for name in &a.scenarios {
+        let s = Scenario::parse(name.trim()).ok_or_else(|| {
+            let known: Vec<&str> = Scenario::ALL.iter().map(|(_, n)| *n).collect();
+            format!("unknown scenario {name:?} (known: {})", known.join(", "))
+        })?;
+        scenarios.push(s);
+    }
+    if !a.user_prefix.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err("--user-prefix: letters, digits, '-', '_' and '.' only".into());
+    }
+    let out =
+        a.out.clone().unwrap_or_else(|| PathBuf::from(format!("loadtest-out/{}", timestamp())));
+    let mut kernel = Vec::new();
+    let mut cluster = None;
+    let mut gateways: Vec<GatewayAddr> =
+        a.gateways.iter().map(|g| parse_gateway(g)).collect::<Result<_, _>>()?;
+    let mut target = match &a.scheduler {
+        Some(url) => Target::Dispatch { url: url.clone() },
+        None => Target::Fixed,
+    };
+    let stop = stop_signal();
+    if let Some(n) = a.cluster {
+        if !a.no_sysctl {
+            kernel = tune_kernel(a.clients);
+            for k in &kernel {
+                println!("kernel: {k}");
             }
-        }));
+        }
+        let mut sets = Vec::new();
+        if a.heartbeat_ms > 0 && a.heartbeat_ms < 10_000 {
+            sets.push(format!("heartbeat.min_ms={}", a.heartbeat_ms));
+        }
+        if scenarios.contains(&Scenario::Flood) {
+            // The flooders stay below the limit; the limit must let them saturate a loop.
+            sets.push("limits.inbound_frames_per_sec=62500".into());
+            sets.push("limits.inbound_burst=62500".into());
+        }
+        sets.extend(a.gateway_sets.iter().cloned());
+        let spec = ClusterSpec {
+            gateways: n,
+            max_connections: a.gateway_max_connections,
+            gateway_workers: a.gateway_workers,
+            scheduler: a.with_scheduler,
+            gateway_sets: sets,
+            bin_dir: a.bin_dir.clone().unwrap_or_else(default_bin_dir),
+            log_dir: out.join("logs"),
+            jwt_secret: (a.secret != DEV_SECRET).then(|| a.secret.clone()),
+        };
+        let c = Cluster::start(&spec).await.map_err(|e| e.to_string())?;
+        for g in &c.gateways {
+            println!(
+                "cluster: {} pid {} tcp {} http {} log {}",
+                g.name,
+                g.pid,
+                g.addr.tcp,
+                g.addr.http,
+                g.log.display()
+            );
+        }
+        if let Some(s) = &c.scheduler {
+            println!(
+                "cluster: scheduler pid {} dispatch {} control {}",
+                s.pid, s.dispatch, s.control
+            );
+            target = Target::Dispatch { url: format!("http://{}", s.dispatch) };
+            if !c.wait_registered(Duration::from_secs(20)).await {
+                let mut c = c;
+                c.shutdown(Duration::from_secs(5)).await;
+                return Err("the scheduler did not see every gateway within 20 s".into());
+            }
+        }
+        gateways = c.addrs();
+        cluster = Some(c);
     }
-    drop(ready_tx);
-    for _ in 0..clients.len() {
-        tokio::time::timeout(Duration::from_secs(10), ready_rx.recv())
-            .await
-            .map_err(|_| "clients did not authenticate within 10 s".to_owned())?;
+    let interval = if a.heartbeat_ms > 0 { a.heartbeat_ms } else { 30_000 };
+    let rate = a.rate.unwrap_or_else(|| {
+        if scenarios.contains(&Scenario::HeartbeatCpu) {
+            (a.clients as f64 * 1000.0 / interval as f64).max(1.0)
+        } else {
+            2000.0
+        }
+    });
+    let spec = RunSpec {
+        label: a.scenarios.join(","),
+        command: command_line(),
+        clients: a.clients,
+        rate,
+        per_worker: a.per_worker,
+        max_pending: a.max_pending,
+        heartbeat_ms: a.heartbeat_ms,
+        token_ttl_secs: a.token_ttl_secs,
+        secret: a.secret.clone(),
+        user_prefix: a.user_prefix.clone(),
+        sources_per_worker: a.sources_per_worker,
+        scenarios,
+        hold_secs: a.hold_secs,
+        settle_secs: a.settle_secs,
+        push_rate: a.push_rate,
+        push_secs: a.push_secs,
+        broadcasts: a.broadcasts,
+        refresh_secs: a.refresh_secs,
+        flood_every: a.flood_every,
+        flood_rate: a.flood_rate,
+        flood_workers: a.flood_workers,
+        storm_timeout_secs: a.storm_timeout_secs,
+        backoff_ms: (a.backoff_base_ms, a.backoff_cap_ms.max(a.backoff_base_ms)),
+        target,
+        gateways,
+        gateway_pids: a.gateway_pid.clone(),
+        exe: std::env::current_exe().map_err(|e| e.to_string())?,
+        out_dir: out,
+        ramp_timeout_secs: a.ramp_timeout_secs,
+        kernel,
+    };
+    let mut progress = Progress::new(a.quiet);
+    let result = scenario::run(spec, cluster.as_mut(), &mut progress, stop).await;
+    drop(progress);
+    if let Some(c) = cluster.as_mut() {
+        c.shutdown(Duration::from_secs(5)).await;
     }
-    println!("POST /v1/push/user  alice: \"hello alice\"");
-    let answer = post(
-        http,
-        "/v1/push/user",
-        serde_json::json!({"user": "alice", "topic": "chat", "payload": "hello alice"}),
-    )
-    .await?;
-    println!("  -> {answer}");
-    println!("POST /v1/push/all   \"hello everyone\"");
-    let answer = post(
-        http,
-        "/v1/push/all",
-        serde_json::json!({"topic": "news", "payload": "hello everyone"}),
-    )
-    .await?;
-    println!("  -> {answer}");
-    for t in tasks {
-        tokio::time::timeout(Duration::from_secs(10), t)
-            .await
-            .map_err(|_| "a client did not get its pushes within 10 s".to_owned())?
-            .map_err(|e| e.to_string())??;
-    }
-    println!("demo ok: every client received its pushes");
+    let result = result.map_err(|e| e.to_string())?;
+    println!("\nSummary\n{}", result.summary_table());
     Ok(())
 }
 
-struct HoldArgs {
-    addr: SocketAddr,
-    connections: usize,
-    rate: u32,
-    heartbeat_ms: u64,
-    hold_secs: u64,
-    http: SocketAddr,
-    push_all: u32,
-    prefix: String,
-    secret: String,
-}
-
-/// Counters shared by every held connection.
-struct HoldStats {
-    base: Instant,
-    established: AtomicUsize,
-    closed: AtomicUsize,
-    failed: AtomicUsize,
-    pongs: AtomicU64,
-    /// Per timed push: how many clients got it, and the latest arrival (ns after `base`).
-    arrivals: Vec<(AtomicUsize, AtomicU64)>,
-}
-
-/// Message ids of timed pushes start here, so they cannot collide with others.
-const TIMED_BASE: u64 = 1 << 40;
-
-async fn hold(a: HoldArgs) -> Result<(), String> {
-    let stats = Arc::new(HoldStats {
-        base: Instant::now(),
-        established: AtomicUsize::new(0),
-        closed: AtomicUsize::new(0),
-        failed: AtomicUsize::new(0),
-        pongs: AtomicU64::new(0),
-        arrivals: (0..a.push_all).map(|_| (AtomicUsize::new(0), AtomicU64::new(0))).collect(),
-    });
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let gap = Duration::from_secs_f64(1.0 / f64::from(a.rate.max(1)));
-    let started = Instant::now();
-    let mut tasks = Vec::with_capacity(a.connections);
-    for i in 0..a.connections {
-        let user = format!("{}{i}", a.prefix);
-        let token = token::mint(&a.secret, &user, Duration::from_secs(86_400), None, None)
-            .map_err(|e| e.to_string())?;
-        let cfg =
-            client_config(token, &format!("d{i}"), Platform::Android, a.heartbeat_ms, i as u64);
-        let stats = Arc::clone(&stats);
-        let stop = Arc::clone(&stop);
-        let addr = a.addr;
-        tasks.push(tokio::spawn(async move {
-            let Ok(stream) = TcpStream::connect(addr).await else {
-                stats.failed.fetch_add(1, Ordering::Relaxed);
-                return;
-            };
-            let Ok(mut session) = Session::new(cfg, Instant::now().into_std()) else { return };
-            let run = drive(stream, &mut session, |_, event| {
-                match event {
-                    Event::Authenticated(_) => {
-                        stats.established.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Event::Pong { .. } => {
-                        stats.pongs.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Event::Push(p) if p.message_id >= TIMED_BASE => {
-                        let k = (p.message_id - TIMED_BASE) as usize;
-                        if let Some((count, last)) = stats.arrivals.get(k) {
-                            count.fetch_add(1, Ordering::Relaxed);
-                            last.fetch_max(
-                                stats.base.elapsed().as_nanos() as u64,
-                                Ordering::Relaxed,
-                            );
-                        }
-                    }
-                    Event::AuthFailed { .. } => {
-                        stats.failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                    _ => {}
-                }
-                Flow::Continue
-            });
-            tokio::select! {
-                _ = run => { stats.closed.fetch_add(1, Ordering::Relaxed); }
-                _ = stop.notified() => {}
-            }
-        }));
-        tokio::time::sleep_until(started + gap * (i as u32 + 1)).await;
+async fn cluster(a: ClusterArgs) -> Result<(), String> {
+    let log_dir =
+        a.log_dir.unwrap_or_else(|| PathBuf::from(format!("loadtest-out/cluster-{}", timestamp())));
+    if !a.no_sysctl {
+        let want = u64::from(a.gateways) * u64::from(a.gateway_max_connections);
+        for k in tune_kernel(want) {
+            println!("kernel: {k}");
+        }
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let est = stats.established.load(Ordering::Relaxed);
-        let failed = stats.failed.load(Ordering::Relaxed);
-        if est + failed >= a.connections || Instant::now() > deadline {
+    let spec = ClusterSpec {
+        gateways: a.gateways,
+        max_connections: a.gateway_max_connections,
+        gateway_workers: a.gateway_workers,
+        scheduler: a.scheduler,
+        gateway_sets: a.gateway_sets,
+        bin_dir: a.bin_dir.unwrap_or_else(default_bin_dir),
+        log_dir: log_dir.clone(),
+        jwt_secret: a.secret,
+    };
+    let stop = stop_signal();
+    let mut c = Cluster::start(&spec).await.map_err(|e| e.to_string())?;
+    for g in &c.gateways {
+        println!(
+            "gateway {} pid {} clients {} api http://{} metrics http://{}/metrics log {}",
+            g.name,
+            g.pid,
+            g.addr.tcp,
+            g.addr.http,
+            g.addr.http,
+            g.log.display()
+        );
+    }
+    if let Some(s) = &c.scheduler {
+        println!(
+            "scheduler pid {} dispatch http://{}/v1/dispatch control http://{} metrics http://{}/metrics log {}",
+            s.pid,
+            s.dispatch,
+            s.control,
+            s.control,
+            s.log.display()
+        );
+        let ok = c.wait_registered(Duration::from_secs(20)).await;
+        println!("scheduler sees every gateway: {ok}");
+    }
+    println!("cluster ready: {} process(es); Ctrl-C stops them all", c.pids().len());
+    let mut stop = stop;
+    while !*stop.borrow() {
+        if stop.changed().await.is_err() {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let est = stats.established.load(Ordering::Relaxed);
-    println!(
-        "established={est} failed={} in {:.1} s",
-        stats.failed.load(Ordering::Relaxed),
-        started.elapsed().as_secs_f64()
-    );
-    for k in 0..a.push_all {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let sent = stats.base.elapsed().as_nanos() as u64;
-        let body = serde_json::json!({"message_id": TIMED_BASE + u64::from(k), "topic": "bench", "payload": "x".repeat(32), "ack": false});
-        let answer = post(a.http, "/v1/push/all", body).await?;
-        let want = answer["delivered_count"].as_u64().unwrap_or(0) as usize;
-        let (count, last) = &stats.arrivals[k as usize];
-        let wait_until = Instant::now() + Duration::from_secs(30);
-        while count.load(Ordering::Relaxed) < want && Instant::now() < wait_until {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        let got = count.load(Ordering::Relaxed);
-        let ms = (last.load(Ordering::Relaxed).saturating_sub(sent)) as f64 / 1e6;
-        println!("push_all {k}: delivered_count={want} received={got} last_arrival_ms={ms:.1}");
-    }
-    let pongs_before = stats.pongs.load(Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_secs(a.hold_secs)).await;
-    let pongs = stats.pongs.load(Ordering::Relaxed) - pongs_before;
-    println!(
-        "held {} s: established={} closed={} pongs={pongs}",
-        a.hold_secs,
-        stats.established.load(Ordering::Relaxed),
-        stats.closed.load(Ordering::Relaxed),
-    );
-    stop.notify_waiters();
-    for t in tasks {
-        t.abort();
-    }
+    println!("stopping the cluster");
+    c.shutdown(Duration::from_secs(5)).await;
+    println!("cluster stopped");
     Ok(())
 }

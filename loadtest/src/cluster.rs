@@ -1,0 +1,498 @@
+//! The local cluster launcher: gateway processes (each below the open-file limit), an
+//! optional scheduler, and a registration agent per gateway, all on 127.0.0.1.
+//!
+//! Every process is started on port 0 and waited for on its ready line (never a sleep);
+//! its output goes to a log file. Every process dies with the launcher: [`Cluster::shutdown`]
+//! stops them (SIGTERM, then SIGKILL after a grace period), dropping a [`Cluster`] kills
+//! them, and each asks the kernel to kill it if the launcher dies.
+//!
+//! **Scheduler registration.** Today's gateway does not embed the scheduler agent yet
+//! (`docs/ARCHITECTURE.md`), so the launcher runs one `holdfast_scheduler::agent::Agent`
+//! per gateway on its behalf, reporting the gateway's established connections (read from
+//! its `/v1/stats` every 500 ms). Shed orders are counted, not carried out. A killed
+//! gateway's agent stops with it, so the scheduler stops naming it after `fleet.ttl_ms`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use holdfast_scheduler::agent::{Agent, AgentConfig, GatewayHooks, LoadSample};
+use holdfast_scheduler::model::{Dims, Endpoint, Transport};
+use holdfast_scheduler::protocol::{Registration, ShedOrder};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Child;
+
+use crate::coordinator::die_with_parent;
+use crate::plan::GatewayAddr;
+
+/// Why a cluster could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// A binary is missing.
+    #[error(
+        "{0} not found; build it first: cargo build --release -p holdfast-gateway -p holdfast-scheduler"
+    )]
+    Missing(PathBuf),
+    /// A process could not be started.
+    #[error("{0}: {1}")]
+    Spawn(String, String),
+    /// A process did not print its ready line in time.
+    #[error("{0} did not get ready within {1:?} (log: {2})")]
+    NotReady(String, Duration, PathBuf),
+    /// The registration agent could not start.
+    #[error("agent for {0}: {1}")]
+    Agent(String, String),
+}
+
+/// How to size and configure the cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    /// Gateway processes.
+    pub gateways: u32,
+    /// `listen.max_connections` of each (keep it below the open-file limit).
+    pub max_connections: u32,
+    /// `node.workers` of each (0 = one per CPU).
+    pub gateway_workers: u32,
+    /// Start a scheduler and register the gateways with it.
+    pub scheduler: bool,
+    /// Extra `--set` overrides for every gateway (applied last).
+    pub gateway_sets: Vec<String>,
+    /// Where `holdfast-gateway` and `holdfast-scheduler` are.
+    pub bin_dir: PathBuf,
+    /// Where the processes' logs go.
+    pub log_dir: PathBuf,
+    /// `HOLDFAST_JWT_SECRET` for the gateways (`None`: their development secret).
+    pub jwt_secret: Option<String>,
+}
+
+/// One gateway process.
+#[derive(Debug)]
+pub struct GatewayProc {
+    /// `gw-<n>`.
+    pub name: String,
+    /// Its addresses.
+    pub addr: GatewayAddr,
+    /// Its process id.
+    pub pid: u32,
+    /// Its log file.
+    pub log: PathBuf,
+    child: Option<Child>,
+    established: Arc<AtomicU64>,
+}
+
+/// The scheduler process.
+#[derive(Debug)]
+pub struct SchedulerProc {
+    /// `GET /v1/dispatch` address.
+    pub dispatch: std::net::SocketAddr,
+    /// Reports, admin, `/metrics`.
+    pub control: std::net::SocketAddr,
+    /// Its process id.
+    pub pid: u32,
+    /// Its log file.
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+/// A running local cluster.
+pub struct Cluster {
+    /// The gateways, in start order (killed ones have `pid` of a dead process).
+    pub gateways: Vec<GatewayProc>,
+    /// The scheduler, if one was asked for.
+    pub scheduler: Option<SchedulerProc>,
+    agents: Vec<Option<Agent>>,
+    pollers: Vec<tokio::task::JoinHandle<()>>,
+    /// Shed orders the scheduler sent (counted, not carried out).
+    pub shed_orders: Arc<AtomicU64>,
+}
+
+struct Hooks {
+    established: Arc<AtomicU64>,
+    orders: Arc<AtomicU64>,
+}
+
+impl GatewayHooks for Hooks {
+    fn sample(&self) -> LoadSample {
+        let connections = self.established.load(Ordering::Relaxed) as f64;
+        LoadSample { load: Dims { connections, ..Dims::default() }, ..LoadSample::default() }
+    }
+
+    fn shed(&self, _order: ShedOrder) {
+        self.orders.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Cluster {
+    /// Start the scheduler (if asked), then every gateway, each waited for on its ready line.
+    pub async fn start(spec: &ClusterSpec) -> Result<Cluster, ClusterError> {
+        std::fs::create_dir_all(&spec.log_dir)
+            .map_err(|e| ClusterError::Spawn(spec.log_dir.display().to_string(), e.to_string()))?;
+        let gw_bin = spec.bin_dir.join("holdfast-gateway");
+        if !gw_bin.exists() {
+            return Err(ClusterError::Missing(gw_bin));
+        }
+        let mut cluster = Cluster {
+            gateways: Vec::new(),
+            scheduler: None,
+            agents: Vec::new(),
+            pollers: Vec::new(),
+            shed_orders: Arc::new(AtomicU64::new(0)),
+        };
+        if spec.scheduler {
+            let bin = spec.bin_dir.join("holdfast-scheduler");
+            if !bin.exists() {
+                return Err(ClusterError::Missing(bin));
+            }
+            let log = spec.log_dir.join("scheduler.log");
+            let args: Vec<String> = [
+                "dispatch.addr=127.0.0.1:0",
+                "control.addr=127.0.0.1:0",
+                "instance.workers=1",
+                "fleet.report_interval_ms=500",
+                "fleet.ttl_ms=1500",
+                "dispatch.per_source_rate=10000000",
+                "dispatch.per_source_burst=1000000",
+                "dispatch.global_rate=10000000",
+                "dispatch.global_burst=1000000",
+                "log.filter=warn",
+            ]
+            .iter()
+            .flat_map(|s| ["--set".to_owned(), (*s).to_owned()])
+            .collect();
+            let (child, line) = start_process(&bin, &args, &[], &log).await?;
+            let field = |k: &str| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(k))
+                    .and_then(|a| a.parse().ok())
+                    .ok_or_else(|| {
+                        ClusterError::Spawn(
+                            "holdfast-scheduler".into(),
+                            format!("ready line {line:?}"),
+                        )
+                    })
+            };
+            let pid = child.id().unwrap_or(0);
+            cluster.scheduler = Some(SchedulerProc {
+                dispatch: field("dispatch=")?,
+                control: field("control=")?,
+                pid,
+                log,
+                child: Some(child),
+            });
+        }
+        for i in 0..spec.gateways {
+            cluster.start_gateway(spec, &gw_bin, i).await?;
+        }
+        Ok(cluster)
+    }
+
+    async fn start_gateway(
+        &mut self,
+        spec: &ClusterSpec,
+        bin: &Path,
+        i: u32,
+    ) -> Result<(), ClusterError> {
+        let name = format!("gw-{}", i + 1);
+        let log = spec.log_dir.join(format!("{name}.log"));
+        let mut sets = vec![
+            "listen.addr=127.0.0.1:0".to_owned(),
+            "http.addr=127.0.0.1:0".to_owned(),
+            format!("node.id={}", i + 1),
+            format!("node.workers={}", spec.gateway_workers),
+            format!("listen.max_connections={}", spec.max_connections),
+            "log.filter=warn".to_owned(),
+        ];
+        sets.extend(spec.gateway_sets.iter().cloned());
+        let args: Vec<String> = sets.into_iter().flat_map(|s| ["--set".to_owned(), s]).collect();
+        let mut env = vec![("NO_COLOR".to_owned(), "1".to_owned())];
+        if let Some(secret) = &spec.jwt_secret {
+            env.push(("HOLDFAST_JWT_SECRET".to_owned(), secret.clone()));
+        }
+        let (child, line) = start_process(bin, &args, &env, &log).await?;
+        let addr = |k: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .and_then(|a| a.parse().ok())
+                .ok_or_else(|| ClusterError::Spawn(name.clone(), format!("ready line {line:?}")))
+        };
+        let addr = GatewayAddr { tcp: addr("tcp=")?, http: addr("http=")? };
+        let established = Arc::new(AtomicU64::new(0));
+        let pid = child.id().unwrap_or(0);
+        self.pollers.push(tokio::spawn(poll_stats(addr.http, Arc::clone(&established))));
+        let agent = match &self.scheduler {
+            Some(s) => {
+                let registration = Registration {
+                    id: name.clone(),
+                    generation: crate::plan::wall_ns() / 1_000_000,
+                    region: "local".into(),
+                    zone: "local-a".into(),
+                    group: "default".into(),
+                    tags: vec![],
+                    endpoints: vec![Endpoint {
+                        transport: Transport::Tcp,
+                        addr: addr.tcp.to_string(),
+                    }],
+                    capacity: Dims {
+                        connections: f64::from(spec.max_connections),
+                        ..Dims::default()
+                    },
+                };
+                let secret = std::env::var("HOLDFAST_SCHEDULER_SECRET")
+                    .unwrap_or_else(|_| holdfast_scheduler::config::DEV_SECRET.to_owned());
+                let mut cfg = AgentConfig::new(registration, vec![s.control.to_string()], secret);
+                cfg.report_interval = Duration::from_millis(500);
+                let hooks = Hooks {
+                    established: Arc::clone(&established),
+                    orders: Arc::clone(&self.shed_orders),
+                };
+                Some(
+                    Agent::spawn(cfg, Arc::new(hooks))
+                        .map_err(|e| ClusterError::Agent(name.clone(), e.to_string()))?,
+                )
+            }
+            None => None,
+        };
+        self.agents.push(agent);
+        self.gateways.push(GatewayProc { name, addr, pid, log, child: Some(child), established });
+        Ok(())
+    }
+
+    /// The gateways' addresses.
+    pub fn addrs(&self) -> Vec<GatewayAddr> {
+        self.gateways.iter().map(|g| g.addr).collect()
+    }
+
+    /// Process ids of the live gateways.
+    pub fn gateway_pids(&self) -> Vec<u32> {
+        self.gateways.iter().filter(|g| g.child.is_some()).map(|g| g.pid).collect()
+    }
+
+    /// Every process id the cluster started (gateways and scheduler) that is still running.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut p = self.gateway_pids();
+        p.extend(self.scheduler.iter().filter(|s| s.child.is_some()).map(|s| s.pid));
+        p
+    }
+
+    /// Wait until the scheduler has heard from every live gateway (it answers dispatch
+    /// requests with one), at most `timeout`.
+    pub async fn wait_registered(&self, timeout: Duration) -> bool {
+        let Some(s) = &self.scheduler else { return true };
+        let url = format!("http://{}/v1/gateways", s.control);
+        let want = self.gateway_pids().len();
+        let Ok(http) =
+            reqwest::Client::builder().timeout(Duration::from_secs(2)).no_proxy().build()
+        else {
+            return false;
+        };
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(resp) = http.get(&url).send().await
+                && let Ok(v) = resp.json::<serde_json::Value>().await
+            {
+                let live = v["gateways"].as_array().map_or(0, Vec::len);
+                if live >= want {
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    /// `kill -9` gateway `i` and stop its agent; returns its pid.
+    pub async fn kill_gateway(&mut self, i: usize) -> Option<u32> {
+        self.stop_gateway(i, false).await
+    }
+
+    /// Stop gateway `i`: its agent first (the scheduler stops naming it after its TTL),
+    /// then `SIGTERM` when `graceful` (the gateway sends every client `REDIRECT`
+    /// `SERVER_SHUTDOWN` and exits; `SIGKILL` after 30 s) or `SIGKILL`. Returns its pid.
+    pub async fn stop_gateway(&mut self, i: usize, graceful: bool) -> Option<u32> {
+        if let Some(agent) = self.agents.get_mut(i).and_then(Option::take) {
+            agent.stop().await;
+        }
+        let g = self.gateways.get_mut(i)?;
+        let mut child = g.child.take()?;
+        if graceful {
+            if let Some(pid) = child.id() {
+                // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
+                unsafe {
+                    libc::kill(pid as libc::pid_t, libc::SIGTERM);
+                }
+            }
+            if tokio::time::timeout(Duration::from_secs(30), child.wait()).await.is_ok() {
+                return Some(g.pid);
+            }
+        }
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        Some(g.pid)
+    }
+
+    /// The first gateway still running, by index.
+    pub fn first_live(&self) -> Option<usize> {
+        self.gateways.iter().position(|g| g.child.is_some())
+    }
+
+    /// Stop everything: agents, then SIGTERM to every process, SIGKILL after `grace`.
+    pub async fn shutdown(&mut self, grace: Duration) {
+        for a in self.agents.iter_mut().filter_map(Option::take) {
+            a.stop().await;
+        }
+        for p in self.pollers.drain(..) {
+            p.abort();
+        }
+        let mut children: Vec<Child> =
+            self.gateways.iter_mut().filter_map(|g| g.child.take()).collect();
+        children.extend(self.scheduler.as_mut().and_then(|s| s.child.take()));
+        for c in &children {
+            if let Some(pid) = c.id() {
+                // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
+                unsafe {
+                    libc::kill(pid as libc::pid_t, libc::SIGTERM);
+                }
+            }
+        }
+        let deadline = Instant::now() + grace;
+        for mut c in children {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(left, c.wait()).await.is_err() {
+                let _ = c.start_kill();
+                let _ = c.wait().await;
+            }
+        }
+    }
+
+    /// Connections each gateway reported established at its last poll.
+    pub fn established(&self) -> Vec<u64> {
+        self.gateways.iter().map(|g| g.established.load(Ordering::Relaxed)).collect()
+    }
+}
+
+/// Start `bin args` with its output in `log`, and wait for its ready line on stdout.
+async fn start_process(
+    bin: &Path,
+    args: &[String],
+    env: &[(String, String)],
+    log: &Path,
+) -> Result<(Child, String), ClusterError> {
+    let name = bin
+        .file_name()
+        .map_or_else(|| bin.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let spawn_err = |e: std::io::Error| ClusterError::Spawn(name.clone(), e.to_string());
+    let file = std::fs::File::create(log).map_err(spawn_err)?;
+    let stderr = file.try_clone().map_err(spawn_err)?;
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(stderr))
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    die_with_parent(&mut cmd);
+    let mut child = cmd.spawn().map_err(spawn_err)?;
+    let stdout =
+        child.stdout.take().ok_or_else(|| ClusterError::Spawn(name.clone(), "no stdout".into()))?;
+    let mut lines = BufReader::new(stdout).lines();
+    let mut log_file = tokio::fs::File::from_std(file);
+    let found = tokio::time::timeout(READY_TIMEOUT, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = log_file.write_all(format!("{line}\n").as_bytes()).await;
+            if line.contains(" ready: ") {
+                return Some(line);
+            }
+        }
+        None
+    })
+    .await;
+    let Ok(Some(line)) = found else {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        return Err(ClusterError::NotReady(name, READY_TIMEOUT, log.to_owned()));
+    };
+    // Keep draining stdout into the log so the process never blocks on a full pipe.
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = log_file.write_all(format!("{line}\n").as_bytes()).await;
+        }
+    });
+    Ok((child, line))
+}
+
+async fn poll_stats(http: std::net::SocketAddr, established: Arc<AtomicU64>) {
+    let Ok(client) = reqwest::Client::builder().timeout(Duration::from_secs(2)).no_proxy().build()
+    else {
+        return;
+    };
+    let url = format!("http://{http}/v1/stats");
+    loop {
+        if let Ok(resp) = client.get(&url).send().await
+            && let Ok(v) = resp.json::<serde_json::Value>().await
+        {
+            established.store(v["established"].as_u64().unwrap_or(0), Ordering::Relaxed);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Raise the kernel settings a run of `connections` needs, where this process may; one line
+/// per setting saying what was done or why not. Never lowers a setting.
+pub fn tune_kernel(connections: u64) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut raise = |name: &str, want: u64| {
+        let path = format!("/proc/sys/{}", name.replace('.', "/"));
+        let Ok(cur) = std::fs::read_to_string(&path) else {
+            out.push(format!("{name}: not present"));
+            return;
+        };
+        let cur: u64 = cur.trim().parse().unwrap_or(0);
+        if cur >= want {
+            out.push(format!("{name} = {cur} (enough)"));
+        } else {
+            match std::fs::write(&path, want.to_string()) {
+                Ok(()) => out.push(format!("{name} = {want} (was {cur})")),
+                Err(e) => out.push(format!("{name} = {cur}: could not raise to {want}: {e}")),
+            }
+        }
+    };
+    raise("fs.file-max", (2 * connections + 100_000).max(4_194_304));
+    raise("net.core.somaxconn", 4096);
+    raise("net.ipv4.tcp_max_syn_backlog", 8192);
+    if Path::new("/proc/sys/net/netfilter/nf_conntrack_max").exists() {
+        raise("net.netfilter.nf_conntrack_max", 2 * connections + 65_536);
+    }
+    let path = "/proc/sys/net/ipv4/ip_local_port_range";
+    match std::fs::read_to_string(path) {
+        Ok(cur) => {
+            let v: Vec<u64> = cur.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            if v.len() == 2 && v[0] <= 1024 && v[1] >= 65_535 {
+                out.push(format!("net.ipv4.ip_local_port_range = {} {} (enough)", v[0], v[1]));
+            } else {
+                match std::fs::write(path, "1024 65535") {
+                    Ok(()) => out.push(format!("net.ipv4.ip_local_port_range = 1024 65535 (was {})", cur.trim())),
+                    Err(e) => out.push(format!(
+                        "net.ipv4.ip_local_port_range = {}: could not widen: {e} (workers bind several source addresses instead)",
+                        cur.trim()
+                    )),
+                }
+            }
+        }
+        Err(_) => out.push("net.ipv4.ip_local_port_range: not present".into()),
+    }
+    out
+}
+
+/// Where the Holdfast binaries are: next to this executable (`target/<profile>/`).
+pub fn default_bin_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."))
+}

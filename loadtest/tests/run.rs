@@ -1,0 +1,330 @@
+//! The tool against real processes: a local cluster of real gateway and scheduler
+//! binaries, launched by the tool itself, driven through the scenarios; the result file
+//! is checked for exact counts, the merged histograms against the workers', the report in
+//! headless Chromium, and the cluster launcher for leftover processes.
+//!
+//! The gateway and scheduler binaries are taken from the target directory next to this
+//! test (`cargo test --workspace` builds them; alone, run
+//! `cargo build -p holdfast-gateway -p holdfast-scheduler` first).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn bin_dir() -> PathBuf {
+    // target/<profile>/deps/<this test> -> target/<profile>
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    for bin in ["holdfast-gateway", "holdfast-scheduler"] {
+        assert!(
+            dir.join(bin).exists(),
+            "{} is missing: run `cargo build -p holdfast-gateway -p holdfast-scheduler` first",
+            dir.join(bin).display()
+        );
+    }
+    dir
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("hf-lt-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn loadtest() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_holdfast-loadtest"));
+    c.env_remove("HOLDFAST_JWT_SECRET");
+    c
+}
+
+/// Run `holdfast-loadtest run ARGS --out DIR` (ARGS split at whitespace); the parsed
+/// `result.json`.
+fn run(dir: &Path, args: &str) -> Value {
+    let out = loadtest()
+        .arg("run")
+        .args(args.split_whitespace())
+        .args(["--no-sysctl", "--quiet", "--out", dir.to_str().unwrap()])
+        .args(["--bin-dir", bin_dir().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "run failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("Summary"), "{stdout}");
+    serde_json::from_slice(&std::fs::read(dir.join("result.json")).unwrap()).unwrap()
+}
+
+fn phase<'a>(r: &'a Value, name: &str) -> &'a Value {
+    r["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no phase {name}: {r}"))
+}
+
+/// Whether `pid` is gone (no such process, or a zombie nobody reaped yet).
+fn gone(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+fn wait_gone(pids: &[u64], within: Duration) -> Vec<u64> {
+    let deadline = Instant::now() + within;
+    loop {
+        let left: Vec<u64> = pids.iter().copied().filter(|p| !gone(*p)).collect();
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Dump the DOM of `html` with headless Chromium.
+fn chromium_dom(html: &Path) -> String {
+    let profile = temp_dir("chromium-profile");
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=2000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", html.display()))
+        .stdin(Stdio::null())
+        .output()
+        .expect(
+            "chromium is needed for this test: apt-get install chromium (scripts/test installs it)",
+        );
+    let _ = std::fs::remove_dir_all(profile);
+    assert!(out.status.success(), "chromium: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn cluster_run_counts_every_push_merges_histograms_exactly_and_renders_its_report() {
+    let dir = temp_dir("cluster-run");
+    let r = run(
+        &dir,
+        "--cluster 3 --with-scheduler --clients 300 --per-worker 150 --rate 1000 \
+         --heartbeat-ms 1000 --scenarios hold,push,broadcast,refresh,drain,storm --hold-secs 2 \
+         --push-rate 200 --push-secs 2 --broadcasts 2 --refresh-secs 2 \
+         --storm-timeout-secs 30 --backoff-cap-ms 2000",
+    );
+    // Two workers, every client connected through the scheduler (3 gateways).
+    assert_eq!(r["workers"].as_array().unwrap().len(), 2);
+    assert_eq!(phase(&r, "ramp")["figures"]["established"], 300, "{r}");
+    assert!(r["totals"]["dispatch_requests"].as_u64().unwrap() >= 300);
+    // Heartbeats at the granted 1 s interval.
+    let hold = phase(&r, "hold");
+    let pongs = hold["figures"]["pongs"].as_u64().unwrap();
+    assert!((300..=1200).contains(&pongs), "{hold}");
+    assert!(hold["figures"]["gateway_cpu_us_per_heartbeat"].as_f64().unwrap() > 0.0);
+    assert!(hold["figures"]["tool_bytes_per_conn"].as_f64().is_some());
+    // Every unicast push the API delivered was received, and timed.
+    let push = phase(&r, "push");
+    let f = &push["figures"];
+    assert_eq!(f["api_calls"], 400, "{push}");
+    assert_eq!(f["delivered"], 400, "{push}");
+    assert_eq!(f["received"], 400, "{push}");
+    assert_eq!(push["latency"]["push"]["count"], 400, "{push}");
+    // Each broadcast reached all 300, whichever gateway they were on.
+    let b = phase(&r, "broadcast");
+    assert_eq!(b["figures"]["expected"], 600, "{b}");
+    assert_eq!(b["figures"]["received"], 600, "{b}");
+    assert_eq!(b["figures"]["complete"], 2, "{b}");
+    // Every client refreshed its token once.
+    let rf = phase(&r, "refresh");
+    assert_eq!(rf["figures"]["sent"], 300, "{rf}");
+    assert_eq!(rf["figures"]["ok"], 300, "{rf}");
+    // Drain: one gateway stopped with SIGTERM redirects its clients, all back elsewhere.
+    let d = phase(&r, "drain");
+    let stopped = d["figures"]["stopped_gateway_clients"].as_u64().unwrap();
+    assert!(stopped > 0, "{d}");
+    assert!(d["figures"]["redirected"].as_u64().unwrap() >= stopped, "{d}");
+    assert_eq!(d["figures"]["all_back"], true, "{d}");
+    assert_eq!(d["figures"]["established_after"], 300, "{d}");
+    assert_eq!(d["figures"]["lost"], 0, "{d}");
+    // Storm: another gateway killed, its clients all back on the last one.
+    let s = phase(&r, "storm");
+    let killed = s["figures"]["stopped_gateway_clients"].as_u64().unwrap();
+    assert!(killed > 0, "{s}");
+    assert_eq!(s["figures"]["all_back"], true, "{s}");
+    assert!(s["figures"]["reconnects"].as_u64().unwrap() >= killed, "{s}");
+    assert_eq!(s["figures"]["established_after"], 300, "{s}");
+    assert!(s["figures"]["peak_dispatch_per_sec"].as_f64().unwrap() > 0.0, "{s}");
+    assert_eq!(s["figures"]["lost"], 0, "{s}");
+    // Merged histogram counts equal the sum of the workers'.
+    for (name, merged) in r["merged_histogram_counts"].as_object().unwrap() {
+        let sum: u64 = r["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["histogram_counts"][name].as_u64().unwrap_or(0))
+            .sum();
+        assert_eq!(merged.as_u64().unwrap(), sum, "{name}");
+    }
+    assert!(r["merged_histogram_counts"]["push"].as_u64().unwrap() >= 400);
+    // Every process the run started is gone.
+    let mut pids: Vec<u64> =
+        r["workers"].as_array().unwrap().iter().map(|w| w["pid"].as_u64().unwrap()).collect();
+    pids.extend(r["gateways"].as_array().unwrap().iter().map(|g| g["pid"].as_u64().unwrap()));
+    assert_eq!(wait_gone(&pids, Duration::from_secs(5)), Vec::<u64>::new());
+    // The report renders in a browser: every chart is an SVG with drawn shapes.
+    let dom = chromium_dom(&dir.join("report.html"));
+    for id in ["chart-connections", "chart-latency", "chart-memory", "chart-cpu", "chart-errors"] {
+        let at = dom.find(&format!("id=\"{id}\"")).unwrap_or_else(|| panic!("{id} missing"));
+        let fig = &dom[at..at + dom[at..].find("</figure>").unwrap()];
+        assert!(fig.contains("<svg"), "{id}");
+        let shapes = fig.matches("<polyline").count()
+            + fig.matches("<path").count()
+            + fig.matches("<rect").count();
+        assert!(shapes >= 3, "{id}: {shapes} shapes");
+    }
+    // Lines of data, not just axes: the connection chart has one polyline per series.
+    let at = dom.find("id=\"chart-connections\"").unwrap();
+    assert!(dom[at..].matches("<polyline").count() >= 3);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn flood_and_heartbeat_cpu_scenarios_report_their_figures() {
+    let dir = temp_dir("flood");
+    let r = run(
+        &dir,
+        "--cluster 1 --clients 220 --per-worker 110 --heartbeat-ms 1000 \
+         --scenarios heartbeat-cpu,flood --hold-secs 2 --settle-secs 1 --push-rate 100 \
+         --push-secs 2 --flood-workers 1 --flood-every 11 --flood-rate 2000",
+    );
+    let hb = phase(&r, "heartbeat-cpu");
+    assert!(hb["figures"]["pongs"].as_u64().unwrap() >= 220, "{hb}");
+    assert!(hb["figures"]["gateway_cpu_us_per_heartbeat"].as_f64().unwrap() > 0.0, "{hb}");
+    assert!(hb["figures"]["tool_cpu_us_per_heartbeat"].as_f64().unwrap() > 0.0, "{hb}");
+    let off = phase(&r, "flood-off");
+    assert_eq!(off["figures"]["lost"], 0, "{off}");
+    let on = phase(&r, "flood-on");
+    let f = &on["figures"];
+    // Flooders only in the second worker (110 / 11); the pushes came from the first.
+    assert_eq!(f["flooding_clients"], 10, "{on}");
+    // 10 flooders at 2,000 PINGs/s for 2 s, answered (the gateway's limit was raised).
+    assert!(f["flood_pongs"].as_u64().unwrap() > 10_000, "{on}");
+    assert_eq!(f["closed_by_gateway"], 0, "{on}");
+    assert_eq!(f["lost"], 0, "{on}");
+    assert!(f["p99_ratio"].as_f64().unwrap() > 0.0, "{on}");
+    assert!(r["figures"]["flood_p99_ratio"].as_f64().is_some());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Start `holdfast-loadtest cluster`, wait for its ready line; its child pids.
+fn start_cluster(dir: &Path) -> (std::process::Child, Vec<u64>) {
+    let mut child = loadtest()
+        .args(["cluster", "--gateways", "2", "--scheduler", "--no-sysctl"])
+        .args(["--log-dir", dir.to_str().unwrap(), "--bin-dir", bin_dir().to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut pids = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "cluster not ready in time");
+        let line = lines.next().expect("cluster exited before it was ready").unwrap();
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let Some(i) = words.iter().position(|w| *w == "pid") {
+            pids.push(words[i + 1].parse().unwrap());
+        }
+        if line.starts_with("cluster ready") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    (child, pids)
+}
+
+#[test]
+fn cluster_launcher_leaves_no_process_behind_on_ctrl_c_or_kill_9() {
+    let dir = temp_dir("cluster");
+    // Ctrl-C: an orderly stop of everything.
+    let (mut child, pids) = start_cluster(&dir);
+    assert_eq!(pids.len(), 3, "two gateways and a scheduler");
+    assert!(pids.iter().all(|p| !gone(*p)));
+    // SAFETY: signalling a child we spawned and have not reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "launcher did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success());
+    assert_eq!(wait_gone(&pids, Duration::from_secs(5)), Vec::<u64>::new());
+    // kill -9 of the launcher: the kernel takes its children down with it.
+    let (mut child, pids) = start_cluster(&dir);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(wait_gone(&pids, Duration::from_secs(5)), Vec::<u64>::new());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn ctrl_c_during_a_run_stops_everything_and_keeps_what_was_measured() {
+    let dir = temp_dir("interrupt");
+    let mut child = loadtest()
+        .args(
+            "run --cluster 2 --clients 200 --scenarios hold --hold-secs 600 --no-sysctl".split(' '),
+        )
+        .args(["--out", dir.to_str().unwrap(), "--bin-dir", bin_dir().to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut gateway_pids: Vec<u64> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "the hold did not start");
+        let line = lines.next().expect("run ended early").unwrap();
+        if line.starts_with("cluster: gw-") {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            gateway_pids.push(words[3].parse().unwrap());
+        }
+        if line.contains("hold: holding") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    // SAFETY: signalling a child we spawned and have not reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "run did not stop on Ctrl-C");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("result.json")).unwrap()).unwrap();
+    assert_eq!(r["figures"]["interrupted"], true);
+    assert_eq!(phase(&r, "ramp")["figures"]["established"], 200);
+    let mut pids: Vec<u64> =
+        r["workers"].as_array().unwrap().iter().map(|w| w["pid"].as_u64().unwrap()).collect();
+    assert_eq!(gateway_pids.len(), 2);
+    pids.extend(gateway_pids);
+    assert_eq!(wait_gone(&pids, Duration::from_secs(5)), Vec::<u64>::new());
+    let _ = std::fs::remove_dir_all(dir);
+}
