@@ -19,9 +19,16 @@
 //!   verifier, webhooks, presence, worker handles — so the API, the loops and the assembly
 //!   never import one another.
 //! - Control plane, ordinary tokio code off the hot path: [`api`] (crate-private: the HTTP
-//!   push API, health, `/metrics`), [`upstream`] and [`events`] (webhooks), [`presence`].
+//!   push API, `GET /v1/presence`, health, `/metrics`), [`upstream`] and [`events`]
+//!   (webhooks), [`presence`] (the hook the loops call at login and close), `cluster`
+//!   (crate-private: shared presence through `holdfast_status`, the internal channel for
+//!   cross-gateway push and kick, the kick policy across gateways), `fence` (crate-private:
+//!   self-fencing without a lease), [`agent`] (registration and shed orders of
+//!   `holdfast_scheduler`), and `deliver` (crate-private: delivery to this node's own
+//!   connections, shared by the API and the internal channel).
 //! - Shared pieces: [`auth`] (JWT), [`registry`] (user → connections, kick policy), [`ids`]
-//!   (connection ids), [`metrics`], [`config`]; [`server`] assembles and stops a node.
+//!   (connection ids), [`metrics`], [`config`], [`memory`] (allocator tuning, trimming
+//!   after bursts); [`server`] assembles and stops a node.
 //!
 //! # A request's way through
 //!
@@ -33,12 +40,17 @@
 //! to the owning loop's bounded queue; the loop encodes it once and hands each target
 //! session its copy.
 
+pub mod agent;
 mod api;
 pub mod auth;
+mod cluster;
 pub mod config;
+mod deliver;
 pub mod driver;
 pub mod events;
+mod fence;
 pub mod ids;
+pub mod memory;
 pub mod metrics;
 mod node;
 pub mod presence;
@@ -48,4 +60,5 @@ pub mod session;
 pub mod upstream;
 mod webhook;
 
+pub use cluster::ClusterError;
 pub use server::{Running, StartError, start, start_default};

@@ -42,6 +42,7 @@ fn init_logging(cfg: &Config) {
 }
 
 fn main() -> ExitCode {
+    holdfast_gateway::memory::tune_allocator();
     let args = Args::parse();
     let cfg = match Config::load(args.config.as_deref(), &args.sets, std::env::vars()) {
         Ok(cfg) => cfg,
@@ -77,8 +78,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // Tests and scripts wait for this line; keep its format.
-    println!("holdfast-gateway ready: tcp={} http={}", running.tcp_addr, running.http_addr);
+    // Tests and scripts wait for this line; keep its format (`cluster=` only with a shared
+    // presence backend).
+    match running.cluster_addr {
+        Some(cluster) => println!(
+            "holdfast-gateway ready: tcp={} http={} cluster={cluster}",
+            running.tcp_addr, running.http_addr
+        ),
+        None => {
+            println!("holdfast-gateway ready: tcp={} http={}", running.tcp_addr, running.http_addr)
+        }
+    }
     tracing::info!(tcp = %running.tcp_addr, http = %running.http_addr, "gateway started");
     running.wait_for_signal(|running| {
         // SIGHUP: re-read the configuration and apply what can change live: [auth].

@@ -51,6 +51,48 @@ pub struct EventsMetrics {
     pub unacked_reported: IntCounter,
 }
 
+/// `outcome` labels of `holdfast_gateway_forwards_total`.
+pub const FORWARD_OUTCOMES: [&str; 4] = ["ok", "unavailable", "timeout", "unknown_peer"];
+
+/// Handles for presence, fencing, cross-gateway forwarding and scheduler orders. Registered
+/// whatever the configuration (they stay at 0 on a single in-process node).
+#[derive(Clone)]
+pub struct ClusterMetrics {
+    /// Online/offline writes the presence store acknowledged.
+    pub presence_writes: IntCounter,
+    /// Writes waiting for the presence store (queued or being retried).
+    pub presence_queued: IntGauge,
+    /// Write batches that failed and were kept for a retry.
+    pub presence_retries: IntCounter,
+    /// Full resyncs of this gateway's sessions sent to the store.
+    pub presence_resyncs: IntCounter,
+    /// Times the store refused the lease (a new generation was taken).
+    pub presence_lease_losses: IntCounter,
+    /// 1 while the gateway is fenced (no lease: accepts nothing, redirects its clients).
+    pub fenced: IntGauge,
+    /// Times the gateway fenced itself.
+    pub fences: IntCounter,
+    /// Pushes and kicks forwarded to other gateways, by outcome; index with
+    /// [`FORWARD_OUTCOMES`].
+    pub forwards: Vec<IntCounter>,
+    /// Round trip of a forward to another gateway.
+    pub forward_duration: Histogram,
+    /// Requests served for other gateways on the internal listener.
+    pub forwards_served: IntCounter,
+    /// Internal-listener handshakes, by outcome (`ok`, `refused`).
+    pub peer_handshakes: Vec<IntCounter>,
+    /// Sessions on other gateways displaced by a newer login here (kick policy).
+    pub remote_displaced: IntCounter,
+    /// Shed orders received from the scheduler.
+    pub shed_orders: IntCounter,
+    /// `REDIRECT`s sent to established clients, by reason (`rebalance`, `fenced`).
+    pub redirects: Vec<IntCounter>,
+    /// Connections still to redirect for accepted shed orders.
+    pub shed_pending: IntGauge,
+    /// Sockets and handshakes refused because the gateway was fenced.
+    pub rejected_fenced: IntCounter,
+}
+
 /// Every metric handle of a gateway process.
 #[derive(Clone)]
 pub struct Metrics {
@@ -98,12 +140,16 @@ pub struct Metrics {
     pub outbound_queue_bytes: IntGauge,
     /// Turns a connection yielded with frames left over (fairness under pipelining).
     pub yields: IntCounter,
+    /// Times the allocator was trimmed after a burst drained.
+    pub memory_trims: IntCounter,
     /// Token refreshes, by outcome (`ok`, `refused`).
     pub token_refreshes: Vec<IntCounter>,
     /// Upstream forwarding metrics.
     pub upstream: UpstreamMetrics,
     /// Event webhook metrics.
     pub events: EventsMetrics,
+    /// Presence, fencing, forwarding and rebalancing metrics.
+    pub cluster: ClusterMetrics,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -185,6 +231,99 @@ impl Metrics {
             "reason",
             &["logged_in_elsewhere", "admin"],
         );
+        let forward_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "holdfast_gateway_forward_duration_seconds",
+                "Round trip of pushes and kicks forwarded to other gateways.",
+            )
+            .buckets(latency_buckets()),
+        )
+        .expect("static metric is valid");
+        r.register(Box::new(forward_duration.clone())).expect("metric names are unique");
+        let cluster = ClusterMetrics {
+            presence_writes: counter(
+                r,
+                "holdfast_gateway_presence_writes_total",
+                "Online/offline writes acknowledged by the presence store.",
+            ),
+            presence_queued: gauge(
+                r,
+                "holdfast_gateway_presence_queued",
+                "Presence writes waiting (queued or being retried).",
+            ),
+            presence_retries: counter(
+                r,
+                "holdfast_gateway_presence_retries_total",
+                "Presence write batches that failed and were kept for a retry.",
+            ),
+            presence_resyncs: counter(
+                r,
+                "holdfast_gateway_presence_resyncs_total",
+                "Full resyncs of this gateway's sessions sent to the presence store.",
+            ),
+            presence_lease_losses: counter(
+                r,
+                "holdfast_gateway_presence_lease_losses_total",
+                "Times the presence store refused the lease and a new generation was taken.",
+            ),
+            fenced: gauge(
+                r,
+                "holdfast_gateway_fenced",
+                "1 while the gateway holds no presence lease (accepts nothing, redirects).",
+            ),
+            fences: counter(
+                r,
+                "holdfast_gateway_fences_total",
+                "Times the gateway fenced itself for want of a presence lease.",
+            ),
+            forwards: counter_family(
+                r,
+                "holdfast_gateway_forwards_total",
+                "Pushes and kicks forwarded to other gateways, by outcome.",
+                "outcome",
+                &FORWARD_OUTCOMES,
+            ),
+            forward_duration,
+            forwards_served: counter(
+                r,
+                "holdfast_gateway_forwards_served_total",
+                "Requests from other gateways served on the internal listener.",
+            ),
+            peer_handshakes: counter_family(
+                r,
+                "holdfast_gateway_peer_handshakes_total",
+                "Handshakes on the internal listener, by outcome.",
+                "outcome",
+                &["ok", "refused"],
+            ),
+            remote_displaced: counter(
+                r,
+                "holdfast_gateway_remote_displaced_total",
+                "Sessions on other gateways displaced by a newer login here.",
+            ),
+            shed_orders: counter(
+                r,
+                "holdfast_gateway_shed_orders_total",
+                "Shed orders received from the scheduler.",
+            ),
+            redirects: counter_family(
+                r,
+                "holdfast_gateway_redirects_total",
+                "REDIRECTs sent to established clients, by reason.",
+                "reason",
+                &["rebalance", "fenced"],
+            ),
+            shed_pending: gauge(
+                r,
+                "holdfast_gateway_shed_pending",
+                "Connections still to redirect for accepted shed orders.",
+            ),
+            rejected_fenced: counter(
+                r,
+                "holdfast_gateway_rejected_fenced_total",
+                "Sockets and handshakes refused because the gateway was fenced.",
+            ),
+        };
         #[cfg(target_os = "linux")]
         {
             let pc = prometheus::process_collector::ProcessCollector::new(
@@ -274,6 +413,11 @@ impl Metrics {
                 "holdfast_gateway_yields_total",
                 "Turns a connection gave up with frames left over, so others get theirs.",
             ),
+            memory_trims: counter(
+                r,
+                "holdfast_gateway_memory_trims_total",
+                "Times free allocator memory was returned to the system after a burst drained.",
+            ),
             token_refreshes: counter_family(
                 r,
                 "holdfast_gateway_token_refreshes_total",
@@ -298,6 +442,7 @@ impl Metrics {
                     "Unacknowledged push ids carried in disconnect events.",
                 ),
             },
+            cluster,
             registry,
         }
     }
@@ -336,11 +481,14 @@ impl Default for Metrics {
 mod tests {
     use super::*;
 
-    /// Every metric family the gateway exports is documented, with its labels.
+    /// Every metric family the gateway exports is documented, with its labels: its own, and
+    /// the presence client's, which a shared presence backend registers in the same registry.
     #[test]
     fn every_metric_is_documented() {
         let doc = include_str!("../../docs/OPERATIONS.md");
         let m = Metrics::new();
+        holdfast_status::client_metrics::ClientMetrics::new(&m.registry, "status")
+            .expect("client metrics register beside the gateway's");
         for family in m.registry.gather() {
             let name = family.name();
             if name.starts_with("holdfast_gateway_process_") {

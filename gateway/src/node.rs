@@ -1,13 +1,15 @@
 //! The node's shared state: what the event loops, the HTTP API and the assembly all use,
 //! kept in a module of its own so none of them imports another.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use crate::auth::Verifier;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::driver::{Stream, WorkerHandle};
 use crate::events::Events;
+use crate::fence::Fence;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::registry::Registry;
@@ -35,8 +37,18 @@ pub(crate) struct Node {
     pub(crate) worker_count: usize,
     /// Open sockets (accepted, not yet dropped), for `listen.max_connections`.
     pub(crate) open: AtomicUsize,
+    /// The most bytes queued for clients since the memory reclaimer last looked.
+    pub(crate) queue_peak: AtomicI64,
     /// The counter behind generated message ids.
     pub(crate) next_message_id: AtomicU64,
+    /// The self-fence: raised while the gateway holds no presence lease.
+    pub(crate) fence: Arc<Fence>,
+    /// Shared presence, peers and routing; `None` with the in-process backend.
+    pub(crate) cluster: Option<Arc<Cluster>>,
+    /// The scheduler agent, once started (`scheduler.addrs` set).
+    pub(crate) agent: OnceLock<holdfast_scheduler::agent::Agent>,
+    /// Set when shutdown begins (reported to the scheduler as draining).
+    pub(crate) stopping: AtomicBool,
 }
 
 impl Node {

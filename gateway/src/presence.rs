@@ -18,8 +18,16 @@ use crate::ids::ConnId;
 
 /// Receives online/offline transitions of this node's authenticated connections.
 pub trait Presence: Send + Sync + 'static {
-    /// A connection of `user` authenticated on this node.
-    fn online(&self, user: &Arc<str>, conn: ConnId, platform: Platform);
+    /// A connection of `user` authenticated on this node, from device `device` at
+    /// `login_ms` (wall clock, ms since the Unix epoch).
+    fn online(
+        &self,
+        user: &Arc<str>,
+        conn: ConnId,
+        platform: Platform,
+        device: &str,
+        login_ms: u64,
+    );
     /// A connection of `user` on this node closed.
     fn offline(&self, user: &Arc<str>, conn: ConnId);
     /// A short name for logs and `/v1/stats`.
@@ -32,7 +40,7 @@ pub trait Presence: Send + Sync + 'static {
 pub struct InProcess;
 
 impl Presence for InProcess {
-    fn online(&self, _user: &Arc<str>, _conn: ConnId, _platform: Platform) {}
+    fn online(&self, _: &Arc<str>, _: ConnId, _: Platform, _: &str, _: u64) {}
 
     fn offline(&self, _user: &Arc<str>, _conn: ConnId) {}
 

@@ -11,7 +11,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -19,6 +19,7 @@ use std::time::Duration;
 use mio::{Poll, Waker};
 
 use crate::auth::{AuthError, Verifier};
+use crate::cluster::{Cluster, ClusterError};
 use crate::config::{AuthConfig, Config, ConfigError};
 use crate::driver::accept::{ACCEPT_STOP, accept_loop, listener};
 use crate::driver::commands::queues;
@@ -26,6 +27,7 @@ use crate::driver::supervise::run_or_abort;
 use crate::driver::worker::{WAKER, Worker};
 use crate::driver::{Internal, WorkerHandle};
 use crate::events::{Events, EventsError};
+use crate::fence::Fence;
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::presence::{InProcess, Presence};
@@ -47,6 +49,12 @@ pub enum StartError {
     /// The event webhook client could not be built.
     #[error(transparent)]
     Events(#[from] EventsError),
+    /// Shared presence or the internal listener could not start.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// The scheduler agent could not start.
+    #[error("scheduler agent: {0}")]
+    Agent(#[from] holdfast_scheduler::agent::AgentError),
     /// A socket, poll or thread could not be created.
     #[error("{what}: {source}")]
     Io {
@@ -68,6 +76,8 @@ pub struct Running {
     pub tcp_addr: SocketAddr,
     /// The HTTP API's address.
     pub http_addr: SocketAddr,
+    /// The internal listener's address, with a shared presence backend.
+    pub cluster_addr: Option<SocketAddr>,
     node: Arc<Node>,
     runtime: tokio::runtime::Runtime,
     acceptor_waker: Arc<Waker>,
@@ -88,8 +98,23 @@ pub fn worker_count(configured: usize) -> usize {
     }
 }
 
-/// Start a gateway with `cfg` (validated here) and the presence store `presence`.
+/// Start a gateway with `cfg` (validated here) and the presence hook `presence`: a custom
+/// hook for embedding, with none of the cluster features (`presence.backend` must be
+/// `in_process`). [`start_default`] builds presence from the configuration.
 pub fn start(cfg: Config, presence: Arc<dyn Presence>) -> Result<Running, StartError> {
+    if cfg.presence.backend.is_shared() {
+        return Err(ConfigError::Invalid {
+            problems: vec![
+                "presence.backend: a shared backend needs start_default, not a custom hook"
+                    .to_owned(),
+            ],
+        }
+        .into());
+    }
+    start_with(cfg, Some(presence))
+}
+
+fn start_with(cfg: Config, presence: Option<Arc<dyn Presence>>) -> Result<Running, StartError> {
     cfg.validate()?;
     let metrics = Metrics::new();
     let verifier = Verifier::from_config(&cfg.auth)?;
@@ -117,6 +142,28 @@ pub fn start(cfg: Config, presence: Arc<dyn Presence>) -> Result<Running, StartE
     let worker_count = worker_count(cfg.node.workers).min(255);
     let listener = listener(&cfg).map_err(io_err(format!("listen on {}", cfg.listen.addr)))?;
     let tcp_addr = listener.local_addr().map_err(io_err("read the listen address"))?;
+    let fence = Arc::new(Fence::new(Arc::clone(&workers), metrics.cluster.clone()));
+    let started = if cfg.presence.backend.is_shared() {
+        Some(runtime.block_on(Cluster::start(&cfg, &metrics, Arc::clone(&fence)))?)
+    } else {
+        None
+    };
+    let (cluster, cluster_tasks) = match started {
+        Some(s) => {
+            let cluster = Arc::new(s.cluster);
+            (Some(cluster), Some((s.listener, s.secret, s.logins)))
+        }
+        None => (None, None),
+    };
+    let presence: Arc<dyn Presence> = match (&cluster, presence) {
+        (Some(c), _) => Arc::clone(c) as Arc<dyn Presence>,
+        (None, Some(p)) => p,
+        (None, None) => Arc::new(InProcess),
+    };
+    let generation = cluster.as_ref().map_or_else(
+        || holdfast_status::batcher::next_generation(0),
+        |c| c.batcher.lease().generation,
+    );
     let node = Arc::new(Node {
         registry: Registry::new(cfg.sessions.kick_policy, cfg.sessions.max_per_user),
         next_message_id: AtomicU64::new(crate::api::wall_ms().wrapping_mul(1000)),
@@ -129,6 +176,11 @@ pub fn start(cfg: Config, presence: Arc<dyn Presence>) -> Result<Running, StartE
         workers: Arc::clone(&workers),
         worker_count,
         open: AtomicUsize::new(0),
+        queue_peak: std::sync::atomic::AtomicI64::new(0),
+        fence,
+        cluster,
+        agent: OnceLock::new(),
+        stopping: AtomicBool::new(false),
     });
     let mut threads = Vec::new();
     let mut handles = Vec::new();
@@ -156,12 +208,28 @@ pub fn start(cfg: Config, presence: Arc<dyn Presence>) -> Result<Running, StartE
             run_or_abort("holdfast-acceptor", || accept_loop(poll, listener, &acceptor_node))
         })
         .map_err(io_err("spawn the acceptor thread"))?;
+    let cluster_addr = match cluster_tasks {
+        Some((listener, secret, logins)) => {
+            let addr = listener.local_addr().ok();
+            runtime.spawn(crate::cluster::serve::serve(Arc::clone(&node), listener, secret));
+            runtime.spawn(crate::cluster::displace::run(Arc::clone(&node), logins));
+            runtime.spawn(crate::cluster::watch(Arc::clone(&node)));
+            addr
+        }
+        None => None,
+    };
+    if !node.cfg.scheduler.addrs.is_empty() {
+        let _entered = runtime.enter();
+        let agent = crate::agent::spawn(&node, tcp_addr, generation)?;
+        let _ = node.agent.set(agent);
+    }
     let http = runtime
         .block_on(tokio::net::TcpListener::bind(node.cfg.http.addr))
         .map_err(io_err(format!("listen on {} (http)", node.cfg.http.addr)))?;
     let http_addr = http.local_addr().map_err(io_err("read the http address"))?;
     let (http_stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let app = crate::api::router(Arc::clone(&node));
+    runtime.spawn(crate::memory::reclaim(Arc::clone(&node)));
     let header_timeout = Duration::from_millis(node.cfg.http.header_timeout_ms);
     runtime.spawn(crate::api::serve(http, app, header_timeout, async move {
         let _ = stopped.await;
@@ -176,6 +244,7 @@ pub fn start(cfg: Config, presence: Arc<dyn Presence>) -> Result<Running, StartE
         signals: Some(signals),
         tcp_addr,
         http_addr,
+        cluster_addr,
         node,
         runtime,
         acceptor_waker,
@@ -223,6 +292,7 @@ impl Running {
     /// give it up to the linger (1 s) to be written, flush the event webhook, and stop every
     /// thread.
     pub fn shutdown(mut self) {
+        self.node.stopping.store(true, Ordering::Release);
         let _ = self.acceptor_waker.wake();
         if let Some(acceptor) = self.acceptor.take() {
             let _ = acceptor.join();
@@ -244,7 +314,9 @@ impl Running {
     }
 }
 
-/// Start with the embedded in-process presence store.
+/// Start with the presence backend `cfg.presence` names: the embedded in-process store by
+/// default; with a shared one, also the internal listener, cross-gateway routing and
+/// self-fencing.
 pub fn start_default(cfg: Config) -> Result<Running, StartError> {
-    start(cfg, Arc::new(InProcess))
+    start_with(cfg, None)
 }

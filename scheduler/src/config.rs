@@ -228,30 +228,10 @@ impl Default for LogConfig {
 /// Why the configuration could not be loaded or is unusable.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file named with `--config` could not be read.
-    #[error("cannot read config file {}: {source}", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// What the OS said.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML, or a value has the wrong type or an unknown name.
-    #[error("config file {}: {message}", path.display())]
-    File {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
-    /// An override (`--set` or environment variable) is malformed or names no field.
-    #[error("{origin}: {message}")]
-    Override {
-        /// The override as given.
-        origin: String,
-        /// What is wrong.
-        message: String,
-    },
+    /// The file, an environment variable or a `--set` could not be read or names no field
+    /// (the message says which layer and which field).
+    #[error(transparent)]
+    Load(#[from] holdfast_conf::LoadError),
     /// The configuration parsed but its values are unusable; every problem is listed.
     #[error("invalid configuration:{}", Problems(problems))]
     Invalid {
@@ -272,14 +252,6 @@ impl fmt::Display for Problems<'_> {
     }
 }
 
-/// One `section.field = value` override and where it came from.
-struct Override {
-    section: String,
-    field: String,
-    value: String,
-    origin: String,
-}
-
 impl Config {
     /// Build the effective configuration: defaults, then `file`, then the
     /// `HOLDFAST_SCHEDULER_*` entries of `env`, then `sets`. Does not call [`validate`].
@@ -290,39 +262,13 @@ impl Config {
         sets: &[String],
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut table = match file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-                // Parse as a Config first so a bad file is reported with its line.
-                toml::from_str::<Config>(&text).map_err(|e| ConfigError::File {
-                    path: path.to_owned(),
-                    message: e.to_string(),
-                })?;
-                toml::from_str::<toml::Table>(&text).map_err(|e| ConfigError::File {
-                    path: path.to_owned(),
-                    message: e.to_string(),
-                })?
-            }
-            None => toml::Table::new(),
+        let layers = holdfast_conf::Layers {
+            env_prefix: ENV_PREFIX,
+            foreign_prefixes: &[],
+            aliases: &[(SECRET_ENV, "control", "secret")],
+            optional_fields: OPTIONAL_FIELDS,
         };
-        let mut overrides = env_overrides(env)?;
-        for set in sets {
-            overrides.push(parse_set(set)?);
-        }
-        let defaults = toml::Table::try_from(Config::default()).unwrap_or_default();
-        for o in &overrides {
-            apply_override(&mut table, &defaults, o)?;
-        }
-        table.try_into().map_err(|e: toml::de::Error| {
-            let message = e.to_string().trim_end().replace("\nin `", " in `");
-            let origin = overrides
-                .iter()
-                .rev()
-                .find(|o| message.contains(&format!("`{}.{}`", o.section, o.field)))
-                .map_or_else(|| "configuration".to_owned(), |o| o.origin.clone());
-            ConfigError::Override { origin, message }
-        })
+        Ok(holdfast_conf::load(&layers, file, sets, env)?)
     }
 
     /// Check the values are usable together; lists every problem found.
@@ -401,103 +347,6 @@ impl Config {
         }
         toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
     }
-}
-
-/// Collect `HOLDFAST_SCHEDULER_<SECTION>__<FIELD>` and `HOLDFAST_SCHEDULER_SECRET`, in a
-/// fixed order (the secret first, then by name).
-fn env_overrides(
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<Vec<Override>, ConfigError> {
-    let mut vars: Vec<(String, String)> =
-        env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
-    vars.sort();
-    let mut out = Vec::new();
-    if let Some((_, v)) = vars.iter().find(|(k, _)| k == SECRET_ENV) {
-        out.push(Override {
-            section: "control".into(),
-            field: "secret".into(),
-            value: v.clone(),
-            origin: format!("env {SECRET_ENV}"),
-        });
-    }
-    for (key, value) in vars {
-        let Some((section, field)) = key[ENV_PREFIX.len()..].split_once("__") else {
-            continue;
-        };
-        let origin = format!("env {key}");
-        if section.is_empty() || field.is_empty() || field.contains("__") {
-            return Err(ConfigError::Override {
-                origin,
-                message: "expected HOLDFAST_SCHEDULER_<SECTION>__<FIELD>".into(),
-            });
-        }
-        out.push(Override {
-            section: section.to_ascii_lowercase(),
-            field: field.to_ascii_lowercase(),
-            value,
-            origin,
-        });
-    }
-    Ok(out)
-}
-
-/// Parse one `--set section.field=value`.
-fn parse_set(set: &str) -> Result<Override, ConfigError> {
-    let origin = format!("--set {set}");
-    let bad = || ConfigError::Override {
-        origin: origin.clone(),
-        message: "expected section.field=value".into(),
-    };
-    let (key, value) = set.split_once('=').ok_or_else(bad)?;
-    let (section, field) = key.trim().split_once('.').ok_or_else(bad)?;
-    if section.is_empty() || field.is_empty() || field.contains('.') {
-        return Err(bad());
-    }
-    Ok(Override { section: section.into(), field: field.into(), value: value.into(), origin })
-}
-
-/// Write one override into `table`, checking the section and field exist.
-fn apply_override(
-    table: &mut toml::Table,
-    defaults: &toml::Table,
-    o: &Override,
-) -> Result<(), ConfigError> {
-    let err = |message: String| ConfigError::Override { origin: o.origin.clone(), message };
-    let Some(toml::Value::Table(section_defaults)) = defaults.get(&o.section) else {
-        let known: Vec<&str> = defaults.keys().map(String::as_str).collect();
-        return Err(err(format!("unknown section `{}` (known: {})", o.section, known.join(", "))));
-    };
-    let optional = OPTIONAL_FIELDS.iter().any(|(s, f)| *s == o.section && *f == o.field);
-    let expects_string = match section_defaults.get(&o.field) {
-        Some(default) => default.is_str(),
-        None if optional => true,
-        None => {
-            let mut known: Vec<&str> = section_defaults.keys().map(String::as_str).collect();
-            known.extend(OPTIONAL_FIELDS.iter().filter(|(s, _)| *s == o.section).map(|(_, f)| *f));
-            known.sort_unstable();
-            return Err(err(format!(
-                "unknown field `{}` in section [{}] (known: {})",
-                o.field,
-                o.section,
-                known.join(", ")
-            )));
-        }
-    };
-    let section =
-        table.entry(o.section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-    let toml::Value::Table(section) = section else {
-        return Err(err(format!("[{}] in the config file is not a table", o.section)));
-    };
-    let parsed = toml::from_str::<toml::Table>(&format!("v = {}", o.value))
-        .ok()
-        .and_then(|mut t| t.remove("v"));
-    let value = match parsed {
-        Some(v @ toml::Value::String(_)) => v,
-        Some(v) if !expects_string => v,
-        _ => toml::Value::String(o.value.clone()),
-    };
-    section.insert(o.field.clone(), value);
-    Ok(())
 }
 
 #[cfg(test)]

@@ -75,6 +75,25 @@ struct Shared {
     fenced: AtomicBool,
     generation: AtomicU64,
     stats: BatcherStats,
+    /// What `renewed_ms` counts from.
+    origin: Instant,
+    /// When the last successful renewal was *sent*, in ms since `origin`: the store starts
+    /// the lease's TTL when it receives it, so the lease is surely live until this + TTL.
+    renewed_ms: AtomicU64,
+    /// The lease TTL, in ms.
+    ttl_ms: u64,
+}
+
+impl Shared {
+    fn renewed(&self, sent: Instant) {
+        let ms = sent.saturating_duration_since(self.origin).as_millis() as u64;
+        self.renewed_ms.fetch_max(ms, Ordering::AcqRel);
+    }
+
+    fn lapsed(&self) -> bool {
+        let now = self.origin.elapsed().as_millis() as u64;
+        now >= self.renewed_ms.load(Ordering::Acquire).saturating_add(self.ttl_ms)
+    }
 }
 
 /// The handle the event loops hold; cheap to clone. Dropping every handle stops the task.
@@ -102,11 +121,15 @@ impl Batcher {
         source: Arc<dyn SessionSource>,
     ) -> Result<Batcher, StoreError> {
         let generation = next_generation(0);
+        let origin = Instant::now();
         store.renew(Lease { id: LeaseId { gateway, generation }, ttl: cfg.lease_ttl }).await?;
         let shared = Arc::new(Shared {
             fenced: AtomicBool::new(false),
             generation: AtomicU64::new(generation),
             stats: BatcherStats::default(),
+            origin,
+            renewed_ms: AtomicU64::new(0),
+            ttl_ms: cfg.lease_ttl.as_millis() as u64,
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let task = Task {
@@ -116,7 +139,7 @@ impl Batcher {
             source,
             shared: Arc::clone(&shared),
             queue: Vec::new(),
-            last_renewal: Instant::now(),
+            last_renewal: origin,
         };
         tokio::spawn(task.run(rx));
         Ok(Batcher { tx, shared, gateway })
@@ -138,8 +161,17 @@ impl Batcher {
         }
     }
 
-    /// Whether the gateway has no live lease now: stop accepting, redirect clients.
+    /// Whether the gateway has no live lease now: stop accepting, redirect clients. True
+    /// once the store refused the lease, and also as soon as a whole TTL passed since the
+    /// last successful renewal was sent, even while a renewal is still waiting for its
+    /// answer (the store may have let the lease lapse by then).
     pub fn is_fenced(&self) -> bool {
+        self.shared.fenced.load(Ordering::Acquire) || self.shared.lapsed()
+    }
+
+    /// Whether the store refused this batcher's lease and it has not yet taken a new one
+    /// and resynced (unlike [`Batcher::is_fenced`], not raised by time alone).
+    pub fn lost_lease(&self) -> bool {
         self.shared.fenced.load(Ordering::Acquire)
     }
 
@@ -228,9 +260,11 @@ impl Task {
 
     async fn renew(&mut self) {
         let lease = Lease { id: self.lease(), ttl: self.cfg.lease_ttl };
+        let sent = Instant::now();
         match self.store.renew(lease).await {
             Ok(r) => {
-                self.last_renewal = Instant::now();
+                self.last_renewal = sent;
+                self.shared.renewed(sent);
                 if (r.resync || self.shared.fenced.load(Ordering::Acquire)) && self.resync().await {
                     self.shared.fenced.store(false, Ordering::Release);
                 }
@@ -282,8 +316,10 @@ impl Task {
         let lease = Lease { id: self.lease(), ttl: self.cfg.lease_ttl };
         // Lowered only once the new generation holds a lease and the store holds the full
         // set under it; otherwise the next renewal tick tries again.
+        let sent = Instant::now();
         if self.store.renew(lease).await.is_ok() {
-            self.last_renewal = Instant::now();
+            self.last_renewal = sent;
+            self.shared.renewed(sent);
             if self.resync().await {
                 self.shared.fenced.store(false, Ordering::Release);
             }
@@ -352,5 +388,69 @@ mod tests {
         let found = store.lookup(vec!["a".into(), "u1".into()]).await.unwrap();
         assert_eq!(found[0].len(), 1, "the resync set is what the store holds now");
         assert!(found[1].is_empty());
+    }
+
+    /// A store whose calls fail while `down` is set.
+    struct Flaky {
+        inner: InProcessStore,
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    impl PresenceStore for Flaky {
+        fn name(&self) -> &'static str {
+            "flaky"
+        }
+        fn renew(&self, lease: Lease) -> crate::StoreFuture<'_, crate::Renewed> {
+            if self.down.load(Ordering::Relaxed) {
+                return Box::pin(async { Err(StoreError::Unavailable("down".into())) });
+            }
+            self.inner.renew(lease)
+        }
+        fn apply(&self, lease: LeaseId, writes: Vec<Write>) -> crate::StoreFuture<'_, ()> {
+            self.inner.apply(lease, writes)
+        }
+        fn lookup(&self, users: Vec<UserId>) -> crate::StoreFuture<'_, Vec<Vec<Session>>> {
+            self.inner.lookup(users)
+        }
+        fn sessions_of(&self, g: GatewayId) -> crate::StoreFuture<'_, Vec<(UserId, Session)>> {
+            self.inner.sessions_of(g)
+        }
+        fn resync(&self, l: LeaseId, s: Vec<(UserId, Session)>) -> crate::StoreFuture<'_, ()> {
+            self.inner.resync(l, s)
+        }
+        fn counts(&self) -> crate::StoreFuture<'_, crate::Counts> {
+            self.inner.counts()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lease_that_cannot_be_renewed_for_a_ttl_fences_by_time_and_recovers() {
+        let store = Arc::new(Flaky {
+            inner: InProcessStore::new(),
+            down: std::sync::atomic::AtomicBool::new(false),
+        });
+        let cfg = BatcherConfig {
+            lease_ttl: Duration::from_millis(300),
+            renew_every: Duration::from_millis(100),
+            ..BatcherConfig::default()
+        };
+        let dyn_store: Arc<dyn PresenceStore> = Arc::clone(&store) as Arc<dyn PresenceStore>;
+        let b = Batcher::start(dyn_store, 3, cfg, Arc::new(Fixed(Vec::new()))).await.unwrap();
+        let until = Instant::now() + Duration::from_secs(5);
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert!(!b.is_fenced(), "renewals keep the lease");
+        store.down.store(true, Ordering::Relaxed);
+        let down_at = Instant::now();
+        while !b.is_fenced() {
+            assert!(Instant::now() < until, "never fenced");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Fenced no later than a TTL after the last renewal that went out before the outage.
+        assert!(down_at.elapsed() <= Duration::from_millis(300 + 50), "{:?}", down_at.elapsed());
+        store.down.store(false, Ordering::Relaxed);
+        while b.is_fenced() {
+            assert!(Instant::now() < until, "never recovered");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }

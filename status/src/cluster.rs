@@ -161,6 +161,15 @@ impl ClusterStore {
                 .map_err(|e| StoreError::Invalid(format!("metrics registration: {e}")))?,
             None => ClientMetrics::private("status"),
         };
+        ClusterStore::connect_with(cfg, metrics).await
+    }
+
+    /// [`ClusterStore::connect`] with metrics registered by the caller (so a caller that
+    /// retries the connection registers them once).
+    pub async fn connect_with(
+        cfg: ClusterConfig,
+        metrics: ClientMetrics,
+    ) -> Result<ClusterStore, StoreError> {
         let secret: Arc<[u8]> = Arc::from(cfg.secret.as_bytes());
         let mut ring = None;
         for seed in &cfg.seeds {

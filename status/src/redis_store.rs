@@ -217,6 +217,16 @@ impl SingleRedisStore {
         cfg: RedisConfig,
         registry: Option<&Registry>,
     ) -> Result<SingleRedisStore, StoreError> {
+        let metrics = metrics(registry, "redis")?;
+        SingleRedisStore::connect_single_with(cfg, metrics).await
+    }
+
+    /// [`SingleRedisStore::connect_single`] with metrics registered by the caller (so a
+    /// caller that retries the connection registers them once).
+    pub async fn connect_single_with(
+        cfg: RedisConfig,
+        metrics: ClientMetrics,
+    ) -> Result<SingleRedisStore, StoreError> {
         let url = cfg.urls.first().ok_or_else(|| StoreError::Invalid("no Redis URL".into()))?;
         let client =
             redis::Client::open(url.as_str()).map_err(|e| StoreError::Invalid(e.to_string()))?;
@@ -233,7 +243,7 @@ impl SingleRedisStore {
         .await
         .map_err(|_| StoreError::Timeout(cfg.call_timeout))?
         .map_err(unavailable)?;
-        Ok(RedisStore::build(conn, cfg, "redis", metrics(registry, "redis")?))
+        Ok(RedisStore::build(conn, cfg, "redis", metrics))
     }
 }
 
@@ -242,6 +252,15 @@ impl ClusterRedisStore {
     pub async fn connect_cluster(
         cfg: RedisConfig,
         registry: Option<&Registry>,
+    ) -> Result<ClusterRedisStore, StoreError> {
+        let metrics = metrics(registry, "redis-cluster")?;
+        ClusterRedisStore::connect_cluster_with(cfg, metrics).await
+    }
+
+    /// [`ClusterRedisStore::connect_cluster`] with metrics registered by the caller.
+    pub async fn connect_cluster_with(
+        cfg: RedisConfig,
+        metrics: ClientMetrics,
     ) -> Result<ClusterRedisStore, StoreError> {
         let client = redis::cluster::ClusterClientBuilder::new(cfg.urls.clone())
             .retries(cfg.retries)
@@ -255,7 +274,7 @@ impl ClusterRedisStore {
             .await
             .map_err(|_| StoreError::Timeout(cfg.call_timeout))?
             .map_err(unavailable)?;
-        Ok(RedisStore::build(conn, cfg, "redis-cluster", metrics(registry, "redis-cluster")?))
+        Ok(RedisStore::build(conn, cfg, "redis-cluster", metrics))
     }
 }
 

@@ -8,9 +8,17 @@
 //! - [`Webhook`] is a local HTTP server standing in for the business backend; it records
 //!   what it receives and answers with a function the test gives.
 //! - [`token`] and [`token_with`] mint tokens with the gateway's development secret.
+//! - [`StatusProcess`] (a `holdfast-status` node; [`status_cluster`] starts a static ring),
+//!   [`SchedulerProcess`] (a `holdfast-scheduler` instance) and [`RedisProcess`] (a
+//!   `redis-server`): real processes on free loopback ports, waited for (ready line or
+//!   `PING`), killed and reaped on drop.
 //!
 //! Each test crate that uses this passes the path of the binary under test (for example
 //! `env!("CARGO_BIN_EXE_holdfast-gateway")`), so Cargo builds it before the tests run.
+//! Binaries of *other* packages (a gateway test needs `holdfast-status`) are found next to
+//! the test executable with [`sibling_bin`]: `cargo test --workspace` (what CI runs) builds
+//! every package's binaries before any test runs; when testing one package alone, name
+//! the others too (`-p holdfast-gateway -p holdfast-status -p holdfast-scheduler`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -81,6 +89,8 @@ pub struct GatewayProcess {
     pub tcp: SocketAddr,
     /// The HTTP API.
     pub http: SocketAddr,
+    /// The internal gateway listener (with a shared presence backend).
+    pub cluster: Option<SocketAddr>,
     http_client: reqwest::blocking::Client,
 }
 
@@ -133,15 +143,19 @@ impl GatewayProcess {
         };
         let mut tcp = None;
         let mut http = None;
+        let mut cluster = None;
         for part in ready.split_whitespace() {
             if let Some(a) = part.strip_prefix("tcp=") {
                 tcp = a.parse().ok();
             } else if let Some(a) = part.strip_prefix("http=") {
                 http = a.parse().ok();
+            } else if let Some(a) = part.strip_prefix("cluster=") {
+                cluster = a.parse().ok();
             }
         }
         GatewayProcess {
             child,
+            cluster,
             tcp: tcp.expect("ready line has tcp="),
             http: http.expect("ready line has http="),
             http_client: reqwest::blocking::Client::builder()
@@ -161,6 +175,18 @@ impl GatewayProcess {
             .expect("API answers");
         let status = resp.status().as_u16();
         (status, resp.json().unwrap_or(serde_json::Value::Null))
+    }
+
+    /// GET a path: status and parsed JSON body.
+    pub fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let (status, body) = self.get(path);
+        (status, serde_json::from_str(&body).unwrap_or(serde_json::Value::Null))
+    }
+
+    /// `kill -9` the process and reap it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// GET a path: status and body text.
@@ -249,6 +275,263 @@ impl Drop for GatewayProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A loopback port nobody listens on right now (for processes that must know each other's
+/// addresses before they start).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The path of binary `name` of another workspace package, next to the running test
+/// executable (`target/<profile>/<name>`).
+pub fn sibling_bin(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo test --workspace` (or add `-p` for its package)",
+        path.display()
+    );
+    path
+}
+
+/// Spawn `cmd` with piped stdout and wait (at most 30 s) for the line starting with
+/// `prefix`; the child and the rest of that line.
+fn spawn_ready(mut cmd: Command, prefix: &'static str) -> (Child, String) {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let mut child = cmd.spawn().expect("binary starts");
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(rest) = line.strip_prefix(prefix) {
+                let _ = tx.send(rest.to_owned());
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(r) => (child, r),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no {prefix:?} line within 30 s");
+        }
+    }
+}
+
+fn ready_field(ready: &str, key: &str) -> SocketAddr {
+    ready
+        .split_whitespace()
+        .find_map(|p| p.strip_prefix(key))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("ready line {ready:?} lacks {key}"))
+}
+
+/// A running `holdfast-status` node; killed (SIGKILL) and reaped on drop.
+pub struct StatusProcess {
+    child: Child,
+    /// Its node id.
+    pub id: u16,
+    /// The binary protocol address (what gateways use as a seed).
+    pub data: SocketAddr,
+    /// The admin API.
+    pub admin: SocketAddr,
+}
+
+/// The status cluster's secret in tests.
+pub const STATUS_SECRET: &str = "test-status-cluster-secret";
+
+impl StatusProcess {
+    /// Start node `id` with `--set` overrides (the secret is [`STATUS_SECRET`]).
+    pub fn spawn(id: u16, sets: &[String]) -> StatusProcess {
+        let mut cmd = Command::new(sibling_bin("holdfast-status"));
+        cmd.arg("--set").arg(format!("node.id={id}"));
+        for s in sets {
+            cmd.arg("--set").arg(s);
+        }
+        cmd.env("HOLDFAST_STATUS_SECRET", STATUS_SECRET).env("RUST_LOG", "warn");
+        let (child, ready) = spawn_ready(cmd, "holdfast-status ready: ");
+        StatusProcess {
+            child,
+            id,
+            data: ready_field(&ready, "data="),
+            admin: ready_field(&ready, "admin="),
+        }
+    }
+
+    /// `GET /v1/counts` of this node: `{sessions, users, gateways, stored}`.
+    pub fn counts(&self) -> serde_json::Value {
+        reqwest::blocking::Client::new()
+            .get(format!("http://{}/v1/counts", self.admin))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .and_then(|r| r.json())
+            .unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl Drop for StatusProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A static ring of `n` status nodes (ids 1..=n) with extra `--set`s.
+pub fn status_cluster(n: u16, extra: &[&str]) -> Vec<StatusProcess> {
+    let members: Vec<(u16, u16)> = (1..=n).map(|id| (id, free_port())).collect();
+    let list: Vec<String> = members
+        .iter()
+        .map(|(id, port)| format!("{{id={id}, addr=\"127.0.0.1:{port}\"}}"))
+        .collect();
+    let toml = format!("cluster.members=[{}]", list.join(", "));
+    members
+        .iter()
+        .map(|(id, port)| {
+            let mut sets = vec![
+                toml.clone(),
+                format!("node.data_addr=127.0.0.1:{port}"),
+                "node.admin_addr=127.0.0.1:0".to_owned(),
+            ];
+            sets.extend(extra.iter().map(|s| s.to_string()));
+            StatusProcess::spawn(*id, &sets)
+        })
+        .collect()
+}
+
+/// The schedulers' shared secret in tests.
+pub const SCHEDULER_SECRET: &str = "test-scheduler-secret-long-enough";
+
+/// A running `holdfast-scheduler` instance; killed and reaped on drop.
+pub struct SchedulerProcess {
+    child: Child,
+    /// The public dispatch API.
+    pub dispatch: SocketAddr,
+    /// The control address gateways report to.
+    pub control: SocketAddr,
+}
+
+impl SchedulerProcess {
+    /// Start an instance on free ports with `--set` overrides (secret [`SCHEDULER_SECRET`]).
+    pub fn spawn(sets: &[&str]) -> SchedulerProcess {
+        let mut cmd = Command::new(sibling_bin("holdfast-scheduler"));
+        for s in ["dispatch.addr=127.0.0.1:0", "control.addr=127.0.0.1:0", "instance.workers=1"] {
+            cmd.arg("--set").arg(s);
+        }
+        for s in sets {
+            cmd.arg("--set").arg(s);
+        }
+        cmd.env("HOLDFAST_SCHEDULER_SECRET", SCHEDULER_SECRET).env("RUST_LOG", "warn");
+        let (child, ready) = spawn_ready(cmd, "holdfast-scheduler ready: ");
+        SchedulerProcess {
+            child,
+            dispatch: ready_field(&ready, "dispatch="),
+            control: ready_field(&ready, "control="),
+        }
+    }
+
+    /// GET a path of the control address (admin API, `/metrics`) as JSON or text.
+    pub fn control_get(&self, path: &str) -> String {
+        reqwest::blocking::Client::new()
+            .get(format!("http://{}{path}", self.control))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .and_then(|r| r.text())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for SchedulerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `redis-server` on a free loopback port, without persistence; killed on drop.
+pub struct RedisProcess {
+    child: Child,
+    /// Its port.
+    pub port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl RedisProcess {
+    /// Start one and wait (at most 20 s) until it answers `PING`.
+    pub fn start() -> RedisProcess {
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("holdfast-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts (scripts/test installs it)");
+        let r = RedisProcess { child, port, dir };
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            let pong = TcpStream::connect(("127.0.0.1", port)).ok().and_then(|mut s| {
+                s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+                s.write_all(b"PING\r\n").ok()?;
+                let mut buf = [0u8; 16];
+                let n = s.read(&mut buf).ok()?;
+                Some(buf[..n].starts_with(b"+PONG"))
+            });
+            if pong == Some(true) {
+                return r;
+            }
+            assert!(Instant::now() < until, "redis-server did not answer PING within 20 s");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Poll `f` every 25 ms until it returns `Some`, at most `timeout`.
+pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let until = Instant::now() + timeout;
+    loop {
+        if let Some(t) = f() {
+            return Some(t);
+        }
+        if Instant::now() > until {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(25));
     }
 }
 

@@ -10,9 +10,11 @@
 //!
 //! - this file: the router, bearer-token authentication, errors, the server loop;
 //! - `extract.rs`: [`ApiJson`](extract::ApiJson), the body extractor;
-//! - `push.rs`: the push and kick endpoints and how they reach the event loops.
+//! - `push.rs`: the push and kick endpoints;
+//! - `presence.rs`: `GET /v1/presence`.
 
 mod extract;
+mod presence;
 mod push;
 
 use std::future::Future;
@@ -70,9 +72,10 @@ pub(crate) fn router(node: Arc<Node>) -> Router {
         .route("/v1/push/all", post(push::push_all))
         .route("/v1/push/batch", post(push::push_batch))
         .route("/v1/kick", post(push::kick))
+        .route("/v1/presence", get(presence::lookup))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&node), require_token));
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(health))
         .route("/metrics", get(metrics))
         .merge(protected)
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".to_owned()) })
@@ -114,6 +117,15 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// `ok`, or 503 while the gateway is fenced (no presence lease) so balancers stop sending
+/// it clients.
+async fn health(State(node): State<Arc<Node>>) -> Response {
+    if node.fence.is_fenced() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "fenced: no presence lease\n").into_response();
+    }
+    "ok\n".into_response()
+}
+
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], node.metrics.render())
 }
@@ -127,6 +139,9 @@ async fn stats(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
         "established": m.connections_established.get(),
         "users": node.registry.users(),
         "presence": node.presence.name(),
+        "fenced": node.fence.is_fenced(),
+        "registered_sessions": node.cluster.as_ref().map(|c| c.sessions()),
+        "lease_generation": node.cluster.as_ref().map(|c| c.batcher.lease().generation),
     }))
 }
 

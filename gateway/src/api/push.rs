@@ -1,14 +1,14 @@
-//! The push and kick endpoints, and how they reach the event loops.
+//! The push and kick endpoints.
 //!
-//! Every target a request names ends up in the answer as delivered (with its connection and
-//! sequence), offline or failed: nothing the API accepted is dropped silently. A loop whose
-//! command queue is full refuses the command; its targets are reported as failed with
-//! `"busy"`, and when nothing could be handed to any loop the whole call answers `503` with
-//! `Retry-After`.
+//! Every target a request names ends up in the answer as delivered (with its connection,
+//! sequence and gateway), offline or failed: nothing the API accepted is dropped silently.
+//! This node's own connections are reached through `deliver` (a loop whose command queue is
+//! full refuses the command; its targets are reported as failed with `"busy"`, and when
+//! nothing could be handed to any loop the whole call answers `503` with `Retry-After`);
+//! with a shared presence backend, other gateways' connections through `cluster::route`.
 
-use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Json;
 use axum::extract::State;
@@ -16,19 +16,17 @@ use axum::http::StatusCode;
 use base64::Engine;
 use bytes::Bytes;
 use holdfast_codec::{Code, HEADER_LEN};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer};
 use serde_json::json;
-use tokio::sync::oneshot;
 
 use super::extract::ApiJson;
 use super::{ApiError, bad};
+use crate::cluster::route;
 use crate::config::MAX_MAX_FRAME;
-use crate::driver::{Command, PushMsg, PushReport, SendError, Targets};
+use crate::deliver::{self, PushAnswer};
+use crate::driver::PushMsg;
 use crate::ids::ConnId;
 use crate::node::Node;
-
-/// How long the API waits for an event loop's report.
-const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The answer when no event loop could take the command.
 fn busy() -> ApiError {
@@ -103,173 +101,44 @@ impl Message {
     }
 }
 
-#[derive(Serialize, Debug)]
-pub(super) struct Delivered {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    user: Option<Arc<str>>,
-    conn_id: ConnId,
-    seq: u32,
+/// The answer when no event loop could take the command.
+impl From<deliver::Busy> for ApiError {
+    fn from(_: deliver::Busy) -> ApiError {
+        busy()
+    }
 }
 
-#[derive(Serialize, Debug)]
-pub(super) struct Failed {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    user: Option<Arc<str>>,
-    conn_id: ConnId,
-    reason: &'static str,
-}
-
-/// The answer to a targeted push.
-#[derive(Serialize, Debug, Default)]
-pub(super) struct PushAnswer {
-    message_id: String,
-    delivered: Vec<Delivered>,
-    offline_users: Vec<String>,
-    failed: Vec<Failed>,
-}
-
-/// Send the message to connections, grouped by their event loop, and collect the reports.
-async fn deliver(
-    s: &Node,
-    msg: &Arc<PushMsg>,
-    conns: Vec<(ConnId, Option<Arc<str>>)>,
-    answer: &mut PushAnswer,
-) -> Result<(), ApiError> {
-    let mut by_worker: BTreeMap<u8, Vec<ConnId>> = BTreeMap::new();
-    let mut users: BTreeMap<ConnId, Option<Arc<str>>> = BTreeMap::new();
-    for (id, user) in conns {
-        if id.node() != s.cfg.node.id {
-            answer.failed.push(Failed { user, conn_id: id, reason: "not_on_this_node" });
-            continue;
-        }
-        by_worker.entry(id.worker()).or_default().push(id);
-        users.insert(id, user);
-    }
-    s.metrics.pushes_in.inc_by(users.len() as u64);
-    let mut waits = Vec::new();
-    let mut handed = 0;
-    for (worker, ids) in by_worker {
-        let (reply, rx) = oneshot::channel();
-        let sent = match s.worker(worker) {
-            Some(w) => w.send(Command::Push {
-                msg: Arc::clone(msg),
-                targets: Targets::Conns(ids.clone()),
-                reply,
-            }),
-            None => Err(SendError::Stopped),
-        };
-        handed += usize::from(sent.is_ok());
-        waits.push((ids, sent.map(|()| rx)));
-    }
-    if handed == 0 && waits.iter().any(|(_, r)| r.as_ref().err() == Some(&SendError::Busy)) {
-        return Err(busy());
-    }
-    for (ids, rx) in waits {
-        let report = match rx {
-            Ok(rx) => tokio::time::timeout(REPORT_TIMEOUT, rx).await.ok().and_then(Result::ok),
-            Err(SendError::Busy) => {
-                for id in ids {
-                    let user = users.get(&id).cloned().flatten();
-                    answer.failed.push(Failed { user, conn_id: id, reason: "busy" });
-                }
-                continue;
-            }
-            Err(SendError::Stopped) => None,
-        };
-        let Some(report) = report else {
-            for id in ids {
-                let user = users.get(&id).cloned().flatten();
-                answer.failed.push(Failed { user, conn_id: id, reason: "worker_unavailable" });
-            }
-            continue;
-        };
-        for (id, seq) in report.delivered {
-            answer.delivered.push(Delivered {
-                user: users.get(&id).cloned().flatten(),
-                conn_id: id,
-                seq,
-            });
-        }
-        for (id, why) in report.failed {
-            answer.failed.push(Failed {
-                user: users.get(&id).cloned().flatten(),
-                conn_id: id,
-                reason: why.as_str(),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Push to users: every connection each has on this node. A user named twice gets it once.
+/// Push to users: every connection each has, on this gateway or (with a shared presence
+/// backend) on whichever gateways hold them. A user named twice gets it once.
 async fn push_to_users(
     s: &Node,
     msg: &Arc<PushMsg>,
     users: &[String],
 ) -> Result<PushAnswer, ApiError> {
-    let mut answer = PushAnswer { message_id: msg.message_id.to_string(), ..Default::default() };
-    let mut conns = Vec::new();
-    let mut seen = HashSet::new();
-    for user in users {
-        if !seen.insert(user.as_str()) {
-            continue;
-        }
-        let sessions = s.registry.lookup(user);
-        if sessions.is_empty() {
-            answer.offline_users.push(user.clone());
-            continue;
-        }
-        let name: Arc<str> = Arc::from(user.as_str());
-        conns.extend(sessions.into_iter().map(|x| (x.conn, Some(Arc::clone(&name)))));
-    }
-    s.metrics.pushes_offline.inc_by(answer.offline_users.len() as u64);
-    deliver(s, msg, conns, &mut answer).await?;
-    Ok(answer)
+    Ok(match &s.cluster {
+        Some(c) => route::push_users(s, c, msg, users).await?,
+        None => deliver::to_users_here(s, msg, users).await?,
+    })
 }
 
 async fn push_to_conn(s: &Node, msg: &Arc<PushMsg>, conn: ConnId) -> Result<PushAnswer, ApiError> {
-    let mut answer = PushAnswer { message_id: msg.message_id.to_string(), ..Default::default() };
-    deliver(s, msg, vec![(conn, None)], &mut answer).await?;
-    Ok(answer)
+    Ok(match &s.cluster {
+        Some(c) => route::push_conn(s, c, msg, conn).await?,
+        None => deliver::to_conn_here(s, msg, conn).await?,
+    })
 }
 
 async fn push_to_all(s: &Node, msg: &Arc<PushMsg>) -> Result<serde_json::Value, ApiError> {
-    let mut waits = Vec::new();
-    let mut busy_workers = 0;
-    let mut unavailable = 0;
-    for w in s.all_workers() {
-        let (reply, rx) = oneshot::channel();
-        match w.send(Command::Push { msg: Arc::clone(msg), targets: Targets::All, reply }) {
-            Ok(()) => waits.push(rx),
-            Err(SendError::Busy) => busy_workers += 1,
-            Err(SendError::Stopped) => unavailable += 1,
-        }
+    if let Some(c) = &s.cluster {
+        return Ok(route::push_all(s, c, msg).await?);
     }
-    if waits.is_empty() && busy_workers > 0 {
-        return Err(busy());
-    }
-    let mut total = PushReport::default();
-    for rx in waits {
-        match tokio::time::timeout(REPORT_TIMEOUT, rx).await.ok().and_then(Result::ok) {
-            Some(r) => {
-                total.delivered_count += r.delivered_count;
-                total.failed.extend(r.failed);
-            }
-            None => unavailable += 1,
-        }
-    }
-    s.metrics.pushes_in.inc_by((total.delivered_count + total.failed.len()) as u64);
-    let failed: Vec<Failed> = total
-        .failed
-        .into_iter()
-        .map(|(conn_id, why)| Failed { user: None, conn_id, reason: why.as_str() })
-        .collect();
+    let a = deliver::to_all_here(s, msg).await?;
     Ok(json!({
         "message_id": msg.message_id.to_string(),
-        "delivered_count": total.delivered_count,
-        "failed": failed,
-        "workers_busy": busy_workers,
-        "workers_unavailable": unavailable,
+        "delivered_count": a.delivered_count,
+        "failed": a.failed,
+        "workers_busy": a.workers_busy,
+        "workers_unavailable": a.workers_unavailable,
     }))
 }
 
@@ -434,29 +303,19 @@ pub(super) async fn kick(
     let reason = req
         .reason
         .unwrap_or_else(|| code.name().unwrap_or("kicked").to_ascii_lowercase().replace('_', " "));
-    let targets: Vec<ConnId> = match (req.user, req.conn_id) {
-        (Some(user), None) => s.registry.lookup(&user).into_iter().map(|x| x.conn).collect(),
-        (None, Some(conn)) => vec![conn],
+    let answer = match (&s.cluster, req.user, req.conn_id) {
+        (Some(c), Some(user), None) => {
+            let here = s.registry.lookup(&user).into_iter().map(|x| x.conn).collect();
+            route::kick(&s, c, Some(&user), here, code, &reason).await?
+        }
+        (Some(c), None, Some(conn)) => route::kick(&s, c, None, vec![conn], code, &reason).await?,
+        (None, Some(user), None) => {
+            let here = s.registry.lookup(&user).into_iter().map(|x| x.conn).collect();
+            deliver::kick_here(&s, here, code, &reason)?
+        }
+        (None, None, Some(conn)) => deliver::kick_here(&s, vec![conn], code, &reason)?,
         _ => return Err(bad("give exactly one of user, conn_id")),
     };
-    let mut kicked = Vec::new();
-    let mut failed = Vec::new();
-    for conn in targets {
-        let sent = match (conn.node() == s.cfg.node.id).then(|| s.worker(conn.worker())).flatten() {
-            Some(w) => w.send(Command::Kick { conn, code, reason: reason.clone() }),
-            None => Err(SendError::Stopped),
-        };
-        match sent {
-            Ok(()) => kicked.push(conn),
-            Err(SendError::Busy) => failed.push(json!({ "conn_id": conn, "reason": "busy" })),
-            Err(SendError::Stopped) => {
-                failed.push(json!({ "conn_id": conn, "reason": "not_on_this_node" }))
-            }
-        }
-    }
-    if kicked.is_empty() && failed.iter().any(|f| f["reason"] == "busy") {
-        return Err(busy());
-    }
     observe(&s, 5, started);
-    Ok(Json(json!({ "kicked": kicked, "failed": failed })))
+    Ok(Json(json!({ "kicked": answer.kicked, "failed": answer.failed })))
 }

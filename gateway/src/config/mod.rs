@@ -17,7 +17,6 @@
 //! binary runs it at start-up and for `--check-config`, and exits with its message on failure.
 
 use std::fmt;
-use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +37,10 @@ pub const MAX_MAX_FRAME: u32 = 16 * 1024 * 1024;
 
 /// The largest `node.workers`: a connection id has 8 bits for the worker.
 pub const MAX_WORKERS: usize = 255;
+
+/// The shortest shared secret accepted for an internal channel (`presence.secret`,
+/// `cluster.secret`, `scheduler.secret`), in bytes.
+pub const MIN_SECRET_BYTES: usize = 16;
 
 /// The largest `auth.leeway_secs` accepted: more would keep expired tokens alive for long.
 pub const MAX_LEEWAY_SECS: u64 = 3600;
@@ -78,41 +81,21 @@ pub struct Config {
     pub events: EventsConfig,
     /// `[log]`: logging.
     pub log: LogConfig,
+    /// `[presence]`: where sessions are registered; the gateway's lease and fencing.
+    pub presence: PresenceConfig,
+    /// `[cluster]`: the internal gateway-to-gateway channel (cross-gateway push and kick).
+    pub cluster: ClusterConfig,
+    /// `[scheduler]`: registration and load reports to the access scheduler.
+    pub scheduler: SchedulerConfig,
 }
 
 /// Why the configuration could not be loaded or is unusable.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file named with `--config` could not be read.
-    #[error("cannot read config file {}: {source}", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// What the OS said.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML, or a value has the wrong type or an unknown name.
-    #[error("config file {}: {message}", path.display())]
-    File {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong, with the line and column where the parser knows them.
-        message: String,
-    },
-    /// An override (`--set` or environment variable) is malformed or names no field.
-    #[error("{origin}: {message}")]
-    Override {
-        /// The override, as given (`--set listen.addr=...` or `env HOLDFAST_LISTEN__ADDR`).
-        origin: String,
-        /// What is wrong.
-        message: String,
-    },
-    /// A value from an override has the wrong type or cannot be parsed.
-    #[error("configuration (after overrides): {message}")]
-    Merged {
-        /// What is wrong, naming the field.
-        message: String,
-    },
+    /// The file, an environment variable or a `--set` could not be read or names no field
+    /// (the message says which layer and which field).
+    #[error(transparent)]
+    Load(#[from] holdfast_conf::LoadError),
     /// The configuration parsed but its values are unusable; every problem is listed.
     #[error("invalid configuration:{}", Problems(problems))]
     Invalid {
@@ -151,6 +134,13 @@ impl Config {
         for key in &mut shown.auth.keys {
             if key.secret.is_some() {
                 key.secret = Some("<redacted>".to_owned());
+            }
+        }
+        for secret in
+            [&mut shown.presence.secret, &mut shown.cluster.secret, &mut shown.scheduler.secret]
+        {
+            if secret.is_some() {
+                *secret = Some("<redacted>".to_owned());
             }
         }
         for token in &mut shown.http.api_tokens {

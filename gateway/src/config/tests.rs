@@ -486,3 +486,49 @@ fn every_field_is_documented_in_config_md() {
     }
     assert!(missing.is_empty(), "docs/CONFIG.md does not document {missing:?}");
 }
+
+#[test]
+fn validate_presence_cluster_and_scheduler() {
+    let mut c = Config::default();
+    c.presence.backend = PresenceBackend::Status;
+    c.presence.renew_ms = c.presence.lease_ttl_ms;
+    c.cluster.peers = vec![
+        PeerConfig { id: 1, addr: "10.0.0.1:7190".into() },
+        PeerConfig { id: 2, addr: "nohost".into() },
+    ];
+    c.scheduler.addrs = vec!["127.0.0.1:7380".into()];
+    c.scheduler.region = "eu west".into();
+    c.scheduler.endpoints = vec!["udp://1.2.3.4:5".into()];
+    for field in [
+        "presence.seeds",
+        "presence.secret",
+        "presence.renew_ms",
+        "cluster.secret",
+        "cluster.peers[0]",
+        "cluster.peers[1]",
+        "scheduler.secret",
+        "scheduler.region",
+        "scheduler.endpoints",
+    ] {
+        assert_problem(&c, field);
+    }
+    let mut c = Config::default();
+    c.presence.backend = PresenceBackend::Redis;
+    c.presence.redis_urls = vec!["http://localhost:6379".into()];
+    assert_problem(&c, "presence.redis_urls");
+    let ok = load_sets(&[
+        "presence.backend=status",
+        "presence.seeds=[\"127.0.0.1:7300\"]",
+        "presence.secret=0123456789abcdef",
+        "cluster.secret=fedcba9876543210",
+        "cluster.peers=[{id = 2, addr = \"127.0.0.1:7191\"}]",
+        "scheduler.addrs=[\"127.0.0.1:7380\"]",
+        "scheduler.secret=0123456789abcdefXYZ",
+        "scheduler.endpoints=[\"tcp://203.0.113.1:7100\"]",
+    ])
+    .expect("loads");
+    ok.validate().expect("valid");
+    assert_eq!(ok.cluster.peers[0].id, 2);
+    let shown = ok.to_toml();
+    assert!(!shown.contains("0123456789abcdef") && !shown.contains("fedcba98"), "{shown}");
+}

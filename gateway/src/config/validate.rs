@@ -2,7 +2,10 @@
 
 use holdfast_codec::rules::InvalidHeartbeatPolicy;
 
-use super::{Config, ConfigError, MAX_LEEWAY_SECS, MAX_MAX_FRAME, MAX_WORKERS, MIN_MAX_FRAME};
+use super::{
+    Config, ConfigError, MAX_LEEWAY_SECS, MAX_MAX_FRAME, MAX_WORKERS, MIN_MAX_FRAME,
+    MIN_SECRET_BYTES, PresenceBackend,
+};
 
 impl Config {
     /// Check the values are usable together; lists every problem found.
@@ -204,7 +207,116 @@ impl Config {
             "must be > 0 when inbound_frames_per_sec is set".to_owned(),
         );
 
+        self.validate_cluster(&mut check);
+
         if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid { problems }) }
+    }
+}
+
+impl Config {
+    /// `[presence]`, `[cluster]` and `[scheduler]`.
+    fn validate_cluster(&self, check: &mut impl FnMut(bool, &str, String)) {
+        let p = &self.presence;
+        let strong = |s: &Option<String>| s.as_ref().is_some_and(|s| s.len() >= MIN_SECRET_BYTES);
+        check(p.lease_ttl_ms >= 300, "presence.lease_ttl_ms", "must be at least 300".to_owned());
+        check(
+            p.renew_ms > 0 && p.renew_ms.saturating_mul(3) <= p.lease_ttl_ms,
+            "presence.renew_ms",
+            format!("{} must be in 1..=lease_ttl_ms / 3 ({})", p.renew_ms, p.lease_ttl_ms / 3),
+        );
+        check(p.flush_ms > 0, "presence.flush_ms", "must be > 0".to_owned());
+        check(p.max_batch > 0, "presence.max_batch", "must be > 0".to_owned());
+        check(p.call_timeout_ms > 0, "presence.call_timeout_ms", "must be > 0".to_owned());
+        check(p.start_timeout_ms > 0, "presence.start_timeout_ms", "must be > 0".to_owned());
+        check(!p.redis_prefix.is_empty(), "presence.redis_prefix", "is empty".to_owned());
+        match p.backend {
+            PresenceBackend::InProcess => {}
+            PresenceBackend::Status => {
+                check(!p.seeds.is_empty(), "presence.seeds", "required with backend status".into());
+                check(
+                    strong(&p.secret),
+                    "presence.secret",
+                    format!("required with backend status, at least {MIN_SECRET_BYTES} bytes"),
+                );
+            }
+            PresenceBackend::Redis | PresenceBackend::RedisCluster => check(
+                !p.redis_urls.is_empty()
+                    && p.redis_urls
+                        .iter()
+                        .all(|u| u.starts_with("redis://") && u.len() > "redis://".len()),
+                "presence.redis_urls",
+                format!("required with backend {}: redis://host:port/ URLs", p.backend.as_str()),
+            ),
+        }
+        let c = &self.cluster;
+        if p.backend.is_shared() {
+            check(
+                strong(&c.secret),
+                "cluster.secret",
+                format!(
+                    "required with a shared presence backend, at least {MIN_SECRET_BYTES} bytes"
+                ),
+            );
+            check(
+                c.addr != self.listen.addr || c.addr.port() == 0,
+                "cluster.addr",
+                format!("same address as listen.addr ({})", c.addr),
+            );
+        }
+        let mut ids = std::collections::HashSet::new();
+        for (i, peer) in c.peers.iter().enumerate() {
+            let field = format!("cluster.peers[{i}]");
+            check(peer.id != self.node.id, &field, format!("id {} is this node's id", peer.id));
+            check(ids.insert(peer.id), &field, format!("id {} given twice", peer.id));
+            check(
+                peer.addr
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()),
+                &field,
+                format!("addr {:?} is not host:port", peer.addr),
+            );
+        }
+        check(c.forward_timeout_ms > 0, "cluster.forward_timeout_ms", "must be > 0".to_owned());
+        check(c.connect_timeout_ms > 0, "cluster.connect_timeout_ms", "must be > 0".to_owned());
+
+        let s = &self.scheduler;
+        if !s.addrs.is_empty() {
+            check(
+                strong(&s.secret),
+                "scheduler.secret",
+                format!("required when scheduler.addrs is set, at least {MIN_SECRET_BYTES} bytes"),
+            );
+        }
+        for (field, v) in [
+            ("scheduler.region", &s.region),
+            ("scheduler.zone", &s.zone),
+            ("scheduler.group", &s.group),
+        ] {
+            check(
+                holdfast_scheduler::model::valid_name(v),
+                field,
+                format!("{v:?}: 1-64 letters, digits, '.', '_', '-' or ':'"),
+            );
+        }
+        check(
+            s.tags.len() <= 16 && s.tags.iter().all(|t| holdfast_scheduler::model::valid_name(t)),
+            "scheduler.tags",
+            "at most 16 names of 1-64 letters, digits, '.', '_', '-' or ':'".to_owned(),
+        );
+        check(s.endpoints.len() <= 16, "scheduler.endpoints", "at most 16".to_owned());
+        for e in &s.endpoints {
+            check(
+                crate::agent::parse_endpoint(e).is_some(),
+                "scheduler.endpoints",
+                format!("{e:?} is not tcp://, tls:// or quic:// host:port"),
+            );
+        }
+        check(
+            s.report_interval_ms >= 10,
+            "scheduler.report_interval_ms",
+            "must be >= 10".to_owned(),
+        );
+        check(s.request_timeout_ms > 0, "scheduler.request_timeout_ms", "must be > 0".to_owned());
     }
 }
 

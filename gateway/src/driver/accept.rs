@@ -77,6 +77,12 @@ pub(crate) fn accept_loop(
             match listener.accept() {
                 Ok((stream, peer)) => {
                     m.accepted.inc();
+                    if node.fence.is_fenced() {
+                        // No presence lease: take no client (see `fence.rs`).
+                        m.cluster.rejected_fenced.inc();
+                        drop(stream);
+                        continue;
+                    }
                     if node.open.load(Ordering::Relaxed) >= max {
                         m.rejected_max_connections.inc();
                         drop(stream);

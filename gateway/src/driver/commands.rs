@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, SyncSender, TrySendError};
 
 use bytes::Bytes;
-use holdfast_codec::Code;
+use holdfast_codec::{Code, Redirect};
 use mio::Waker;
 use tokio::sync::oneshot;
 
@@ -83,14 +83,33 @@ pub enum Command {
     },
 }
 
+/// Send `REDIRECT` to established connections of one event loop: a scheduler's shed order
+/// (its share for this loop) or a fence.
+#[derive(Debug)]
+pub struct Sweep {
+    /// How many connections (`None`: every connection established when the sweep reaches
+    /// it).
+    pub count: Option<u64>,
+    /// Spread the redirects evenly over this many ms (0: as fast as the loop's chunks of
+    /// 1,024 per turn allow).
+    pub over_ms: u64,
+    /// The frame each connection gets.
+    pub redirect: Redirect,
+    /// A shed order (counted in `holdfast_gateway_shed_pending` and as `rebalance`), or a
+    /// fence (`fenced`).
+    pub shed: bool,
+}
+
 /// A message from inside the node that must not be dropped.
 pub enum Internal<T> {
     /// Own this freshly accepted transport.
     Adopt(T, SocketAddr),
     /// The backend's answer to an `UPSTREAM` request.
     Upstream(UpstreamResult),
-    /// Another loop's login displaced this connection: `KICK` 301 it.
+    /// Another loop's (or another gateway's) login displaced this connection: `KICK` 301 it.
     Displaced(ConnId),
+    /// Redirect some or all established connections.
+    Redirect(Sweep),
     /// Close every connection (authenticated ones with `REDIRECT` `SERVER_SHUTDOWN`), let
     /// them flush, and stop.
     Shutdown,
@@ -154,5 +173,35 @@ impl<T> WorkerHandle<T> {
     /// Queue an internal message and wake the loop. False if the loop has stopped.
     pub fn send_internal(&self, msg: Internal<T>) -> bool {
         self.internal.send(msg).is_ok() && self.waker.wake().is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kick() -> Command {
+        Command::Kick { conn: ConnId(1), code: Code::KICKED_BY_ADMIN, reason: String::new() }
+    }
+
+    /// The API's queue is bounded: a loop that is behind refuses more (the API answers 503),
+    /// while the internal queue never refuses a socket or a reply.
+    #[test]
+    fn the_control_queue_is_bounded_and_the_internal_one_is_not() {
+        let poll = mio::Poll::new().expect("poll");
+        let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).expect("waker"));
+        let (handle, queues) = queues::<()>(2, waker);
+        assert_eq!(handle.send(kick()), Ok(()));
+        assert_eq!(handle.send(kick()), Ok(()));
+        assert_eq!(handle.send(kick()), Err(SendError::Busy));
+        for _ in 0..10_000 {
+            assert!(handle.send_internal(Internal::Displaced(ConnId(2))));
+        }
+        // Draining makes room again.
+        assert!(queues.control.try_recv().is_ok());
+        assert_eq!(handle.send(kick()), Ok(()));
+        drop(queues);
+        assert_eq!(handle.send(kick()), Err(SendError::Stopped));
+        assert!(!handle.send_internal(Internal::Shutdown));
     }
 }

@@ -23,7 +23,9 @@ pub mod transport;
 pub mod wheel;
 pub(crate) mod worker;
 
-pub use commands::{Command, Internal, PushMsg, PushReport, SendError, Targets, WorkerHandle};
+pub use commands::{
+    Command, Internal, PushMsg, PushReport, SendError, Sweep, Targets, WorkerHandle,
+};
 pub use transport::Transport;
 
 /// The transport the node's loops drive: plain TCP.

@@ -39,7 +39,9 @@ use holdfast_codec::frame::head::set_id;
 use holdfast_codec::{Code, Frame, Hello, Push, Redirect};
 use mio::{Events, Interest, Poll, Token};
 
-use super::commands::{COMMAND_BUDGET, Command, Internal, PushMsg, PushReport, Queues, Targets};
+use super::commands::{
+    COMMAND_BUDGET, Command, Internal, PushMsg, PushReport, Queues, Sweep, Targets,
+};
 use super::conn::Conn;
 use super::slots::Slots;
 use super::transport::{Transport, write_some};
@@ -85,6 +87,20 @@ struct Broadcast {
     reply: tokio::sync::oneshot::Sender<PushReport>,
 }
 
+/// A sweep of `REDIRECT`s in progress (a shed order's share, or a fence).
+struct ActiveSweep {
+    sweep: Sweep,
+    /// When it started, in the loop's ms.
+    started_ms: u64,
+    /// Connections redirected so far.
+    done: u64,
+    /// The next slot to visit.
+    cursor: usize,
+}
+
+/// How often a loop wakes to go on with a sweep spread over time, in ms.
+const SWEEP_PACE_MS: u64 = 10;
+
 /// One event loop and the connections it owns.
 pub(crate) struct Worker<T: Transport> {
     index: u8,
@@ -108,6 +124,8 @@ pub(crate) struct Worker<T: Transport> {
     broadcasts: VecDeque<Broadcast>,
     commands_pending: bool,
     fired: Vec<(u32, u32)>,
+    /// Redirect sweeps in progress, oldest first.
+    sweeps: VecDeque<ActiveSweep>,
     /// Set once shutdown began: stop at this monotonic ms, or when every connection is gone.
     stopping: Option<u64>,
 }
@@ -149,6 +167,7 @@ impl<T: Transport> Worker<T> {
             broadcasts: VecDeque::new(),
             commands_pending: false,
             fired: Vec::new(),
+            sweeps: VecDeque::new(),
             stopping: None,
             limits,
             node,
@@ -188,6 +207,7 @@ impl<T: Transport> Worker<T> {
                 self.drain_commands();
             }
             self.continue_broadcast();
+            self.continue_sweep();
             self.on_ticks();
             self.flush_stats(false);
             if let Some(deadline) = self.stopping
@@ -213,6 +233,11 @@ impl<T: Transport> Worker<T> {
         if let Some(stop) = self.stopping {
             let stop = self.origin + Duration::from_millis(stop);
             at = Some(at.map_or(stop, |t| t.min(stop)));
+        }
+        if let Some(s) = self.sweeps.front() {
+            let pace = if s.sweep.over_ms == 0 { 0 } else { SWEEP_PACE_MS };
+            let next = Instant::now() + Duration::from_millis(pace);
+            at = Some(at.map_or(next, |t| t.min(next)));
         }
         at.map(|t| t.saturating_duration_since(Instant::now()))
     }
@@ -450,6 +475,14 @@ impl<T: Transport> Worker<T> {
         let m = &node.metrics;
         let id = self.conn_id(key);
         let _span = tracing::info_span!("conn", conn_id = %id).entered();
+        if node.fence.is_fenced() {
+            // No lease: this login could not be registered. `REDIRECT` is not allowed
+            // before `AUTH_OK`, so the client just sees the connection close and tries
+            // another gateway (see `fence.rs`).
+            m.cluster.rejected_fenced.inc();
+            self.with(key, |c, ctx| c.session.close(ctx, Close::Shutdown));
+            return;
+        }
         let now_secs = self.now.wall_ms / 1000;
         let verifier = node.verifier();
         let verdict = verifier
@@ -480,7 +513,13 @@ impl<T: Transport> Worker<T> {
         };
         m.handshakes_ok.inc();
         m.connections_established.inc();
-        node.presence.online(&registered.user, id, hello.platform);
+        node.presence.online(
+            &registered.user,
+            id,
+            hello.platform,
+            &hello.device_id,
+            self.now.wall_ms,
+        );
         node.events.emit(NodeEvent::Connected {
             conn: id,
             user: Arc::clone(&registered.user),
@@ -626,6 +665,12 @@ impl<T: Transport> Worker<T> {
             Internal::Adopt(transport, peer) => self.adopt(transport, peer),
             Internal::Upstream(result) => self.on_upstream_result(result),
             Internal::Displaced(id) => self.displace(id),
+            Internal::Redirect(sweep) => self.sweeps.push_back(ActiveSweep {
+                sweep,
+                started_ms: self.now.ms(),
+                done: 0,
+                cursor: 0,
+            }),
             Internal::Shutdown => self.begin_shutdown(),
         }
     }
@@ -712,6 +757,9 @@ impl<T: Transport> Worker<T> {
         }
         for b in self.broadcasts.drain(..) {
             let _ = b.reply.send(b.report);
+        }
+        for s in std::mem::take(&mut self.sweeps) {
+            self.end_sweep(&s);
         }
     }
 
@@ -827,6 +875,60 @@ impl<T: Transport> Worker<T> {
         }
     }
 
+    /// Redirect the next connections of the oldest sweep: as many as its pace allows by
+    /// now, at most [`BROADCAST_CHUNK`] per turn.
+    fn continue_sweep(&mut self) {
+        let Some(mut s) = self.sweeps.pop_front() else { return };
+        let due = match s.sweep.count {
+            None => u64::MAX,
+            Some(n) if s.sweep.over_ms == 0 => n,
+            Some(n) => {
+                let elapsed = self.now.ms().saturating_sub(s.started_ms).min(s.sweep.over_ms);
+                // At least one as soon as it starts, then evenly over `over_ms`.
+                (n.saturating_mul(elapsed) / s.sweep.over_ms).max(1).min(n)
+            }
+        };
+        let mut budget = due.saturating_sub(s.done).min(BROADCAST_CHUNK as u64);
+        let end = self.conns.end();
+        // Empty slots cost a visit too: bound those as well.
+        let mut visits = 4 * BROADCAST_CHUNK;
+        let reason = usize::from(!s.sweep.shed);
+        while budget > 0 && visits > 0 && s.cursor < end {
+            let key = s.cursor;
+            s.cursor += 1;
+            visits -= 1;
+            let established =
+                self.conns.get(key).is_some_and(|c| c.session.phase() == Phase::Established);
+            if !established {
+                continue;
+            }
+            let close = Close::Redirect(s.sweep.redirect.clone());
+            self.call(key, |c, ctx| c.session.close(ctx, close));
+            s.done += 1;
+            budget -= 1;
+            let m = &self.node.metrics.cluster;
+            m.redirects[reason].inc();
+            if s.sweep.shed {
+                m.shed_pending.dec();
+            }
+        }
+        let finished = s.cursor >= self.conns.end() || s.sweep.count.is_some_and(|n| s.done >= n);
+        if finished {
+            self.end_sweep(&s);
+        } else {
+            self.sweeps.push_front(s);
+        }
+    }
+
+    /// A sweep is over: what a shed order could not redirect is no longer pending.
+    fn end_sweep(&self, s: &ActiveSweep) {
+        if s.sweep.shed
+            && let Some(n) = s.sweep.count
+        {
+            self.node.metrics.cluster.shed_pending.sub(n.saturating_sub(s.done) as i64);
+        }
+    }
+
     fn count_pushes(&self, report: &PushReport) {
         let m = &self.node.metrics;
         m.pushes_out.inc_by(report.delivered_count as u64);
@@ -885,7 +987,12 @@ impl<T: Transport> Worker<T> {
         if s.unsupported_versions > 0 {
             m.auth_failure("unsupported_version").inc_by(s.unsupported_versions);
         }
-        m.outbound_queue_bytes.add(std::mem::take(&mut self.queued_delta));
+        let delta = std::mem::take(&mut self.queued_delta);
+        if delta != 0 {
+            m.outbound_queue_bytes.add(delta);
+            // The high-water mark the memory reclaimer compares with (`memory::reclaim`).
+            self.node.queue_peak.fetch_max(m.outbound_queue_bytes.get(), Ordering::Relaxed);
+        }
     }
 }
 

@@ -1,10 +1,12 @@
 //! The status node's configuration. No file is needed: the defaults are a one-node ring for
 //! development (with a public development secret, and a warning).
 //!
-//! Layers, later winning: built-in defaults; the TOML file given with `--config`; the
-//! environment variable `HOLDFAST_STATUS_SECRET` for `cluster.secret`; `--set
-//! section.field=value` overrides (the value is read as TOML, or as a string if it is not
-//! valid TOML). [`Config::validate`] runs at start-up and for `--check-config`.
+//! Layers, later winning (the same loader as every Holdfast binary, `holdfast_conf`):
+//! built-in defaults; the TOML file given with `--config`; environment variables
+//! `HOLDFAST_STATUS_<SECTION>__<FIELD>`, and `HOLDFAST_STATUS_SECRET` for `cluster.secret`;
+//! `--set section.field=value` overrides (the value is read as TOML, or as a string where
+//! the field is one). An unknown section or field is an error naming it and the layer that
+//! set it. [`Config::validate`] runs at start-up and for `--check-config`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -18,6 +20,9 @@ pub const DEV_SECRET: &str = "holdfast-status-dev-secret";
 
 /// The environment variable that sets `cluster.secret`.
 pub const SECRET_ENV: &str = "HOLDFAST_STATUS_SECRET";
+
+/// The prefix of environment overrides: `HOLDFAST_STATUS_<SECTION>__<FIELD>`.
+pub const ENV_PREFIX: &str = "HOLDFAST_STATUS_";
 
 /// The whole configuration.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -140,20 +145,10 @@ impl Default for LogConfig {
 /// A configuration that cannot be used.
 #[derive(thiserror::Error, Debug)]
 pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The TOML is invalid or has unknown fields.
-    #[error("{0}")]
-    Parse(String),
-    /// A `--set` is not `section.field=value`.
-    #[error("bad override {0:?}: expected section.field=value")]
-    Override(String),
+    /// The file, an environment variable or a `--set` could not be read or names no field
+    /// (the message says which layer and which field).
+    #[error(transparent)]
+    Load(#[from] holdfast_conf::LoadError),
     /// Values that do not make sense.
     #[error("{0}")]
     Invalid(String),
@@ -164,37 +159,15 @@ impl Config {
     pub fn load(
         file: Option<&std::path::Path>,
         sets: &[String],
-        env: impl Iterator<Item = (String, String)>,
+        env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut table = match file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-                text.parse::<toml::Table>().map_err(|e| ConfigError::Parse(e.to_string()))?
-            }
-            None => toml::Table::new(),
+        let layers = holdfast_conf::Layers {
+            env_prefix: ENV_PREFIX,
+            foreign_prefixes: &[],
+            aliases: &[(SECRET_ENV, "cluster", "secret")],
+            optional_fields: &[("node", "advertise"), ("cluster", "secret")],
         };
-        for (k, v) in env {
-            if k == SECRET_ENV {
-                set(&mut table, "cluster", "secret", toml::Value::String(v));
-            }
-        }
-        for s in sets {
-            let (key, value) = s.split_once('=').ok_or_else(|| ConfigError::Override(s.clone()))?;
-            let (section, field) =
-                key.split_once('.').ok_or_else(|| ConfigError::Override(s.clone()))?;
-            let value = format!("v = {value}")
-                .parse::<toml::Table>()
-                .ok()
-                .and_then(|mut t| t.remove("v"))
-                .unwrap_or_else(|| toml::Value::String(value.to_owned()));
-            set(&mut table, section.trim(), field.trim(), value);
-        }
-        toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))
+        Ok(holdfast_conf::load(&layers, file, sets, env)?)
     }
 
     /// Check that the values make sense together.
@@ -262,18 +235,6 @@ impl Config {
     }
 }
 
-fn set(table: &mut toml::Table, section: &str, field: &str, value: toml::Value) {
-    let entry =
-        table.entry(section.to_owned()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-    if let toml::Value::Table(t) = entry {
-        t.insert(field.to_owned(), value);
-    } else {
-        let mut t = toml::Table::new();
-        t.insert(field.to_owned(), value);
-        *entry = toml::Value::Table(t);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,7 +251,7 @@ mod tests {
                 "cluster.members=[{id=3, addr=\"127.0.0.1:1\"}]".into(),
                 "node.data_addr=127.0.0.1:0".into(),
             ],
-            [(SECRET_ENV.to_owned(), "s3cret".to_owned())].into_iter(),
+            [(SECRET_ENV.to_owned(), "s3cret".to_owned())],
         )
         .unwrap();
         c.validate().unwrap();

@@ -1,0 +1,275 @@
+//! Routing a push or a kick to the gateways that hold its targets.
+//!
+//! A push to users delivers to this gateway's own connections from the node registry (the
+//! freshest view of them), looks every user up in the presence store (one call for the
+//! whole request), and forwards one request per *other* gateway holding some of the users,
+//! concurrently, over the internal channel — never a fan-out to every gateway. The answers
+//! are merged into one: every connection delivered (with its gateway), every failure (a
+//! forward that failed is reported once per user it concerned, with its gateway and a
+//! reason), and the users that are offline everywhere the push looked.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use base64::Engine;
+use futures_util::future::join_all;
+use holdfast_codec::Code;
+use holdfast_status::{Session, StoreError, UserId};
+use serde_json::json;
+
+use super::Cluster;
+use super::peer::{ForwardError, PeerAnswer, PeerRequest, WireMsg};
+use crate::deliver::{self, AllAnswer, Busy, Failed, KickAnswer, PushAnswer};
+use crate::driver::PushMsg;
+use crate::ids::ConnId;
+use crate::node::Node;
+
+/// The `failed.reason` when the presence store could not be asked.
+const PRESENCE_UNAVAILABLE: &str = "presence_unavailable";
+
+fn wire(msg: &PushMsg) -> WireMsg {
+    WireMsg {
+        message_id: msg.message_id,
+        topic: msg.topic.clone(),
+        payload: base64::engine::general_purpose::STANDARD.encode(&msg.payload),
+        ack: msg.ack_required,
+    }
+}
+
+impl Cluster {
+    /// Look users up, within `presence.call_timeout_ms`.
+    pub(crate) async fn lookup(&self, users: Vec<UserId>) -> Result<Vec<Vec<Session>>, StoreError> {
+        let limit = self.call_timeout;
+        tokio::time::timeout(limit, self.store.lookup(users))
+            .await
+            .unwrap_or(Err(StoreError::Timeout(limit)))
+    }
+}
+
+fn failed(user: Option<Arc<str>>, conn: Option<ConnId>, gateway: u16, reason: &str) -> Failed {
+    Failed { user, conn_id: conn, gateway, reason: reason.to_owned() }
+}
+
+/// Push to users wherever they are connected.
+pub(crate) async fn push_users(
+    node: &Node,
+    cluster: &Cluster,
+    msg: &Arc<PushMsg>,
+    users: &[String],
+) -> Result<PushAnswer, Busy> {
+    let me = node.cfg.node.id;
+    let mut answer = deliver::to_users_here(node, msg, users).await?;
+    let offline_here = std::mem::take(&mut answer.offline_users);
+    let mut seen = HashSet::new();
+    let unique: Vec<&String> = users.iter().filter(|u| seen.insert(u.as_str())).collect();
+    let keys: Vec<UserId> = unique.iter().map(|u| Arc::from(u.as_str())).collect();
+    let found = match cluster.lookup(keys).await {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(error = %e, "presence lookup for a push failed");
+            for u in offline_here {
+                answer.failed.push(failed(Some(Arc::from(u)), None, me, PRESENCE_UNAVAILABLE));
+            }
+            return Ok(answer);
+        }
+    };
+    // gateway -> its users; user -> the other gateways that hold it
+    let mut remote: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+    let mut holders: HashMap<&str, Vec<u16>> = HashMap::new();
+    for (user, sessions) in unique.iter().zip(found) {
+        let mut gateways: Vec<u16> =
+            sessions.iter().map(|s| s.gateway).filter(|g| *g != me).collect();
+        gateways.sort_unstable();
+        gateways.dedup();
+        for g in &gateways {
+            remote.entry(*g).or_default().push((*user).clone());
+        }
+        holders.insert(user.as_str(), gateways);
+    }
+    let wire = wire(msg);
+    let calls = remote.into_iter().map(|(gateway, users)| {
+        let req = PeerRequest::Push { msg: wire.clone(), users: users.clone() };
+        async move { (gateway, users, cluster.peers.call(gateway, &req).await) }
+    });
+    // (user, gateway) pairs a gateway said are offline there
+    let mut offline_there: HashSet<(String, u16)> = HashSet::new();
+    for (gateway, users, result) in join_all(calls).await {
+        let result = match result {
+            Ok(PeerAnswer::Push(a)) => Ok(a),
+            Ok(other) => Err(ForwardError::Refused {
+                gateway,
+                error: format!("unexpected answer {other:?}"),
+            }),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(a) => {
+                answer.delivered.extend(a.delivered);
+                answer.failed.extend(a.failed);
+                offline_there.extend(a.offline_users.into_iter().map(|u| (u, gateway)));
+            }
+            Err(e) => {
+                tracing::warn!(gateway, error = %e, "push forward failed");
+                for u in users {
+                    answer.failed.push(failed(Some(Arc::from(u)), None, gateway, e.reason()));
+                }
+            }
+        }
+    }
+    for u in offline_here {
+        let elsewhere = holders.get(u.as_str()).map_or(&[][..], |g| g.as_slice());
+        if elsewhere.iter().all(|g| offline_there.contains(&(u.clone(), *g))) {
+            answer.offline_users.push(u);
+        }
+    }
+    Ok(answer)
+}
+
+/// Push to one connection, on whichever gateway holds it.
+pub(crate) async fn push_conn(
+    node: &Node,
+    cluster: &Cluster,
+    msg: &Arc<PushMsg>,
+    conn: ConnId,
+) -> Result<PushAnswer, Busy> {
+    let gateway = conn.node();
+    if gateway == node.cfg.node.id {
+        return deliver::to_conn_here(node, msg, conn).await;
+    }
+    let req = PeerRequest::PushConn { msg: wire(msg), conn };
+    match cluster.peers.call(gateway, &req).await {
+        Ok(PeerAnswer::Push(a)) => Ok(a),
+        other => {
+            let reason = match other {
+                Err(e) => e.reason(),
+                Ok(_) => "forward_refused",
+            };
+            Ok(PushAnswer {
+                message_id: msg.message_id.to_string(),
+                failed: vec![failed(None, Some(conn), gateway, reason)],
+                ..PushAnswer::default()
+            })
+        }
+    }
+}
+
+/// Push to every connection of every gateway: this one and each of `cluster.peers`.
+pub(crate) async fn push_all(
+    node: &Node,
+    cluster: &Cluster,
+    msg: &Arc<PushMsg>,
+) -> Result<serde_json::Value, Busy> {
+    let me = node.cfg.node.id;
+    let wire = wire(msg);
+    let req = PeerRequest::PushAll { msg: wire };
+    let remote = join_all(cluster.peers.ids().into_iter().map(|g| {
+        let req = &req;
+        async move { (g, cluster.peers.call(g, req).await) }
+    }));
+    let (local, remote) = tokio::join!(deliver::to_all_here(node, msg), remote);
+    if local.is_err() && remote.is_empty() {
+        return Err(Busy);
+    }
+    let mut total = AllAnswer::default();
+    let mut gateways = Vec::new();
+    let mut add = |gateway: u16, r: Result<AllAnswer, String>| match r {
+        Ok(a) => {
+            gateways.push(json!({ "gateway": gateway, "delivered_count": a.delivered_count }));
+            total.delivered_count += a.delivered_count;
+            total.failed.extend(a.failed);
+            total.workers_busy += a.workers_busy;
+            total.workers_unavailable += a.workers_unavailable;
+        }
+        Err(reason) => gateways.push(json!({ "gateway": gateway, "error": reason })),
+    };
+    add(me, local.map_err(|_| "busy".to_owned()));
+    for (g, r) in remote {
+        add(
+            g,
+            match r {
+                Ok(PeerAnswer::All(a)) => Ok(a),
+                Ok(_) => Err("forward_refused".to_owned()),
+                Err(e) => Err(e.reason().to_owned()),
+            },
+        );
+    }
+    Ok(json!({
+        "message_id": msg.message_id.to_string(),
+        "delivered_count": total.delivered_count,
+        "failed": total.failed,
+        "workers_busy": total.workers_busy,
+        "workers_unavailable": total.workers_unavailable,
+        "gateways": gateways,
+    }))
+}
+
+/// Kick connections, each on the gateway that holds it.
+pub(crate) async fn kick(
+    node: &Node,
+    cluster: &Cluster,
+    user: Option<&str>,
+    conns: Vec<ConnId>,
+    code: Code,
+    reason: &str,
+) -> Result<KickAnswer, Busy> {
+    let me = node.cfg.node.id;
+    let mut by_gateway: BTreeMap<u16, Vec<ConnId>> = BTreeMap::new();
+    for c in conns {
+        by_gateway.entry(c.node()).or_default().push(c);
+    }
+    let mut answer = KickAnswer::default();
+    if let Some(user) = user {
+        match cluster.lookup(vec![Arc::from(user)]).await {
+            Ok(found) => {
+                for s in found.into_iter().flatten().filter(|s| s.gateway != me) {
+                    by_gateway.entry(s.gateway).or_default().push(ConnId(s.conn));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "presence lookup for a kick failed");
+                answer.failed.push(failed(Some(Arc::from(user)), None, me, PRESENCE_UNAVAILABLE));
+            }
+        }
+    }
+    let local = by_gateway.remove(&me).unwrap_or_default();
+    let calls = by_gateway.into_iter().map(|(gateway, conns)| {
+        let req =
+            PeerRequest::Kick { conns: conns.clone(), code: code.0, reason: reason.to_owned() };
+        async move { (gateway, conns, cluster.peers.call(gateway, &req).await) }
+    });
+    let remote = join_all(calls).await;
+    let mut busy = false;
+    if !local.is_empty() {
+        match deliver::kick_here(node, local.clone(), code, reason) {
+            Ok(a) => {
+                answer.kicked.extend(a.kicked);
+                answer.failed.extend(a.failed);
+            }
+            Err(Busy) => {
+                busy = true;
+                answer.failed.extend(local.into_iter().map(|c| failed(None, Some(c), me, "busy")));
+            }
+        }
+    }
+    for (gateway, conns, r) in remote {
+        match r {
+            Ok(PeerAnswer::Kick(a)) => {
+                answer.kicked.extend(a.kicked);
+                answer.failed.extend(a.failed);
+            }
+            other => {
+                let why = match other {
+                    Err(e) => e.reason(),
+                    Ok(_) => "forward_refused",
+                };
+                answer
+                    .failed
+                    .extend(conns.into_iter().map(|c| failed(None, Some(c), gateway, why)));
+            }
+        }
+    }
+    if busy && answer.kicked.is_empty() {
+        return Err(Busy);
+    }
+    Ok(answer)
+}
