@@ -6,11 +6,16 @@
 //! stops them (SIGTERM, then SIGKILL after a grace period), dropping a [`Cluster`] kills
 //! them, and each asks the kernel to kill it if the launcher dies.
 //!
-//! **Scheduler registration.** Today's gateway does not embed the scheduler agent yet
-//! (`docs/ARCHITECTURE.md`), so the launcher runs one `holdfast_scheduler::agent::Agent`
-//! per gateway on its behalf, reporting the gateway's established connections (read from
-//! its `/v1/stats` every 500 ms). Shed orders are counted, not carried out. A killed
-//! gateway's agent stops with it, so the scheduler stops naming it after `fleet.ttl_ms`.
+//! **Scheduler registration.** With a scheduler, each gateway registers itself
+//! (`scheduler.addrs`, its own agent: load from its counters, shed orders turned into
+//! `REDIRECT` `REBALANCE`), reporting every 500 ms; the scheduler forgets a silent gateway
+//! after 1.5 s.
+//!
+//! **Status cluster.** With `status_nodes` K > 0, the launcher starts a static ring of K
+//! `holdfast-status` nodes and runs the gateways with `presence.backend = status` and a
+//! `[cluster]` channel between them (`cluster.peers`: every other gateway), so a push to any
+//! user or to everyone can go through any gateway's API. The internal and status ports are
+//! picked free just before the processes start.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -18,9 +23,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use holdfast_scheduler::agent::{Agent, AgentConfig, GatewayHooks, LoadSample};
-use holdfast_scheduler::model::{Dims, Endpoint, Transport};
-use holdfast_scheduler::protocol::{Registration, ShedOrder};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Child;
 
@@ -32,7 +34,7 @@ use crate::plan::GatewayAddr;
 pub enum ClusterError {
     /// A binary is missing.
     #[error(
-        "{0} not found; build it first: cargo build --release -p holdfast-gateway -p holdfast-scheduler"
+        "{0} not found; build it first: cargo build --release -p holdfast-gateway -p holdfast-scheduler -p holdfast-status"
     )]
     Missing(PathBuf),
     /// A process could not be started.
@@ -41,9 +43,6 @@ pub enum ClusterError {
     /// A process did not print its ready line in time.
     #[error("{0} did not get ready within {1:?} (log: {2})")]
     NotReady(String, Duration, PathBuf),
-    /// The registration agent could not start.
-    #[error("agent for {0}: {1}")]
-    Agent(String, String),
 }
 
 /// How to size and configure the cluster.
@@ -57,9 +56,12 @@ pub struct ClusterSpec {
     pub gateway_workers: u32,
     /// Start a scheduler and register the gateways with it.
     pub scheduler: bool,
+    /// Status nodes to start (0: every gateway keeps presence in-process, no cross-gateway
+    /// delivery).
+    pub status_nodes: u32,
     /// Extra `--set` overrides for every gateway (applied last).
     pub gateway_sets: Vec<String>,
-    /// Where `holdfast-gateway` and `holdfast-scheduler` are.
+    /// Where `holdfast-gateway`, `holdfast-scheduler` and `holdfast-status` are.
     pub bin_dir: PathBuf,
     /// Where the processes' logs go.
     pub log_dir: PathBuf,
@@ -82,6 +84,20 @@ pub struct GatewayProc {
     established: Arc<AtomicU64>,
 }
 
+/// A status node process.
+#[derive(Debug)]
+pub struct StatusProc {
+    /// Its binary protocol address (a seed for the gateways).
+    pub data: std::net::SocketAddr,
+    /// Its admin API.
+    pub admin: std::net::SocketAddr,
+    /// Its process id.
+    pub pid: u32,
+    /// Its log file.
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
 /// The scheduler process.
 #[derive(Debug)]
 pub struct SchedulerProc {
@@ -102,26 +118,22 @@ pub struct Cluster {
     pub gateways: Vec<GatewayProc>,
     /// The scheduler, if one was asked for.
     pub scheduler: Option<SchedulerProc>,
-    agents: Vec<Option<Agent>>,
+    /// The status nodes, if any.
+    pub status: Vec<StatusProc>,
     pollers: Vec<tokio::task::JoinHandle<()>>,
-    /// Shed orders the scheduler sent (counted, not carried out).
-    pub shed_orders: Arc<AtomicU64>,
 }
 
-struct Hooks {
-    established: Arc<AtomicU64>,
-    orders: Arc<AtomicU64>,
-}
+/// The secret the launcher gives the status ring and the gateways' `[cluster]` channel
+/// (a local test cluster only).
+const LOCAL_SECRET: &str = "holdfast-loadtest-local-cluster-secret";
 
-impl GatewayHooks for Hooks {
-    fn sample(&self) -> LoadSample {
-        let connections = self.established.load(Ordering::Relaxed) as f64;
-        LoadSample { load: Dims { connections, ..Dims::default() }, ..LoadSample::default() }
-    }
-
-    fn shed(&self, _order: ShedOrder) {
-        self.orders.fetch_add(1, Ordering::Relaxed);
-    }
+/// A port that was free a moment ago on 127.0.0.1 (for addresses other processes must know
+/// before the owner starts).
+fn free_port() -> Result<u16, ClusterError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| ClusterError::Spawn("free port".into(), e.to_string()))
 }
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -138,10 +150,10 @@ impl Cluster {
         let mut cluster = Cluster {
             gateways: Vec::new(),
             scheduler: None,
-            agents: Vec::new(),
+            status: Vec::new(),
             pollers: Vec::new(),
-            shed_orders: Arc::new(AtomicU64::new(0)),
         };
+        cluster.start_status(spec).await?;
         if spec.scheduler {
             let bin = spec.bin_dir.join("holdfast-scheduler");
             if !bin.exists() {
@@ -184,8 +196,31 @@ impl Cluster {
                 child: Some(child),
             });
         }
+        // With a status ring: presence there, and a [cluster] channel to every other gateway.
+        let ports: Vec<u16> = if spec.status_nodes > 0 {
+            (0..spec.gateways).map(|_| free_port()).collect::<Result<_, _>>()?
+        } else {
+            Vec::new()
+        };
         for i in 0..spec.gateways {
-            cluster.start_gateway(spec, &gw_bin, i).await?;
+            let mut peer_sets = Vec::new();
+            if spec.status_nodes > 0 {
+                let seeds: Vec<String> =
+                    cluster.status.iter().map(|n| format!("\"{}\"", n.data)).collect();
+                let peers: Vec<String> = (0..spec.gateways)
+                    .filter(|p| *p != i)
+                    .map(|p| format!("{{id={}, addr=\"127.0.0.1:{}\"}}", p + 1, ports[p as usize]))
+                    .collect();
+                peer_sets = vec![
+                    "presence.backend=status".to_owned(),
+                    format!("presence.seeds=[{}]", seeds.join(", ")),
+                    format!("presence.secret={LOCAL_SECRET}"),
+                    format!("cluster.addr=127.0.0.1:{}", ports[i as usize]),
+                    format!("cluster.peers=[{}]", peers.join(", ")),
+                    format!("cluster.secret={LOCAL_SECRET}"),
+                ];
+            }
+            cluster.start_gateway(spec, &gw_bin, i, &peer_sets).await?;
         }
         Ok(cluster)
     }
@@ -195,6 +230,7 @@ impl Cluster {
         spec: &ClusterSpec,
         bin: &Path,
         i: u32,
+        peer_sets: &[String],
     ) -> Result<(), ClusterError> {
         let name = format!("gw-{}", i + 1);
         let log = spec.log_dir.join(format!("{name}.log"));
@@ -206,6 +242,14 @@ impl Cluster {
             format!("listen.max_connections={}", spec.max_connections),
             "log.filter=warn".to_owned(),
         ];
+        if let Some(s) = &self.scheduler {
+            let secret = std::env::var("HOLDFAST_SCHEDULER_SECRET")
+                .unwrap_or_else(|_| holdfast_scheduler::config::DEV_SECRET.to_owned());
+            sets.push(format!("scheduler.addrs=[\"{}\"]", s.control));
+            sets.push(format!("scheduler.secret={secret}"));
+            sets.push("scheduler.report_interval_ms=500".to_owned());
+        }
+        sets.extend(peer_sets.iter().cloned());
         sets.extend(spec.gateway_sets.iter().cloned());
         let args: Vec<String> = sets.into_iter().flat_map(|s| ["--set".to_owned(), s]).collect();
         let mut env = vec![("NO_COLOR".to_owned(), "1".to_owned())];
@@ -223,41 +267,59 @@ impl Cluster {
         let established = Arc::new(AtomicU64::new(0));
         let pid = child.id().unwrap_or(0);
         self.pollers.push(tokio::spawn(poll_stats(addr.http, Arc::clone(&established))));
-        let agent = match &self.scheduler {
-            Some(s) => {
-                let registration = Registration {
-                    id: name.clone(),
-                    generation: crate::plan::wall_ns() / 1_000_000,
-                    region: "local".into(),
-                    zone: "local-a".into(),
-                    group: "default".into(),
-                    tags: vec![],
-                    endpoints: vec![Endpoint {
-                        transport: Transport::Tcp,
-                        addr: addr.tcp.to_string(),
-                    }],
-                    capacity: Dims {
-                        connections: f64::from(spec.max_connections),
-                        ..Dims::default()
-                    },
-                };
-                let secret = std::env::var("HOLDFAST_SCHEDULER_SECRET")
-                    .unwrap_or_else(|_| holdfast_scheduler::config::DEV_SECRET.to_owned());
-                let mut cfg = AgentConfig::new(registration, vec![s.control.to_string()], secret);
-                cfg.report_interval = Duration::from_millis(500);
-                let hooks = Hooks {
-                    established: Arc::clone(&established),
-                    orders: Arc::clone(&self.shed_orders),
-                };
-                Some(
-                    Agent::spawn(cfg, Arc::new(hooks))
-                        .map_err(|e| ClusterError::Agent(name.clone(), e.to_string()))?,
-                )
-            }
-            None => None,
-        };
-        self.agents.push(agent);
         self.gateways.push(GatewayProc { name, addr, pid, log, child: Some(child), established });
+        Ok(())
+    }
+
+    /// Start a static ring of `spec.status_nodes` status nodes (ids 1..=K).
+    async fn start_status(&mut self, spec: &ClusterSpec) -> Result<(), ClusterError> {
+        if spec.status_nodes == 0 {
+            return Ok(());
+        }
+        let bin = spec.bin_dir.join("holdfast-status");
+        if !bin.exists() {
+            return Err(ClusterError::Missing(bin));
+        }
+        let members: Vec<(u32, u16)> = (1..=spec.status_nodes)
+            .map(|id| free_port().map(|p| (id, p)))
+            .collect::<Result<_, _>>()?;
+        let list: Vec<String> = members
+            .iter()
+            .map(|(id, port)| format!("{{id={id}, addr=\"127.0.0.1:{port}\"}}"))
+            .collect();
+        for (id, port) in &members {
+            let sets = [
+                format!("node.id={id}"),
+                format!("cluster.members=[{}]", list.join(", ")),
+                format!("node.data_addr=127.0.0.1:{port}"),
+                "node.admin_addr=127.0.0.1:0".to_owned(),
+                "log.filter=warn".to_owned(),
+            ];
+            let args: Vec<String> =
+                sets.iter().flat_map(|s| ["--set".to_owned(), s.clone()]).collect();
+            let env = [("HOLDFAST_STATUS_SECRET".to_owned(), LOCAL_SECRET.to_owned())];
+            let log = spec.log_dir.join(format!("status-{id}.log"));
+            let (child, line) = start_process(&bin, &args, &env, &log).await?;
+            let field = |k: &str| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(k))
+                    .and_then(|a| a.parse().ok())
+                    .ok_or_else(|| {
+                        ClusterError::Spawn(
+                            "holdfast-status".into(),
+                            format!("ready line {line:?}"),
+                        )
+                    })
+            };
+            let pid = child.id().unwrap_or(0);
+            self.status.push(StatusProc {
+                data: field("data=")?,
+                admin: field("admin=")?,
+                pid,
+                log,
+                child: Some(child),
+            });
+        }
         Ok(())
     }
 
@@ -275,6 +337,7 @@ impl Cluster {
     pub fn pids(&self) -> Vec<u32> {
         let mut p = self.gateway_pids();
         p.extend(self.scheduler.iter().filter(|s| s.child.is_some()).map(|s| s.pid));
+        p.extend(self.status.iter().filter(|s| s.child.is_some()).map(|s| s.pid));
         p
     }
 
@@ -304,18 +367,15 @@ impl Cluster {
         false
     }
 
-    /// `kill -9` gateway `i` and stop its agent; returns its pid.
+    /// `kill -9` gateway `i`; returns its pid.
     pub async fn kill_gateway(&mut self, i: usize) -> Option<u32> {
         self.stop_gateway(i, false).await
     }
 
-    /// Stop gateway `i`: its agent first (the scheduler stops naming it after its TTL),
-    /// then `SIGTERM` when `graceful` (the gateway sends every client `REDIRECT`
-    /// `SERVER_SHUTDOWN` and exits; `SIGKILL` after 30 s) or `SIGKILL`. Returns its pid.
+    /// Stop gateway `i`: `SIGTERM` when `graceful` (the gateway reports itself draining,
+    /// sends every client `REDIRECT` `SERVER_SHUTDOWN` and exits; `SIGKILL` after 30 s), else
+    /// `SIGKILL`. Returns its pid.
     pub async fn stop_gateway(&mut self, i: usize, graceful: bool) -> Option<u32> {
-        if let Some(agent) = self.agents.get_mut(i).and_then(Option::take) {
-            agent.stop().await;
-        }
         let g = self.gateways.get_mut(i)?;
         let mut child = g.child.take()?;
         if graceful {
@@ -339,17 +399,15 @@ impl Cluster {
         self.gateways.iter().position(|g| g.child.is_some())
     }
 
-    /// Stop everything: agents, then SIGTERM to every process, SIGKILL after `grace`.
+    /// Stop everything: SIGTERM to every process, SIGKILL after `grace`.
     pub async fn shutdown(&mut self, grace: Duration) {
-        for a in self.agents.iter_mut().filter_map(Option::take) {
-            a.stop().await;
-        }
         for p in self.pollers.drain(..) {
             p.abort();
         }
         let mut children: Vec<Child> =
             self.gateways.iter_mut().filter_map(|g| g.child.take()).collect();
         children.extend(self.scheduler.as_mut().and_then(|s| s.child.take()));
+        children.extend(self.status.iter_mut().filter_map(|s| s.child.take()));
         for c in &children {
             if let Some(pid) = c.id() {
                 // SAFETY: kill(2) on a pid we spawned and have not reaped yet.

@@ -18,8 +18,9 @@
 //!   [`plan`]: what the coordinator and workers say to each other (JSON lines).
 //! - [`coordinator`]: spawns the workers, sends commands, aggregates their statistics and
 //!   merges their HDR histograms exactly ([`stats`]).
-//! - [`cluster`]: the local cluster launcher (gateway processes, a scheduler and a
-//!   registration agent per gateway), readiness on ready lines, teardown of everything.
+//! - [`cluster`]: the local cluster launcher (gateway processes, a scheduler they
+//!   register with, a status ring they keep presence in), readiness on ready lines,
+//!   teardown of everything.
 //! - [`scenario`]: ramp, hold, CPU per heartbeat, unicast pushes, broadcast, token
 //!   refresh, flood fairness, kick, drain, reconnect storm; [`progress`]: the terminal
 //!   view; [`report`]: the JSON result and the HTML report with inline SVG charts;

@@ -113,9 +113,13 @@ struct ClusterArgs {
     /// Gateway processes (each holds at most `--gateway-max-connections`).
     #[arg(long, default_value_t = 1)]
     gateways: u32,
-    /// Also start a scheduler and register every gateway with it.
+    /// Also start a scheduler; every gateway registers with it.
     #[arg(long)]
     scheduler: bool,
+    /// Also start a static ring of this many status nodes: the gateways keep presence
+    /// there and route pushes and kicks to each other.
+    #[arg(long, default_value_t = 0)]
+    status_nodes: u32,
     /// `listen.max_connections` of each gateway; keep it below the open-file limit (20,000 here).
     #[arg(long, default_value_t = 19_500)]
     gateway_max_connections: u32,
@@ -173,6 +177,15 @@ struct RunArgs {
     /// With `--cluster`: also launch a scheduler; clients then dispatch through it.
     #[arg(long)]
     with_scheduler: bool,
+    /// With `--cluster`: also launch a ring of this many status nodes; the gateways keep
+    /// presence there and route to each other, so pushes go through any gateway's API and a
+    /// push to everyone is one call.
+    #[arg(long, default_value_t = 0)]
+    status_nodes: u32,
+    /// The gateways given with `--gateway` route pushes to each other (a shared presence
+    /// backend): push through any of them, to everyone through one.
+    #[arg(long)]
+    cross_gateway: bool,
     /// With `--cluster`: `listen.max_connections` of each gateway.
     #[arg(long, default_value_t = 19_500)]
     gateway_max_connections: u32,
@@ -385,6 +398,7 @@ async fn run(cmd: Cmd) -> Result<(), String> {
                 kick_code: 303,
                 storm_timeout_secs: 30.0,
                 backoff_ms: (500, 30_000),
+                cross_gateway: false,
                 target: Target::Fixed,
                 gateways: vec![GatewayAddr { tcp: addr, http }],
                 gateway_pids: vec![],
@@ -478,6 +492,7 @@ async fn run_scenarios(a: RunArgs) -> Result<(), String> {
             max_connections: a.gateway_max_connections,
             gateway_workers: a.gateway_workers,
             scheduler: a.with_scheduler,
+            status_nodes: a.status_nodes,
             gateway_sets: sets,
             bin_dir: a.bin_dir.clone().unwrap_or_else(default_bin_dir),
             log_dir: out.join("logs"),
@@ -543,6 +558,7 @@ async fn run_scenarios(a: RunArgs) -> Result<(), String> {
         kick_code: a.kick_code,
         storm_timeout_secs: a.storm_timeout_secs,
         backoff_ms: (a.backoff_base_ms, a.backoff_cap_ms.max(a.backoff_base_ms)),
+        cross_gateway: a.cross_gateway || (a.cluster.is_some() && a.status_nodes > 0),
         target,
         gateways,
         gateway_pids: a.gateway_pid.clone(),
@@ -576,6 +592,7 @@ async fn cluster(a: ClusterArgs) -> Result<(), String> {
         max_connections: a.gateway_max_connections,
         gateway_workers: a.gateway_workers,
         scheduler: a.scheduler,
+        status_nodes: a.status_nodes,
         gateway_sets: a.gateway_sets,
         bin_dir: a.bin_dir.unwrap_or_else(default_bin_dir),
         log_dir: log_dir.clone(),
@@ -605,6 +622,15 @@ async fn cluster(a: ClusterArgs) -> Result<(), String> {
         );
         let ok = c.wait_registered(Duration::from_secs(20)).await;
         println!("scheduler sees every gateway: {ok}");
+    }
+    for n in &c.status {
+        println!(
+            "status pid {} data {} admin http://{} log {}",
+            n.pid,
+            n.data,
+            n.admin,
+            n.log.display()
+        );
     }
     println!("cluster ready: {} process(es); Ctrl-C stops them all", c.pids().len());
     let mut stop = stop;

@@ -63,6 +63,10 @@ pub struct Plan {
     pub backoff_ms: (u64, u64),
     /// How often to write a stats line, ms.
     pub stats_interval_ms: u64,
+    /// Push through any gateway's API (they route to each other), not only the one the
+    /// client is connected to.
+    #[serde(default)]
+    pub push_via_any: bool,
 }
 
 /// A command from the coordinator to a worker (one JSON line on its stdin).

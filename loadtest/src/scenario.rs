@@ -127,6 +127,9 @@ pub struct RunSpec {
     pub storm_timeout_secs: f64,
     /// Reconnect backoff base and cap, ms.
     pub backoff_ms: (u64, u64),
+    /// The gateways route pushes to each other (a shared presence backend): push to a
+    /// user through any gateway's API, to everyone through one.
+    pub cross_gateway: bool,
     /// Fixed gateways or the scheduler.
     pub target: Target,
     /// The gateways (push API of each).
@@ -184,6 +187,7 @@ pub fn plans(spec: &RunSpec) -> Vec<Plan> {
             user_prefix: spec.user_prefix.clone(),
             backoff_ms: spec.backoff_ms,
             stats_interval_ms: 1000,
+            push_via_any: spec.cross_gateway,
         });
         first += clients;
     }
@@ -227,6 +231,16 @@ impl<'a> Run<'a> {
                 .collect(),
             None => self.spec.gateways.clone(),
         }
+    }
+
+    /// The gateways an API call to everyone (or to a user of unknown location) must go
+    /// to: one when they route to each other, else each of them.
+    fn api_gateways(&self) -> Vec<GatewayAddr> {
+        let mut live = self.live_gateways();
+        if self.spec.cross_gateway {
+            live.truncate(1);
+        }
+        live
     }
 
     fn t(&self) -> f64 {
@@ -579,7 +593,7 @@ impl<'a> Run<'a> {
                 "payload": broadcast_payload(k, stamp),
                 "ack": false,
             });
-            let calls = self.live_gateways().into_iter().map(|g| {
+            let calls = self.api_gateways().into_iter().map(|g| {
                 let http = self.http.clone();
                 let body = body.clone();
                 async move {
@@ -726,7 +740,7 @@ impl<'a> Run<'a> {
         // Which gateway holds a user is the worker's knowledge, so ask every gateway; the
         // others answer that the user is not there.
         let step = (self.spec.clients / n.max(1)).max(1);
-        let gateways = self.live_gateways();
+        let gateways = self.api_gateways();
         let mut kicked = 0u64;
         for k in 0..n {
             let user = format!("{}{}", self.spec.user_prefix, k * step);
@@ -1080,6 +1094,7 @@ mod tests {
             kick_code: 303,
             storm_timeout_secs: 10.0,
             backoff_ms: (500, 30_000),
+            cross_gateway: false,
             target: Target::Fixed,
             gateways: vec![],
             gateway_pids: vec![],

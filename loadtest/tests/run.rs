@@ -3,9 +3,9 @@
 //! is checked for exact counts, the merged histograms against the workers', the report in
 //! headless Chromium, and the cluster launcher for leftover processes.
 //!
-//! The gateway and scheduler binaries are taken from the target directory next to this
-//! test (`cargo test --workspace` builds them; alone, run
-//! `cargo build -p holdfast-gateway -p holdfast-scheduler` first).
+//! The gateway, scheduler and status binaries are taken from the target directory next to
+//! this test (`cargo test --workspace` builds them; alone, run
+//! `cargo build -p holdfast-gateway -p holdfast-scheduler -p holdfast-status` first).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -18,10 +18,10 @@ fn bin_dir() -> PathBuf {
     // target/<profile>/deps/<this test> -> target/<profile>
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-    for bin in ["holdfast-gateway", "holdfast-scheduler"] {
+    for bin in ["holdfast-gateway", "holdfast-scheduler", "holdfast-status"] {
         assert!(
             dir.join(bin).exists(),
-            "{} is missing: run `cargo build -p holdfast-gateway -p holdfast-scheduler` first",
+            "{} is missing: run `cargo build -p holdfast-gateway -p holdfast-scheduler -p holdfast-status` first",
             dir.join(bin).display()
         );
     }
@@ -122,12 +122,14 @@ fn cluster_run_counts_every_push_merges_histograms_exactly_and_renders_its_repor
     let dir = temp_dir("cluster-run");
     let r = run(
         &dir,
-        "--cluster 3 --with-scheduler --clients 300 --per-worker 150 --rate 1000 \
+        "--cluster 3 --with-scheduler --status-nodes 2 --clients 300 --per-worker 150 --rate 1000 \
          --heartbeat-ms 1000 --scenarios hold,push,broadcast,refresh,kick,drain,storm --hold-secs 2 \
          --push-rate 200 --push-secs 2 --broadcasts 2 --refresh-secs 2 \
-         --storm-timeout-secs 30 --backoff-cap-ms 2000 --kick-users 5 --kick-code 302",
+         --storm-timeout-secs 30 --backoff-cap-ms 2000 --kick-users 5 --kick-code 302 \
+         --gateway-set presence.lease_ttl_ms=1500 --gateway-set presence.renew_ms=500",
     );
-    // Two workers, every client connected through the scheduler (3 gateways).
+    // Two workers, every client connected through the scheduler (3 gateways, which keep
+    // presence in a 2-node status ring and route pushes and kicks to each other).
     assert_eq!(r["workers"].as_array().unwrap().len(), 2);
     assert_eq!(phase(&r, "ramp")["figures"]["established"], 300, "{r}");
     assert!(r["totals"]["dispatch_requests"].as_u64().unwrap() >= 300);
@@ -137,14 +139,15 @@ fn cluster_run_counts_every_push_merges_histograms_exactly_and_renders_its_repor
     assert!((300..=1200).contains(&pongs), "{hold}");
     assert!(hold["figures"]["gateway_cpu_us_per_heartbeat"].as_f64().unwrap() > 0.0);
     assert!(hold["figures"]["tool_bytes_per_conn"].as_f64().is_some());
-    // Every unicast push the API delivered was received, and timed.
+    // Every unicast push the API delivered was received, and timed; each went through a
+    // random gateway, so most were routed to another one.
     let push = phase(&r, "push");
     let f = &push["figures"];
     assert_eq!(f["api_calls"], 400, "{push}");
     assert_eq!(f["delivered"], 400, "{push}");
     assert_eq!(f["received"], 400, "{push}");
     assert_eq!(push["latency"]["push"]["count"], 400, "{push}");
-    // Each broadcast reached all 300, whichever gateway they were on.
+    // Each broadcast, one API call, reached all 300 on every gateway.
     let b = phase(&r, "broadcast");
     assert_eq!(b["figures"]["expected"], 600, "{b}");
     assert_eq!(b["figures"]["received"], 600, "{b}");

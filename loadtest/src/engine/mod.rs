@@ -860,7 +860,13 @@ impl Engine {
             if c.phase != Phase::Established || c.flooder || c.gateway == NO_GATEWAY {
                 continue;
             }
-            let http = self.plan.gateways[usize::from(c.gateway)].http;
+            let gateway = usize::from(c.gateway);
+            let gateway = if self.plan.push_via_any {
+                (self.random() % self.plan.gateways.len() as u64) as usize
+            } else {
+                gateway
+            };
+            let http = self.plan.gateways[gateway].http;
             self.next_message += 1;
             let req = Request::Push { http, user: self.user(idx), message_id: self.next_message };
             self.counters.push_calls += 1;
