@@ -15,7 +15,9 @@
 //!    `limits.frames_per_turn` frames; a connection with more to do (a full read, or frames
 //!    left over) is resumed next turn, after every other ready connection had its turn.
 //! 3. Connections resumed from the last turn.
-//! 4. Commands, at most [`COMMAND_BUDGET`] per turn; broadcasts, one chunk per turn.
+//! 4. Commands, at most [`COMMAND_BUDGET`] at a time (also after every [`SLICE`] connections
+//!    of a busy turn, so pushes are not kept waiting behind pipelining clients); broadcasts,
+//!    one chunk per turn.
 //! 5. Timers that fired; counters flushed to the node's metrics every 100 ms.
 //!
 //! # The hot paths
@@ -59,6 +61,9 @@ pub(crate) const WAKER: Token = Token(usize::MAX);
 
 /// Size of the loop's read buffer: the most one connection reads per turn.
 const READ_BUF: usize = 64 * 1024;
+/// Connections served between two looks at the command queues, so a push waits for a slice
+/// of a busy turn, not the whole of it.
+const SLICE: usize = 64;
 /// Connections a broadcast writes to per turn before the loop serves its sockets again.
 const BROADCAST_CHUNK: usize = 1024;
 /// How often the loop's local counters are added to the node's metrics, in ms.
@@ -189,10 +194,14 @@ impl<T: Transport> Worker<T> {
             }
             self.set_now();
             let mut woken = false;
-            for ev in events.iter() {
+            for (i, ev) in events.iter().enumerate() {
                 if ev.token() == WAKER {
                     woken = true;
                     continue;
+                }
+                // Commands (pushes above all) are not kept waiting for a whole busy turn.
+                if i % SLICE == SLICE - 1 {
+                    self.drain_commands();
                 }
                 let key = ev.token().0;
                 if ev.is_writable() {
@@ -444,7 +453,10 @@ impl<T: Transport> Worker<T> {
 
     /// Give the connections that yielded last turn their next turn.
     fn resume_connections(&mut self) {
-        for r in std::mem::take(&mut self.resume) {
+        for (i, r) in std::mem::take(&mut self.resume).into_iter().enumerate() {
+            if i % SLICE == SLICE - 1 {
+                self.drain_commands();
+            }
             if self.conns.find(r.key, r.generation).is_none() {
                 continue;
             }
