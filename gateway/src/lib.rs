@@ -49,6 +49,7 @@ mod deliver;
 pub mod driver;
 pub mod events;
 mod fence;
+mod health;
 pub mod ids;
 pub mod memory;
 pub mod metrics;

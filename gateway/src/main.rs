@@ -79,16 +79,16 @@ fn main() -> ExitCode {
         }
     };
     // Tests and scripts wait for this line; keep its format (`cluster=` only with a shared
-    // presence backend).
-    match running.cluster_addr {
-        Some(cluster) => println!(
-            "holdfast-gateway ready: tcp={} http={} cluster={cluster}",
-            running.tcp_addr, running.http_addr
-        ),
-        None => {
-            println!("holdfast-gateway ready: tcp={} http={}", running.tcp_addr, running.http_addr)
-        }
+    // presence backend, `health=` only with a TCP check port).
+    let mut ready =
+        format!("holdfast-gateway ready: tcp={} http={}", running.tcp_addr, running.http_addr);
+    if let Some(cluster) = running.cluster_addr {
+        ready.push_str(&format!(" cluster={cluster}"));
     }
+    if let Some(health) = running.health_addr {
+        ready.push_str(&format!(" health={health}"));
+    }
+    println!("{ready}");
     tracing::info!(tcp = %running.tcp_addr, http = %running.http_addr, "gateway started");
     running.wait_for_signal(|running| {
         // SIGHUP: re-read the configuration and apply what can change live: [auth].

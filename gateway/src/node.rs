@@ -49,6 +49,12 @@ pub(crate) struct Node {
     pub(crate) agent: OnceLock<holdfast_scheduler::agent::Agent>,
     /// Set when shutdown begins (reported to the scheduler as draining).
     pub(crate) stopping: AtomicBool,
+    /// Set when a drain begins (`drain.rs`): unhealthy, accepting nothing, redirecting.
+    pub(crate) draining: AtomicBool,
+    /// Latched once start-up is complete (registered with a scheduler, if configured).
+    pub(crate) ready: AtomicBool,
+    /// Woken whenever the health may have changed (ready, drain, fence, stop).
+    pub(crate) health_changed: tokio::sync::Notify,
 }
 
 impl Node {

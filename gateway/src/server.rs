@@ -78,6 +78,8 @@ pub struct Running {
     pub http_addr: SocketAddr,
     /// The internal listener's address, with a shared presence backend.
     pub cluster_addr: Option<SocketAddr>,
+    /// The TCP health check port's address, when `health.tcp_addr` is set.
+    pub health_addr: Option<SocketAddr>,
     node: Arc<Node>,
     runtime: tokio::runtime::Runtime,
     acceptor_waker: Arc<Waker>,
@@ -181,6 +183,9 @@ fn start_with(cfg: Config, presence: Option<Arc<dyn Presence>>) -> Result<Runnin
         cluster,
         agent: OnceLock::new(),
         stopping: AtomicBool::new(false),
+        draining: AtomicBool::new(false),
+        ready: AtomicBool::new(false),
+        health_changed: tokio::sync::Notify::new(),
     });
     let mut threads = Vec::new();
     let mut handles = Vec::new();
@@ -227,6 +232,17 @@ fn start_with(cfg: Config, presence: Option<Arc<dyn Presence>>) -> Result<Runnin
         .block_on(tokio::net::TcpListener::bind(node.cfg.http.addr))
         .map_err(io_err(format!("listen on {} (http)", node.cfg.http.addr)))?;
     let http_addr = http.local_addr().map_err(io_err("read the http address"))?;
+    let health_addr = match node.cfg.health.tcp_addr {
+        Some(addr) => {
+            let l = crate::health::bind_std(addr)
+                .map_err(io_err(format!("listen on {addr} (health.tcp_addr)")))?;
+            let bound = l.local_addr().map_err(io_err("read the health check address"))?;
+            let _entered = runtime.enter();
+            runtime.spawn(crate::health::serve_tcp(Arc::clone(&node), l));
+            Some(bound)
+        }
+        None => None,
+    };
     let (http_stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let app = crate::api::router(Arc::clone(&node));
     runtime.spawn(crate::memory::reclaim(Arc::clone(&node)));
@@ -245,6 +261,7 @@ fn start_with(cfg: Config, presence: Option<Arc<dyn Presence>>) -> Result<Runnin
         tcp_addr,
         http_addr,
         cluster_addr,
+        health_addr,
         node,
         runtime,
         acceptor_waker,
@@ -293,6 +310,7 @@ impl Running {
     /// thread.
     pub fn shutdown(mut self) {
         self.node.stopping.store(true, Ordering::Release);
+        self.node.health_changed.notify_waiters();
         let _ = self.acceptor_waker.wake();
         if let Some(acceptor) = self.acceptor.take() {
             let _ = acceptor.join();

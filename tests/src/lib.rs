@@ -91,6 +91,8 @@ pub struct GatewayProcess {
     pub http: SocketAddr,
     /// The internal gateway listener (with a shared presence backend).
     pub cluster: Option<SocketAddr>,
+    /// The TCP health check port (with `health.tcp_addr` set).
+    pub health: Option<SocketAddr>,
     http_client: reqwest::blocking::Client,
 }
 
@@ -144,6 +146,7 @@ impl GatewayProcess {
         let mut tcp = None;
         let mut http = None;
         let mut cluster = None;
+        let mut health = None;
         for part in ready.split_whitespace() {
             if let Some(a) = part.strip_prefix("tcp=") {
                 tcp = a.parse().ok();
@@ -151,11 +154,14 @@ impl GatewayProcess {
                 http = a.parse().ok();
             } else if let Some(a) = part.strip_prefix("cluster=") {
                 cluster = a.parse().ok();
+            } else if let Some(a) = part.strip_prefix("health=") {
+                health = a.parse().ok();
             }
         }
         GatewayProcess {
             child,
             cluster,
+            health,
             tcp: tcp.expect("ready line has tcp="),
             http: http.expect("ready line has http="),
             http_client: reqwest::blocking::Client::builder()

@@ -76,6 +76,7 @@ pub(crate) fn router(node: Arc<Node>) -> Router {
         .route_layer(middleware::from_fn_with_state(Arc::clone(&node), require_token));
     Router::new()
         .route("/healthz", get(health))
+        .route("/livez", get(|| async { "alive\n" }))
         .route("/metrics", get(metrics))
         .merge(protected)
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".to_owned()) })
@@ -117,13 +118,17 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// `ok`, or 503 while the gateway is fenced (no presence lease) so balancers stop sending
-/// it clients.
+/// `ok`, or 503 with the reason while the gateway should get no new clients: starting (not
+/// yet registered with a scheduler), fenced (no presence lease), draining or stopping
+/// (`health.rs`).
 async fn health(State(node): State<Arc<Node>>) -> Response {
-    if node.fence.is_fenced() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "fenced: no presence lease\n").into_response();
+    let health = crate::health::check(&node);
+    let body = format!("{}\n", health.as_str());
+    if health.is_ok() {
+        body.into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
     }
-    "ok\n".into_response()
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {

@@ -15,6 +15,7 @@ pub(super) const OPTIONAL_FIELDS: &[(&str, &str)] = &[
     ("presence", "secret"),
     ("cluster", "secret"),
     ("scheduler", "secret"),
+    ("health", "tcp_addr"),
 ];
 
 /// One `section.field = value` override and where it came from.

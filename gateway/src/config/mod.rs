@@ -88,6 +88,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// `[scheduler]`: registration and load reports to the access scheduler.
     pub scheduler: SchedulerConfig,
+    /// `[health]`: the TCP check port for L4 balancers.
+    pub health: HealthConfig,
 }
 
 /// Why the configuration could not be loaded or is unusable.

@@ -688,3 +688,14 @@ impl fmt::Debug for SchedulerConfig {
             .finish()
     }
 }
+
+/// `[health]`: what L4 balancers check (`/healthz` on `http.addr` is always served).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    /// A plain TCP check port, `ip:port` (default none). It listens only while the gateway
+    /// is healthy (ready, not fenced, not draining), so a balancer's connect-only check is
+    /// refused the moment the gateway turns unhealthy. Costs one socket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_addr: Option<SocketAddr>,
+}

@@ -39,6 +39,14 @@ impl Config {
             format!("same address as listen.addr ({})", l.addr),
         );
 
+        if let Some(h) = self.health.tcp_addr {
+            check(
+                h.port() == 0 || (h != l.addr && h != self.http.addr),
+                "health.tcp_addr",
+                format!("{h} is also listen.addr or http.addr"),
+            );
+        }
+
         let hb = &self.heartbeat;
         if let Err(e) = hb.policy().validate() {
             let field = match e {
