@@ -46,6 +46,7 @@ pub mod auth;
 mod cluster;
 pub mod config;
 mod deliver;
+mod drain;
 pub mod driver;
 pub mod events;
 mod fence;
@@ -62,4 +63,4 @@ pub mod upstream;
 mod webhook;
 
 pub use cluster::ClusterError;
-pub use server::{Running, StartError, start, start_default};
+pub use server::{Running, StartError, Stop, start, start_default};

@@ -90,7 +90,7 @@ fn main() -> ExitCode {
     }
     println!("{ready}");
     tracing::info!(tcp = %running.tcp_addr, http = %running.http_addr, "gateway started");
-    running.wait_for_signal(|running| {
+    let reload = |running: &holdfast_gateway::Running| {
         // SIGHUP: re-read the configuration and apply what can change live: [auth].
         let reloaded = Config::load(args.config.as_deref(), &args.sets, std::env::vars())
             .and_then(|cfg| cfg.validate().map(|()| cfg));
@@ -101,7 +101,10 @@ fn main() -> ExitCode {
             Ok(()) => tracing::info!("SIGHUP: [auth] reloaded"),
             Err(e) => tracing::error!(error = %e, "SIGHUP: reload refused; the old [auth] stays"),
         }
-    });
+    };
+    if running.wait_for_signal(reload) == holdfast_gateway::Stop::Drain {
+        running.drain(reload);
+    }
     tracing::info!("shutting down");
     running.shutdown();
     ExitCode::SUCCESS

@@ -55,6 +55,10 @@ pub(crate) struct Node {
     pub(crate) ready: AtomicBool,
     /// Woken whenever the health may have changed (ready, drain, fence, stop).
     pub(crate) health_changed: tokio::sync::Notify,
+    /// Notified (one permit) when a drain begins, for the thread that waits for signals.
+    pub(crate) drain_requested: tokio::sync::Notify,
+    /// The acceptor's waker: waking it stops the acceptor (shutdown, drain).
+    pub(crate) acceptor: OnceLock<Arc<mio::Waker>>,
 }
 
 impl Node {

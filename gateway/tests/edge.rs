@@ -2,10 +2,17 @@
 //! TCP check port), readiness behind scheduler registration, graceful drain, admission
 //! limits.
 
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use holdfast_tests::{GatewayProcess, SCHEDULER_SECRET, SchedulerProcess, eventually, free_port};
+use holdfast_codec::client::{Event, Session};
+use holdfast_codec::{Code, Frame, Platform};
+use holdfast_tests::{
+    Client, GatewayProcess, SCHEDULER_SECRET, SchedulerProcess, client_config, eventually,
+    free_port, read_frames, token,
+};
+use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_holdfast-gateway");
 const SECS: Duration = Duration::from_secs(10);
@@ -39,4 +46,106 @@ fn health_waits_for_scheduler_registration() {
     assert!(ready.is_some(), "healthy once registered: {:?}", gw.get("/healthz"));
     let listening = eventually(SECS, || connects(check).then_some(()));
     assert!(listening.is_some(), "the check port listens once healthy");
+}
+
+/// `SIGUSR1` drains: unhealthy at once (HTTP and TCP check), new connections refused by
+/// the kernel, a `HELLO` already on its way answered `AUTH_FAIL` 602, every client
+/// redirected with `SERVER_DRAINING` spread over the window (not all at once), and the
+/// process exits as soon as the last one left, well before the deadline.
+#[test]
+fn drain_redirects_every_client_over_the_window_then_exits() {
+    const CLIENTS: usize = 20;
+    let mut gw = GatewayProcess::spawn(
+        BIN,
+        &[
+            "drain.window_ms=2000",
+            "drain.jitter_ms=0",
+            "drain.grace_ms=8000",
+            "health.tcp_addr=127.0.0.1:0",
+        ],
+    );
+    let check = gw.health.expect("health port");
+    let mut clients: Vec<Client> =
+        (0..CLIENTS).map(|i| Client::login(gw.tcp, &format!("drain-{i}"))).collect();
+    let mut late = TcpStream::connect(gw.tcp).expect("connects before the drain");
+    assert!(connects(check));
+    assert_eq!(gw.metric("holdfast_gateway_draining"), 0.0);
+
+    let began = Instant::now();
+    gw.signal(libc::SIGUSR1);
+    let unhealthy =
+        eventually(SECS, || (gw.get("/healthz") == (503, "draining\n".to_owned())).then_some(()));
+    assert!(unhealthy.is_some(), "{:?}", gw.get("/healthz"));
+    assert!(eventually(SECS, || (!connects(check)).then_some(())).is_some(), "check port closed");
+    assert!(eventually(SECS, || (!connects(gw.tcp)).then_some(())).is_some(), "listener closed");
+    assert_eq!(gw.get("/livez").0, 200, "a draining gateway is alive");
+    assert_eq!(gw.metric("holdfast_gateway_draining"), 1.0);
+
+    // A HELLO from a connection accepted before the drain: told to go elsewhere.
+    late.write_all(&hello_bytes("late")).expect("write HELLO");
+    let (frames, _) = read_frames(&mut late, SECS);
+    assert!(
+        matches!(frames.first(), Some(Frame::AuthFail(f)) if f.code == Code::OVERLOADED),
+        "{frames:?}"
+    );
+    drop(late);
+
+    // Clients are redirected in slot order, about the order they connected: reading them in
+    // that order sees each redirect about when it arrives.
+    let mut at = Vec::new();
+    for c in &mut clients {
+        let code = c.expect(SECS, "REDIRECT", |e| match e {
+            Event::Redirected { code, .. } => Some(code),
+            _ => None,
+        });
+        assert_eq!(code, Code::SERVER_DRAINING);
+        at.push(began.elapsed());
+    }
+    let first = at.iter().min().copied().unwrap_or_default();
+    let last = at.iter().max().copied().unwrap_or_default();
+    assert!(first < Duration::from_millis(1500), "the first redirect comes early: {at:?}");
+    assert!(last >= Duration::from_millis(1500), "redirects are spread over the window: {at:?}");
+    assert_eq!(gw.metric("holdfast_gateway_redirects_total{reason=\"drain\"}"), CLIENTS as f64);
+    assert_eq!(gw.metric("holdfast_gateway_admission_refused_total{reason=\"draining\"}"), 1.0);
+
+    drop(clients);
+    let status = gw.wait_exit(SECS).expect("exits once empty");
+    assert!(status.success(), "{status:?}");
+    assert!(began.elapsed() < Duration::from_secs(8), "exited before the deadline");
+}
+
+/// `POST /v1/admin/drain` drains too, and a connection that never leaves (no `HELLO`, so no
+/// redirect) does not hold the process past `window_ms + grace_ms`.
+#[test]
+fn admin_drain_ends_at_the_deadline() {
+    let mut gw = GatewayProcess::spawn(
+        BIN,
+        &["drain.window_ms=300", "drain.grace_ms=700", "drain.jitter_ms=0"],
+    );
+    let mut silent = TcpStream::connect(gw.tcp).expect("connects");
+    let began = Instant::now();
+    let (status, answer) = gw.post("/v1/admin/drain", json!({}));
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!((answer["began"].as_bool(), answer["connections"].as_u64()), (Some(true), Some(1)));
+    let (status, again) = gw.post("/v1/admin/drain", json!({}));
+    assert_eq!((status, again["began"].as_bool()), (202, Some(false)), "{again}");
+    let exit = gw.wait_exit(SECS).expect("exits at the deadline");
+    assert!(exit.success(), "{exit:?}");
+    let took = began.elapsed();
+    assert!(took >= Duration::from_millis(900), "waited for the deadline: {took:?}");
+    assert!(took < Duration::from_secs(5), "not for the handshake timeout: {took:?}");
+    let (_, closed) = read_frames(&mut silent, SECS);
+    assert!(closed, "the silent connection was closed");
+}
+
+/// The bytes of a `HELLO` for `user`.
+fn hello_bytes(user: &str) -> Vec<u8> {
+    let config = client_config(token(user), Platform::Linux, "dev");
+    let mut session = Session::new(config, Instant::now()).expect("valid config");
+    session.connect(Instant::now());
+    let mut bytes = Vec::new();
+    while let Some(b) = session.poll_transmit() {
+        bytes.extend_from_slice(&b);
+    }
+    bytes
 }

@@ -73,6 +73,7 @@ pub(crate) fn router(node: Arc<Node>) -> Router {
         .route("/v1/push/batch", post(push::push_batch))
         .route("/v1/kick", post(push::kick))
         .route("/v1/presence", get(presence::lookup))
+        .route("/v1/admin/drain", post(drain))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&node), require_token));
     Router::new()
         .route("/healthz", get(health))
@@ -131,6 +132,22 @@ async fn health(State(node): State<Arc<Node>>) -> Response {
     }
 }
 
+/// `POST /v1/admin/drain`: begin a graceful drain (`drain.rs`); the process exits once it is
+/// empty or at the drain's deadline. Answers `202` either way, saying whether this call
+/// began it.
+async fn drain(State(node): State<Arc<Node>>) -> Response {
+    let began = crate::drain::begin(&node);
+    let d = &node.cfg.drain;
+    let body = json!({
+        "draining": true,
+        "began": began,
+        "connections": node.open.load(std::sync::atomic::Ordering::Relaxed),
+        "window_ms": d.window_ms,
+        "deadline_ms": d.window_ms.saturating_add(d.grace_ms),
+    });
+    (StatusCode::ACCEPTED, Json(body)).into_response()
+}
+
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], node.metrics.render())
 }
@@ -145,6 +162,7 @@ async fn stats(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
         "users": node.registry.users(),
         "presence": node.presence.name(),
         "fenced": node.fence.is_fenced(),
+        "draining": node.draining.load(std::sync::atomic::Ordering::Acquire),
         "registered_sessions": node.cluster.as_ref().map(|c| c.sessions()),
         "lease_generation": node.cluster.as_ref().map(|c| c.batcher.lease().generation),
     }))

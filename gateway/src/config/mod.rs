@@ -90,6 +90,8 @@ pub struct Config {
     pub scheduler: SchedulerConfig,
     /// `[health]`: the TCP check port for L4 balancers.
     pub health: HealthConfig,
+    /// `[drain]`: the graceful drain.
+    pub drain: DrainConfig,
 }
 
 /// Why the configuration could not be loaded or is unusable.

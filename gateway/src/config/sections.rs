@@ -699,3 +699,30 @@ pub struct HealthConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tcp_addr: Option<SocketAddr>,
 }
+
+/// `[drain]`: leaving the balancers' pool without dropping anyone (`docs/OPERATIONS.md`
+/// § Draining a gateway).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DrainConfig {
+    /// Time over which established clients are sent `REDIRECT` `SERVER_DRAINING`, evenly,
+    /// in ms (default 60,000; at most 86,400,000). Longer spreads the reconnects thinner
+    /// over the rest of the fleet; the node is held that much longer.
+    pub window_ms: u64,
+    /// Jitter each client adds before reconnecting, in ms (default 5,000; at most
+    /// 600,000): the `REDIRECT`'s `jitter_ms`.
+    pub jitter_ms: u32,
+    /// Time after the window for the last clients to leave, in ms (default 15,000). At
+    /// `window_ms + grace_ms` whatever is left is shut down (`REDIRECT` 403, linger).
+    pub grace_ms: u64,
+    /// Whether `SIGTERM` drains (true) or shuts down at once (default false). `SIGUSR1` and
+    /// `POST /v1/admin/drain` always drain. Set it where the service manager only sends
+    /// `SIGTERM` (Kubernetes), with a termination grace above `window_ms + grace_ms`.
+    pub on_sigterm: bool,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        DrainConfig { window_ms: 60_000, jitter_ms: 5_000, grace_ms: 15_000, on_sigterm: false }
+    }
+}

@@ -47,6 +47,18 @@ impl Config {
             );
         }
 
+        let d = &self.drain;
+        check(
+            d.window_ms <= 86_400_000,
+            "drain.window_ms",
+            format!("{} exceeds a day (86400000)", d.window_ms),
+        );
+        check(
+            d.jitter_ms <= 600_000,
+            "drain.jitter_ms",
+            format!("{} exceeds 600000 (10 minutes)", d.jitter_ms),
+        );
+
         let hb = &self.heartbeat;
         if let Err(e) = hb.policy().validate() {
             let field = match e {

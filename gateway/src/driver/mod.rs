@@ -24,7 +24,7 @@ pub mod wheel;
 pub(crate) mod worker;
 
 pub use commands::{
-    Command, Internal, PushMsg, PushReport, SendError, Sweep, Targets, WorkerHandle,
+    Command, Internal, PushMsg, PushReport, SendError, Sweep, SweepReason, Targets, WorkerHandle,
 };
 pub use transport::Transport;
 

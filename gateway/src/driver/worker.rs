@@ -40,7 +40,7 @@ use holdfast_codec::{Code, Frame, Hello, Push, Redirect};
 use mio::{Events, Interest, Poll, Token};
 
 use super::commands::{
-    COMMAND_BUDGET, Command, Internal, PushMsg, PushReport, Queues, Sweep, Targets,
+    COMMAND_BUDGET, Command, Internal, PushMsg, PushReport, Queues, Sweep, SweepReason, Targets,
 };
 use super::conn::Conn;
 use super::slots::Slots;
@@ -48,6 +48,7 @@ use super::transport::{Transport, write_some};
 use super::wheel::Wheel;
 use crate::events::{Event as NodeEvent, UnackedPush};
 use crate::ids::ConnId;
+use crate::metrics::Refusal;
 use crate::node::Node;
 use crate::session::{
     Close, Closed, Ctx, Event, Input, Limits, Now, Phase, PushFailure, Session, Stats,
@@ -483,6 +484,15 @@ impl<T: Transport> Worker<T> {
             self.with(key, |c, ctx| c.session.close(ctx, Close::Shutdown));
             return;
         }
+        if node.draining.load(Ordering::Acquire) {
+            // Accepted before the drain began: retry elsewhere, with backoff.
+            m.admission_refused(Refusal::Draining).inc();
+            let reason = "gateway draining; connect to another".to_owned();
+            self.with(key, |c, ctx| {
+                c.session.close(ctx, Close::AuthFail(Code::OVERLOADED, reason))
+            });
+            return;
+        }
         let now_secs = self.now.wall_ms / 1000;
         let verifier = node.verifier();
         let verdict = verifier
@@ -665,12 +675,19 @@ impl<T: Transport> Worker<T> {
             Internal::Adopt(transport, peer) => self.adopt(transport, peer),
             Internal::Upstream(result) => self.on_upstream_result(result),
             Internal::Displaced(id) => self.displace(id),
-            Internal::Redirect(sweep) => self.sweeps.push_back(ActiveSweep {
-                sweep,
-                started_ms: self.now.ms(),
-                done: 0,
-                cursor: 0,
-            }),
+            Internal::Redirect(mut sweep) => {
+                if sweep.count.is_none() && sweep.over_ms > 0 {
+                    // Paced over time: by the connections held now (an upper bound on the
+                    // established ones, so the pace errs on the fast side).
+                    sweep.count = Some(self.conns.len() as u64);
+                }
+                self.sweeps.push_back(ActiveSweep {
+                    sweep,
+                    started_ms: self.now.ms(),
+                    done: 0,
+                    cursor: 0,
+                });
+            }
             Internal::Shutdown => self.begin_shutdown(),
         }
     }
@@ -892,7 +909,7 @@ impl<T: Transport> Worker<T> {
         let end = self.conns.end();
         // Empty slots cost a visit too: bound those as well.
         let mut visits = 4 * BROADCAST_CHUNK;
-        let reason = usize::from(!s.sweep.shed);
+        let shed = s.sweep.reason == SweepReason::Rebalance;
         while budget > 0 && visits > 0 && s.cursor < end {
             let key = s.cursor;
             s.cursor += 1;
@@ -907,8 +924,8 @@ impl<T: Transport> Worker<T> {
             s.done += 1;
             budget -= 1;
             let m = &self.node.metrics.cluster;
-            m.redirects[reason].inc();
-            if s.sweep.shed {
+            m.redirects[s.sweep.reason as usize].inc();
+            if shed {
                 m.shed_pending.dec();
             }
         }
@@ -922,7 +939,7 @@ impl<T: Transport> Worker<T> {
 
     /// A sweep is over: what a shed order could not redirect is no longer pending.
     fn end_sweep(&self, s: &ActiveSweep) {
-        if s.sweep.shed
+        if s.sweep.reason == SweepReason::Rebalance
             && let Some(n) = s.sweep.count
         {
             self.node.metrics.cluster.shed_pending.sub(n.saturating_sub(s.done) as i64);
