@@ -27,16 +27,37 @@ pub const AUTH_FAILURE_REASONS: [&str; 7] = [
 pub enum Refusal {
     /// A `HELLO` arrived while the gateway drains (`AUTH_FAIL` 602).
     Draining = 0,
+    /// `admission.max_handshakes` connections were pending: closed at accept.
+    HandshakesInFlight = 1,
+    /// Over `admission.accepts_per_sec` (`AUTH_FAIL` 602, token not verified).
+    AcceptRate = 2,
+    /// Over `admission.per_source_per_sec` for the client's address (`AUTH_FAIL` 602).
+    SourceRate = 3,
 }
 
 impl Refusal {
     /// Every reason, in label order.
-    pub const ALL: [Refusal; 1] = [Refusal::Draining];
+    pub const ALL: [Refusal; 4] =
+        [Refusal::Draining, Refusal::HandshakesInFlight, Refusal::AcceptRate, Refusal::SourceRate];
 
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
             Refusal::Draining => "draining",
+            Refusal::HandshakesInFlight => "handshakes_in_flight",
+            Refusal::AcceptRate => "accept_rate",
+            Refusal::SourceRate => "source_rate",
+        }
+    }
+
+    /// What the client is told (`AUTH_FAIL` `OVERLOADED`'s reason).
+    pub fn message(self) -> &'static str {
+        match self {
+            Refusal::Draining => "gateway draining; connect to another",
+            Refusal::HandshakesInFlight | Refusal::AcceptRate => {
+                "gateway busy with new connections; retry with backoff"
+            }
+            Refusal::SourceRate => "too many connections from your address; retry with backoff",
         }
     }
 }
@@ -173,6 +194,8 @@ pub struct Metrics {
     pub cluster: ClusterMetrics,
     /// 1 while the gateway drains.
     pub draining: IntGauge,
+    /// Connections accepted and not yet authenticated (or refused and closing).
+    pub handshakes_in_flight: IntGauge,
     /// Clients refused admission, by reason; index with `Refusal as usize`.
     pub admission_refused: Vec<IntCounter>,
 }
@@ -472,6 +495,11 @@ impl Metrics {
                 r,
                 "holdfast_gateway_draining",
                 "1 while the gateway drains (unhealthy, accepting nothing, redirecting).",
+            ),
+            handshakes_in_flight: gauge(
+                r,
+                "holdfast_gateway_handshakes_in_flight",
+                "Connections accepted and not yet authenticated.",
             ),
             admission_refused: counter_family(
                 r,

@@ -21,6 +21,8 @@ use mio::{Poll, Waker};
 use crate::auth::{AuthError, Verifier};
 use crate::cluster::{Cluster, ClusterError};
 use crate::config::{AuthConfig, Config, ConfigError};
+use holdfast_scheduler::ratelimit::SourceLimiter;
+
 use crate::driver::accept::{ACCEPT_STOP, accept_loop, listener};
 use crate::driver::commands::queues;
 use crate::driver::supervise::run_or_abort;
@@ -33,6 +35,9 @@ use crate::node::Node;
 use crate::presence::{InProcess, Presence};
 use crate::registry::Registry;
 use crate::upstream::{Upstream, UpstreamError, UpstreamResult};
+
+/// Addresses the per-source handshake limit tracks at most.
+const MAX_SOURCES: usize = 65_536;
 
 /// Why the gateway could not start.
 #[derive(thiserror::Error, Debug)]
@@ -192,6 +197,7 @@ fn start_with(cfg: Config, presence: Option<Arc<dyn Presence>>) -> Result<Runnin
         || holdfast_status::batcher::next_generation(0),
         |c| c.batcher.lease().generation,
     );
+    let cfg_sources = (cfg.admission.per_source_per_sec, cfg.admission.per_source_burst);
     let node = Arc::new(Node {
         registry: Registry::new(cfg.sessions.kick_policy, cfg.sessions.max_per_user),
         next_message_id: AtomicU64::new(crate::api::wall_ms().wrapping_mul(1000)),
@@ -214,6 +220,10 @@ fn start_with(cfg: Config, presence: Option<Arc<dyn Presence>>) -> Result<Runnin
         health_changed: tokio::sync::Notify::new(),
         drain_requested: tokio::sync::Notify::new(),
         acceptor: OnceLock::new(),
+        handshaking: AtomicUsize::new(0),
+        sources: (cfg_sources.0 > 0)
+            .then(|| SourceLimiter::new(cfg_sources.0, cfg_sources.1, MAX_SOURCES)),
+        origin: std::time::Instant::now(),
     });
     let mut threads = Vec::new();
     let mut handles = Vec::new();

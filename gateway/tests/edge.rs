@@ -149,3 +149,65 @@ fn hello_bytes(user: &str) -> Vec<u8> {
     }
     bytes
 }
+
+/// Wait for `AUTH_FAIL` on `c`; its code and reason.
+fn expect_auth_fail(c: &mut Client) -> (Code, String) {
+    c.expect(SECS, "AUTH_FAIL", |e| match e {
+        Event::AuthFailed { code, reason, .. } => Some((code, reason)),
+        Event::Authenticated(_) => panic!("authenticated; expected a refusal"),
+        _ => None,
+    })
+}
+
+/// Over the node's accept rate a client is told `AUTH_FAIL` `OVERLOADED` (602), which its
+/// session retries with backoff; so is a client over its address's handshake rate. Both are
+/// counted by reason.
+#[test]
+fn admission_rates_refuse_with_overloaded() {
+    // A burst of 2 above a rate of 1/s: three at once pass, the fourth is refused.
+    let gw =
+        GatewayProcess::spawn(BIN, &["admission.accepts_per_sec=1", "admission.accept_burst=2"]);
+    let _kept: Vec<Client> = (0..3).map(|i| Client::login(gw.tcp, &format!("rate-{i}"))).collect();
+    let mut over = Client::connect(gw.tcp, client_config(token("rate-x"), Platform::Linux, "d"));
+    let (code, reason) = expect_auth_fail(&mut over);
+    assert_eq!(code, Code::OVERLOADED, "{reason}");
+    assert!(over.session().reconnect().delay().is_some(), "602 is retried with backoff");
+    assert_eq!(gw.metric("holdfast_gateway_admission_refused_total{reason=\"accept_rate\"}"), 1.0);
+    assert_eq!(gw.metric("holdfast_gateway_auth_failures_total{reason=\"invalid\"}"), 0.0);
+    drop(gw);
+
+    let gw = GatewayProcess::spawn(
+        BIN,
+        &["admission.per_source_per_sec=1", "admission.per_source_burst=1"],
+    );
+    let _kept: Vec<Client> = (0..2).map(|i| Client::login(gw.tcp, &format!("src-{i}"))).collect();
+    let mut over = Client::connect(gw.tcp, client_config(token("src-x"), Platform::Linux, "d"));
+    let (code, reason) = expect_auth_fail(&mut over);
+    assert_eq!(code, Code::OVERLOADED);
+    assert!(reason.contains("your address"), "{reason}");
+    assert_eq!(gw.metric("holdfast_gateway_admission_refused_total{reason=\"source_rate\"}"), 1.0);
+}
+
+/// At `admission.max_handshakes` pending connections a new socket is closed at accept;
+/// once a pending one authenticates, there is room again.
+#[test]
+fn handshakes_in_flight_are_bounded() {
+    let gw = GatewayProcess::spawn(BIN, &["admission.max_handshakes=2"]);
+    let pending: Vec<TcpStream> =
+        (0..2).map(|_| TcpStream::connect(gw.tcp).expect("connects")).collect();
+    let gauge = "holdfast_gateway_handshakes_in_flight";
+    assert_eq!(gw.wait_metric(gauge, 2.0, SECS), 2.0);
+    let mut third = TcpStream::connect(gw.tcp).expect("the kernel completes the handshake");
+    let (frames, closed) = read_frames(&mut third, SECS);
+    assert!(frames.is_empty() && closed, "closed at accept: {frames:?}");
+    let refused = "holdfast_gateway_admission_refused_total{reason=\"handshakes_in_flight\"}";
+    assert_eq!(gw.metric(refused), 1.0);
+
+    let mut pending = pending.into_iter();
+    let (mut first, _second) = (pending.next().expect("two"), pending.next().expect("two"));
+    first.write_all(&hello_bytes("pending")).expect("HELLO");
+    let (frames, _) = read_frames(&mut first, Duration::from_millis(500));
+    assert!(matches!(frames.first(), Some(Frame::AuthOk(_))), "{frames:?}");
+    assert_eq!(gw.wait_metric_below(gauge, 1.0, SECS), 1.0);
+    let _fourth = Client::login(gw.tcp, "room-again");
+}

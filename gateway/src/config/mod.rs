@@ -92,6 +92,8 @@ pub struct Config {
     pub health: HealthConfig,
     /// `[drain]`: the graceful drain.
     pub drain: DrainConfig,
+    /// `[admission]`: accept rate, handshakes in flight, per-address limits.
+    pub admission: AdmissionConfig,
 }
 
 /// Why the configuration could not be loaded or is unusable.

@@ -726,3 +726,39 @@ impl Default for DrainConfig {
         DrainConfig { window_ms: 60_000, jitter_ms: 5_000, grace_ms: 15_000, on_sigterm: false }
     }
 }
+
+/// `[admission]`: how fast and how many new clients one node takes (`docs/OPERATIONS.md`
+/// § Admission limits).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdmissionConfig {
+    /// Connections accepted and not yet authenticated, across the node (default 10,000).
+    /// Beyond it new sockets are closed at accept. Each costs its record and, until its
+    /// `HELLO` is handled, up to one `HELLO` (8,762 bytes) of buffer.
+    pub max_handshakes: usize,
+    /// Sustained new connections per second the node takes, 0 = no limit (default 10,000).
+    /// A connection over it is answered `AUTH_FAIL` `OVERLOADED` (602) without verifying
+    /// its token, which clients retry with backoff. Bounds the CPU a reconnect storm takes.
+    pub accepts_per_sec: u32,
+    /// New connections the node takes at once above the sustained rate (default 20,000).
+    pub accept_burst: u32,
+    /// Sustained handshakes per second from one client address (IPv4, or IPv6 /64; the
+    /// PROXY protocol's address behind a balancer), 0 = no limit (default 0: carrier NAT
+    /// puts many phones behind one address). Over it: `AUTH_FAIL` 602 before the token is
+    /// verified. Costs one table entry per active address (at most 65,536).
+    pub per_source_per_sec: u32,
+    /// Handshakes one address may make at once above its sustained rate (default 20).
+    pub per_source_burst: u32,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        AdmissionConfig {
+            max_handshakes: 10_000,
+            accepts_per_sec: 10_000,
+            accept_burst: 20_000,
+            per_source_per_sec: 0,
+            per_source_burst: 20,
+        }
+    }
+}

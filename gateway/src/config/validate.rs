@@ -47,6 +47,14 @@ impl Config {
             );
         }
 
+        let adm = &self.admission;
+        check(adm.max_handshakes > 0, "admission.max_handshakes", "must be > 0".to_owned());
+        check(
+            adm.per_source_per_sec == 0 || adm.per_source_burst > 0,
+            "admission.per_source_burst",
+            "must be > 0 with a per-source limit".to_owned(),
+        );
+
         let d = &self.drain;
         check(
             d.window_ms <= 86_400_000,

@@ -22,6 +22,7 @@ use mio::Waker;
 use tokio::sync::oneshot;
 
 use crate::ids::ConnId;
+use crate::metrics::Refusal;
 use crate::session::PushFailure;
 use crate::upstream::UpstreamResult;
 
@@ -128,8 +129,9 @@ pub struct Sweep {
 
 /// A message from inside the node that must not be dropped.
 pub enum Internal<T> {
-    /// Own this freshly accepted transport.
-    Adopt(T, SocketAddr),
+    /// Own this freshly accepted transport; if refused admission, answer its `HELLO` with
+    /// `AUTH_FAIL` `OVERLOADED` and close.
+    Adopt(T, SocketAddr, Option<Refusal>),
     /// The backend's answer to an `UPSTREAM` request.
     Upstream(UpstreamResult),
     /// Another loop's (or another gateway's) login displaced this connection: `KICK` 301 it.

@@ -484,10 +484,22 @@ impl<T: Transport> Worker<T> {
             self.with(key, |c, ctx| c.session.close(ctx, Close::Shutdown));
             return;
         }
-        if node.draining.load(Ordering::Acquire) {
+        // Admission before the token is verified: refusals cost no signature check.
+        let refusal = if node.draining.load(Ordering::Acquire) {
             // Accepted before the drain began: retry elsewhere, with backoff.
-            m.admission_refused(Refusal::Draining).inc();
-            let reason = "gateway draining; connect to another".to_owned();
+            Some(Refusal::Draining)
+        } else {
+            let ip = self.conns.get(key).and_then(|c| c.transport.peer_addr()).map(|a| a.ip());
+            match (&node.sources, ip) {
+                (Some(limiter), Some(ip)) if limiter.check(ip, node.mono_ns()).is_err() => {
+                    Some(Refusal::SourceRate)
+                }
+                _ => None,
+            }
+        };
+        if let Some(r) = refusal {
+            m.admission_refused(r).inc();
+            let reason = r.message().to_owned();
             self.with(key, |c, ctx| {
                 c.session.close(ctx, Close::AuthFail(Code::OVERLOADED, reason))
             });
@@ -523,6 +535,7 @@ impl<T: Transport> Worker<T> {
         };
         m.handshakes_ok.inc();
         m.connections_established.inc();
+        node.handshake_ended();
         node.presence.online(
             &registered.user,
             id,
@@ -600,6 +613,7 @@ impl<T: Transport> Worker<T> {
         tracing::debug!(reason = closed.reason.as_str(), "connection closing");
         m.close(closed.reason).inc();
         if !closed.established {
+            node.handshake_ended();
             return;
         }
         m.connections_established.dec();
@@ -672,7 +686,7 @@ impl<T: Transport> Worker<T> {
 
     fn on_internal(&mut self, msg: Internal<T>) {
         match msg {
-            Internal::Adopt(transport, peer) => self.adopt(transport, peer),
+            Internal::Adopt(transport, peer, refusal) => self.adopt(transport, peer, refusal),
             Internal::Upstream(result) => self.on_upstream_result(result),
             Internal::Displaced(id) => self.displace(id),
             Internal::Redirect(mut sweep) => {
@@ -711,16 +725,18 @@ impl<T: Transport> Worker<T> {
         }
     }
 
-    fn adopt(&mut self, mut transport: T, peer: SocketAddr) {
+    fn adopt(&mut self, mut transport: T, peer: SocketAddr, refusal: Option<Refusal>) {
         let m = &self.node.metrics;
         if self.stopping.is_some() {
             self.node.open.fetch_sub(1, Ordering::Relaxed);
+            self.node.handshake_ended();
             return;
         }
         let conn = Conn::new(transport, Session::new(self.now));
         let Some((key, _)) = self.conns.insert(conn) else {
             tracing::warn!(%peer, "worker connection table full; connection refused");
             self.node.open.fetch_sub(1, Ordering::Relaxed);
+            self.node.handshake_ended();
             m.rejected_max_connections.inc();
             return;
         };
@@ -734,9 +750,19 @@ impl<T: Transport> Worker<T> {
                 drop(transport);
             }
             self.node.open.fetch_sub(1, Ordering::Relaxed);
+            self.node.handshake_ended();
             return;
         }
         m.connections.inc();
+        if let Some(r) = refusal {
+            // Told at once: the client reads it as the answer to its HELLO, and the close
+            // lingers until the client goes, so its HELLO is read, not answered with a reset.
+            let reason = r.message().to_owned();
+            self.call(key, |c, ctx| {
+                c.session.close(ctx, Close::AuthFail(Code::OVERLOADED, reason))
+            });
+            return;
+        }
         self.rearm(key);
     }
 
