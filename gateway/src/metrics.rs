@@ -8,6 +8,7 @@ use prometheus::{
 };
 
 pub use crate::driver::SweepReason;
+pub use crate::driver::proxy::ProxyRefusal;
 pub use crate::session::CloseReason;
 
 /// Labels of `auth_failures_total`.
@@ -196,6 +197,8 @@ pub struct Metrics {
     pub draining: IntGauge,
     /// Connections accepted and not yet authenticated (or refused and closing).
     pub handshakes_in_flight: IntGauge,
+    /// Connections a PROXY listener refused, by reason; index with `ProxyRefusal as usize`.
+    pub proxy_refused: Vec<IntCounter>,
     /// Clients refused admission, by reason; index with `Refusal as usize`.
     pub admission_refused: Vec<IntCounter>,
 }
@@ -501,6 +504,13 @@ impl Metrics {
                 "holdfast_gateway_handshakes_in_flight",
                 "Connections accepted and not yet authenticated.",
             ),
+            proxy_refused: counter_family(
+                r,
+                "holdfast_gateway_proxy_refused_total",
+                "Connections a PROXY-protocol listener refused, by reason.",
+                "reason",
+                &ProxyRefusal::ALL.map(ProxyRefusal::as_str),
+            ),
             admission_refused: counter_family(
                 r,
                 "holdfast_gateway_admission_refused_total",
@@ -520,6 +530,11 @@ impl Metrics {
     /// The counter for an admission refusal.
     pub fn admission_refused(&self, reason: Refusal) -> &IntCounter {
         &self.admission_refused[reason as usize]
+    }
+
+    /// The counter for a PROXY refusal.
+    pub fn proxy_refused(&self, reason: ProxyRefusal) -> &IntCounter {
+        &self.proxy_refused[reason as usize]
     }
 
     /// The counter for a token refresh outcome.

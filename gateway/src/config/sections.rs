@@ -61,6 +61,14 @@ pub struct ListenConfig {
     /// stops reading from pinning megabytes of kernel memory, and makes it visible to the
     /// slow-consumer check sooner; too small a cap slows large pushes on long links.
     pub send_buffer_bytes: usize,
+    /// Expect a PROXY protocol header (v1 or v2, told apart by their first bytes) at the
+    /// start of every connection, from an L4 balancer (default false). Such a listener
+    /// takes connections only from `proxy_trusted`; the header's client address is then
+    /// the one logs, limits, connect events and the scheduler see.
+    pub proxy_protocol: bool,
+    /// Networks the balancers connect from, e.g. `["10.0.0.0/8"]` (default none; required
+    /// with `proxy_protocol`). Connections from elsewhere are refused at accept.
+    pub proxy_trusted: Vec<String>,
 }
 
 impl Default for ListenConfig {
@@ -75,6 +83,8 @@ impl Default for ListenConfig {
             handshake_timeout_ms: 10_000,
             max_frame: 65_536,
             send_buffer_bytes: 131_072,
+            proxy_protocol: false,
+            proxy_trusted: Vec::new(),
         }
     }
 }

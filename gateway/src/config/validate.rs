@@ -39,6 +39,16 @@ impl Config {
             format!("same address as listen.addr ({})", l.addr),
         );
 
+        if l.proxy_protocol {
+            check(
+                !l.proxy_trusted.is_empty(),
+                "listen.proxy_trusted",
+                "required with listen.proxy_protocol (the balancers' networks)".to_owned(),
+            );
+        }
+        if let Err(e) = crate::driver::proxy::Trusted::parse(&l.proxy_trusted) {
+            check(false, "listen.proxy_trusted", e);
+        }
         if let Some(h) = self.health.tcp_addr {
             check(
                 h.port() == 0 || (h != l.addr && h != self.http.addr),

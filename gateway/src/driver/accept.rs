@@ -16,6 +16,8 @@ use socket2::{Domain, Protocol, SockAddr, Socket, TcpKeepalive, Type};
 use super::commands::Internal;
 use holdfast_scheduler::ratelimit::Gcra;
 
+use super::Stream;
+use super::proxy::{ProxyRefusal, Trusted};
 use crate::config::Config;
 use crate::metrics::Refusal;
 use crate::node::Node;
@@ -67,6 +69,9 @@ pub(crate) fn accept_loop(
         (adm.accepts_per_sec > 0).then(|| Gcra::new(adm.accepts_per_sec, adm.accept_burst));
     // The accept-rate bucket: only this thread touches it.
     let mut accept_tat = 0u64;
+    let proxy = node.cfg.listen.proxy_protocol;
+    // Validated at start-up; an unparsable list trusts nobody.
+    let trusted = Trusted::parse(&node.cfg.listen.proxy_trusted).unwrap_or_default();
     let m = &node.metrics;
     // After EMFILE and friends the backlog still holds connections but no new edge will
     // come, so the loop retries on a timer until accept succeeds again.
@@ -91,6 +96,12 @@ pub(crate) fn accept_loop(
                         drop(stream);
                         continue;
                     }
+                    if proxy && !trusted.contains(peer.ip()) {
+                        // Only a balancer may say who the client is.
+                        m.proxy_refused(ProxyRefusal::Untrusted).inc();
+                        drop(stream);
+                        continue;
+                    }
                     if node.open.load(Ordering::Relaxed) >= max {
                         m.rejected_max_connections.inc();
                         drop(stream);
@@ -112,6 +123,8 @@ pub(crate) fn accept_loop(
                     }
                     node.open.fetch_add(1, Ordering::Relaxed);
                     node.handshake_started();
+                    let stream =
+                        if proxy { Stream::proxied(stream) } else { Stream::plain(stream) };
                     let adopted = !workers.is_empty()
                         && workers[next % workers.len()]
                             .send_internal(Internal::Adopt(stream, peer, refusal));

@@ -43,6 +43,7 @@ use super::commands::{
     COMMAND_BUDGET, Command, Internal, PushMsg, PushReport, Queues, Sweep, SweepReason, Targets,
 };
 use super::conn::Conn;
+use super::proxy::ProxyRefusal;
 use super::slots::Slots;
 use super::transport::{Transport, write_some};
 use super::wheel::Wheel;
@@ -422,8 +423,16 @@ impl<T: Transport> Worker<T> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    self.call(key, |c, ctx| c.session.close(ctx, Close::IoError));
+                Err(e) => {
+                    let close = match ProxyRefusal::of(&e) {
+                        Some(refusal) => {
+                            self.node.metrics.proxy_refused(refusal).inc();
+                            tracing::debug!(reason = refusal.as_str(), "PROXY header refused");
+                            Close::ProxyRefused
+                        }
+                        None => Close::IoError,
+                    };
+                    self.call(key, |c, ctx| c.session.close(ctx, close));
                     break;
                 }
             }
