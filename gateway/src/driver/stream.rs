@@ -208,6 +208,17 @@ mod tests {
         assert_eq!(read_all(&mut s, 1).expect("a plain end"), b"");
     }
 
+    /// What a connection on a PROXY listener keeps on the heap for its whole life (the
+    /// client address; the header and rest buffers are empty after the header). Growing it
+    /// is a decision.
+    #[test]
+    fn edge_record_size_is_pinned() {
+        assert_eq!(std::mem::size_of::<Edge>(), 80);
+        // The pointer's alignment pads the 4-byte socket in release builds.
+        let pad = if cfg!(debug_assertions) { 0 } else { 4 };
+        assert_eq!(std::mem::size_of::<Stream>(), std::mem::size_of::<TcpStream>() + 8 + pad);
+    }
+
     #[test]
     fn a_plain_stream_is_the_socket() {
         let (mut s, mut client) = pair(false);
