@@ -42,14 +42,16 @@ use holdfast_codec::{Code, Frame, Hello, Push, Redirect};
 use mio::{Events, Interest, Poll, Token};
 
 use super::commands::{
-    COMMAND_BUDGET, Command, Internal, PushMsg, PushReport, Queues, Sweep, Targets,
+    COMMAND_BUDGET, Command, Internal, PushMsg, PushReport, Queues, Sweep, SweepReason, Targets,
 };
 use super::conn::Conn;
+use super::proxy::ProxyRefusal;
 use super::slots::Slots;
 use super::transport::{Transport, write_some};
 use super::wheel::Wheel;
 use crate::events::{Event as NodeEvent, UnackedPush};
 use crate::ids::ConnId;
+use crate::metrics::Refusal;
 use crate::node::Node;
 use crate::session::{
     Close, Closed, Ctx, Event, Input, Limits, Now, Phase, PushFailure, Session, Stats,
@@ -430,8 +432,16 @@ impl<T: Transport> Worker<T> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    self.call(key, |c, ctx| c.session.close(ctx, Close::IoError));
+                Err(e) => {
+                    let close = match ProxyRefusal::of(&e) {
+                        Some(refusal) => {
+                            self.node.metrics.proxy_refused(refusal).inc();
+                            tracing::debug!(reason = refusal.as_str(), "PROXY header refused");
+                            Close::ProxyRefused
+                        }
+                        None => Close::IoError,
+                    };
+                    self.call(key, |c, ctx| c.session.close(ctx, close));
                     break;
                 }
             }
@@ -495,6 +505,27 @@ impl<T: Transport> Worker<T> {
             self.with(key, |c, ctx| c.session.close(ctx, Close::Shutdown));
             return;
         }
+        // Admission before the token is verified: refusals cost no signature check.
+        let refusal = if node.draining.load(Ordering::Acquire) {
+            // Accepted before the drain began: retry elsewhere, with backoff.
+            Some(Refusal::Draining)
+        } else {
+            let ip = self.conns.get(key).and_then(|c| c.transport.peer_addr()).map(|a| a.ip());
+            match (&node.sources, ip) {
+                (Some(limiter), Some(ip)) if limiter.check(ip, node.mono_ns()).is_err() => {
+                    Some(Refusal::SourceRate)
+                }
+                _ => None,
+            }
+        };
+        if let Some(r) = refusal {
+            m.admission_refused(r).inc();
+            let reason = r.message().to_owned();
+            self.with(key, |c, ctx| {
+                c.session.close(ctx, Close::AuthFail(Code::OVERLOADED, reason))
+            });
+            return;
+        }
         let now_secs = self.now.wall_ms / 1000;
         let verifier = node.verifier();
         let verdict = verifier
@@ -525,6 +556,7 @@ impl<T: Transport> Worker<T> {
         };
         m.handshakes_ok.inc();
         m.connections_established.inc();
+        node.handshake_ended();
         node.presence.online(
             &registered.user,
             id,
@@ -602,6 +634,7 @@ impl<T: Transport> Worker<T> {
         tracing::debug!(reason = closed.reason.as_str(), "connection closing");
         m.close(closed.reason).inc();
         if !closed.established {
+            node.handshake_ended();
             return;
         }
         m.connections_established.dec();
@@ -674,15 +707,22 @@ impl<T: Transport> Worker<T> {
 
     fn on_internal(&mut self, msg: Internal<T>) {
         match msg {
-            Internal::Adopt(transport, peer) => self.adopt(transport, peer),
+            Internal::Adopt(transport, peer, refusal) => self.adopt(transport, peer, refusal),
             Internal::Upstream(result) => self.on_upstream_result(result),
             Internal::Displaced(id) => self.displace(id),
-            Internal::Redirect(sweep) => self.sweeps.push_back(ActiveSweep {
-                sweep,
-                started_ms: self.now.ms(),
-                done: 0,
-                cursor: 0,
-            }),
+            Internal::Redirect(mut sweep) => {
+                if sweep.count.is_none() && sweep.over_ms > 0 {
+                    // Paced over time: by the connections held now (an upper bound on the
+                    // established ones, so the pace errs on the fast side).
+                    sweep.count = Some(self.conns.len() as u64);
+                }
+                self.sweeps.push_back(ActiveSweep {
+                    sweep,
+                    started_ms: self.now.ms(),
+                    done: 0,
+                    cursor: 0,
+                });
+            }
             Internal::Shutdown => self.begin_shutdown(),
         }
     }
@@ -706,16 +746,18 @@ impl<T: Transport> Worker<T> {
         }
     }
 
-    fn adopt(&mut self, mut transport: T, peer: SocketAddr) {
+    fn adopt(&mut self, mut transport: T, peer: SocketAddr, refusal: Option<Refusal>) {
         let m = &self.node.metrics;
         if self.stopping.is_some() {
             self.node.open.fetch_sub(1, Ordering::Relaxed);
+            self.node.handshake_ended();
             return;
         }
         let conn = Conn::new(transport, Session::new(self.now));
         let Some((key, _)) = self.conns.insert(conn) else {
             tracing::warn!(%peer, "worker connection table full; connection refused");
             self.node.open.fetch_sub(1, Ordering::Relaxed);
+            self.node.handshake_ended();
             m.rejected_max_connections.inc();
             return;
         };
@@ -729,9 +771,19 @@ impl<T: Transport> Worker<T> {
                 drop(transport);
             }
             self.node.open.fetch_sub(1, Ordering::Relaxed);
+            self.node.handshake_ended();
             return;
         }
         m.connections.inc();
+        if let Some(r) = refusal {
+            // Told at once: the client reads it as the answer to its HELLO, and the close
+            // lingers until the client goes, so its HELLO is read, not answered with a reset.
+            let reason = r.message().to_owned();
+            self.call(key, |c, ctx| {
+                c.session.close(ctx, Close::AuthFail(Code::OVERLOADED, reason))
+            });
+            return;
+        }
         self.rearm(key);
     }
 
@@ -904,7 +956,7 @@ impl<T: Transport> Worker<T> {
         let end = self.conns.end();
         // Empty slots cost a visit too: bound those as well.
         let mut visits = 4 * BROADCAST_CHUNK;
-        let reason = usize::from(!s.sweep.shed);
+        let shed = s.sweep.reason == SweepReason::Rebalance;
         while budget > 0 && visits > 0 && s.cursor < end {
             let key = s.cursor;
             s.cursor += 1;
@@ -919,8 +971,8 @@ impl<T: Transport> Worker<T> {
             s.done += 1;
             budget -= 1;
             let m = &self.node.metrics.cluster;
-            m.redirects[reason].inc();
-            if s.sweep.shed {
+            m.redirects[s.sweep.reason as usize].inc();
+            if shed {
                 m.shed_pending.dec();
             }
         }
@@ -934,7 +986,7 @@ impl<T: Transport> Worker<T> {
 
     /// A sweep is over: what a shed order could not redirect is no longer pending.
     fn end_sweep(&self, s: &ActiveSweep) {
-        if s.sweep.shed
+        if s.sweep.reason == SweepReason::Rebalance
             && let Some(n) = s.sweep.count
         {
             self.node.metrics.cluster.shed_pending.sub(n.saturating_sub(s.done) as i64);
