@@ -20,7 +20,7 @@ use holdfast_scheduler::agent::{Agent, AgentConfig, AgentError, GatewayHooks, Lo
 use holdfast_scheduler::model::{Dims, Endpoint, Transport};
 use holdfast_scheduler::protocol::{Registration, ShedOrder};
 
-use crate::driver::{Internal, Sweep};
+use crate::driver::{Internal, Sweep, SweepReason};
 use crate::node::Node;
 
 /// Parse `tcp://host:port` (also `tls://`, `quic://`; no scheme means `tcp`).
@@ -104,7 +104,9 @@ impl GatewayHooks for Hooks {
                 bandwidth,
                 memory: proc_rss_bytes().unwrap_or(0.0),
             },
-            draining: node.fence.is_fenced() || node.stopping.load(Ordering::Acquire),
+            draining: node.fence.is_fenced()
+                || node.stopping.load(Ordering::Acquire)
+                || node.draining.load(Ordering::Acquire),
             pending_shed: m.cluster.shed_pending.get().max(0) as u64,
         }
     }
@@ -142,7 +144,7 @@ impl GatewayHooks for Hooks {
                 count: Some(share),
                 over_ms: order.over_ms,
                 redirect: redirect.clone(),
-                shed: true,
+                reason: SweepReason::Rebalance,
             };
             if !w.send_internal(Internal::Redirect(sweep)) {
                 m.shed_pending.sub(share as i64);

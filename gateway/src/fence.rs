@@ -24,7 +24,7 @@ use std::sync::{Arc, OnceLock};
 use holdfast_codec::{Code, Redirect};
 use holdfast_status::batcher::Batcher;
 
-use crate::driver::{Internal, Stream, Sweep, WorkerHandle};
+use crate::driver::{Internal, Stream, Sweep, SweepReason, WorkerHandle};
 use crate::metrics::ClusterMetrics;
 
 /// The jitter of the `REDIRECT` a fenced gateway sends, in ms.
@@ -97,7 +97,7 @@ impl Fence {
                     jitter_ms: FENCE_JITTER_MS,
                     addresses: Vec::new(),
                 },
-                shed: false,
+                reason: SweepReason::Fenced,
             }));
         }
     }

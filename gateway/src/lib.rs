@@ -24,8 +24,10 @@
 //!   (crate-private: shared presence through `holdfast_status`, the internal channel for
 //!   cross-gateway push and kick, the kick policy across gateways), `fence` (crate-private:
 //!   self-fencing without a lease), [`agent`] (registration and shed orders of
-//!   `holdfast_scheduler`), and `deliver` (crate-private: delivery to this node's own
-//!   connections, shared by the API and the internal channel).
+//!   `holdfast_scheduler`), `health` (crate-private: `/healthz` and the TCP check port as
+//!   L4 balancers see them), `drain` (crate-private: the graceful drain), and `deliver`
+//!   (crate-private: delivery to this node's own connections, shared by the API and the
+//!   internal channel).
 //! - Shared pieces: [`auth`] (JWT), [`registry`] (user → connections, kick policy), [`ids`]
 //!   (connection ids), [`metrics`], [`config`], [`memory`] (allocator tuning, trimming
 //!   after bursts); [`server`] assembles and stops a node.
@@ -46,9 +48,11 @@ pub mod auth;
 mod cluster;
 pub mod config;
 mod deliver;
+mod drain;
 pub mod driver;
 pub mod events;
 mod fence;
+mod health;
 pub mod ids;
 pub mod memory;
 pub mod metrics;
@@ -61,4 +65,4 @@ pub mod upstream;
 mod webhook;
 
 pub use cluster::ClusterError;
-pub use server::{Running, StartError, start, start_default};
+pub use server::{Running, StartError, Stop, start, start_default};

@@ -79,18 +79,18 @@ fn main() -> ExitCode {
         }
     };
     // Tests and scripts wait for this line; keep its format (`cluster=` only with a shared
-    // presence backend).
-    match running.cluster_addr {
-        Some(cluster) => println!(
-            "holdfast-gateway ready: tcp={} http={} cluster={cluster}",
-            running.tcp_addr, running.http_addr
-        ),
-        None => {
-            println!("holdfast-gateway ready: tcp={} http={}", running.tcp_addr, running.http_addr)
-        }
+    // presence backend, `health=` only with a TCP check port).
+    let mut ready =
+        format!("holdfast-gateway ready: tcp={} http={}", running.tcp_addr, running.http_addr);
+    if let Some(cluster) = running.cluster_addr {
+        ready.push_str(&format!(" cluster={cluster}"));
     }
+    if let Some(health) = running.health_addr {
+        ready.push_str(&format!(" health={health}"));
+    }
+    println!("{ready}");
     tracing::info!(tcp = %running.tcp_addr, http = %running.http_addr, "gateway started");
-    running.wait_for_signal(|running| {
+    let reload = |running: &holdfast_gateway::Running| {
         // SIGHUP: re-read the configuration and apply what can change live: [auth].
         let reloaded = Config::load(args.config.as_deref(), &args.sets, std::env::vars())
             .and_then(|cfg| cfg.validate().map(|()| cfg));
@@ -101,7 +101,10 @@ fn main() -> ExitCode {
             Ok(()) => tracing::info!("SIGHUP: [auth] reloaded"),
             Err(e) => tracing::error!(error = %e, "SIGHUP: reload refused; the old [auth] stays"),
         }
-    });
+    };
+    if running.wait_for_signal(reload) == holdfast_gateway::Stop::Drain {
+        running.drain(reload);
+    }
     tracing::info!("shutting down");
     running.shutdown();
     ExitCode::SUCCESS

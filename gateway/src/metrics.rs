@@ -7,6 +7,8 @@ use prometheus::{
     TextEncoder,
 };
 
+pub use crate::driver::SweepReason;
+pub use crate::driver::proxy::ProxyRefusal;
 pub use crate::session::CloseReason;
 
 /// Labels of `auth_failures_total`.
@@ -19,6 +21,47 @@ pub const AUTH_FAILURE_REASONS: [&str; 7] = [
     "unsupported_version",
     "malformed_hello",
 ];
+
+/// Why a client was refused admission: the `reason` label of
+/// `holdfast_gateway_admission_refused_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// A `HELLO` arrived while the gateway drains (`AUTH_FAIL` 602).
+    Draining = 0,
+    /// `admission.max_handshakes` connections were pending: closed at accept.
+    HandshakesInFlight = 1,
+    /// Over `admission.accepts_per_sec` (`AUTH_FAIL` 602, token not verified).
+    AcceptRate = 2,
+    /// Over `admission.per_source_per_sec` for the client's address (`AUTH_FAIL` 602).
+    SourceRate = 3,
+}
+
+impl Refusal {
+    /// Every reason, in label order.
+    pub const ALL: [Refusal; 4] =
+        [Refusal::Draining, Refusal::HandshakesInFlight, Refusal::AcceptRate, Refusal::SourceRate];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Draining => "draining",
+            Refusal::HandshakesInFlight => "handshakes_in_flight",
+            Refusal::AcceptRate => "accept_rate",
+            Refusal::SourceRate => "source_rate",
+        }
+    }
+
+    /// What the client is told (`AUTH_FAIL` `OVERLOADED`'s reason).
+    pub fn message(self) -> &'static str {
+        match self {
+            Refusal::Draining => "gateway draining; connect to another",
+            Refusal::HandshakesInFlight | Refusal::AcceptRate => {
+                "gateway busy with new connections; retry with backoff"
+            }
+            Refusal::SourceRate => "too many connections from your address; retry with backoff",
+        }
+    }
+}
 
 /// Push API endpoints, the `endpoint` label of `push_api_duration_seconds`.
 pub const PUSH_ENDPOINTS: [&str; 6] = ["user", "users", "conn", "all", "batch", "kick"];
@@ -85,7 +128,7 @@ pub struct ClusterMetrics {
     pub remote_displaced: IntCounter,
     /// Shed orders received from the scheduler.
     pub shed_orders: IntCounter,
-    /// `REDIRECT`s sent to established clients, by reason (`rebalance`, `fenced`).
+    /// `REDIRECT`s sent to established clients, by reason; index with `SweepReason as usize`.
     pub redirects: Vec<IntCounter>,
     /// Connections still to redirect for accepted shed orders.
     pub shed_pending: IntGauge,
@@ -150,6 +193,14 @@ pub struct Metrics {
     pub events: EventsMetrics,
     /// Presence, fencing, forwarding and rebalancing metrics.
     pub cluster: ClusterMetrics,
+    /// 1 while the gateway drains.
+    pub draining: IntGauge,
+    /// Connections accepted and not yet authenticated (or refused and closing).
+    pub handshakes_in_flight: IntGauge,
+    /// Connections a PROXY listener refused, by reason; index with `ProxyRefusal as usize`.
+    pub proxy_refused: Vec<IntCounter>,
+    /// Clients refused admission, by reason; index with `Refusal as usize`.
+    pub admission_refused: Vec<IntCounter>,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -311,7 +362,7 @@ impl Metrics {
                 "holdfast_gateway_redirects_total",
                 "REDIRECTs sent to established clients, by reason.",
                 "reason",
-                &["rebalance", "fenced"],
+                &SweepReason::ALL.map(SweepReason::as_str),
             ),
             shed_pending: gauge(
                 r,
@@ -443,6 +494,30 @@ impl Metrics {
                 ),
             },
             cluster,
+            draining: gauge(
+                r,
+                "holdfast_gateway_draining",
+                "1 while the gateway drains (unhealthy, accepting nothing, redirecting).",
+            ),
+            handshakes_in_flight: gauge(
+                r,
+                "holdfast_gateway_handshakes_in_flight",
+                "Connections accepted and not yet authenticated.",
+            ),
+            proxy_refused: counter_family(
+                r,
+                "holdfast_gateway_proxy_refused_total",
+                "Connections a PROXY-protocol listener refused, by reason.",
+                "reason",
+                &ProxyRefusal::ALL.map(ProxyRefusal::as_str),
+            ),
+            admission_refused: counter_family(
+                r,
+                "holdfast_gateway_admission_refused_total",
+                "Clients refused admission, by reason.",
+                "reason",
+                &Refusal::ALL.map(Refusal::as_str),
+            ),
             registry,
         }
     }
@@ -450,6 +525,16 @@ impl Metrics {
     /// The counter for a close reason.
     pub fn close(&self, reason: CloseReason) -> &IntCounter {
         &self.closes[reason as usize]
+    }
+
+    /// The counter for an admission refusal.
+    pub fn admission_refused(&self, reason: Refusal) -> &IntCounter {
+        &self.admission_refused[reason as usize]
+    }
+
+    /// The counter for a PROXY refusal.
+    pub fn proxy_refused(&self, reason: ProxyRefusal) -> &IntCounter {
+        &self.proxy_refused[reason as usize]
     }
 
     /// The counter for a token refresh outcome.

@@ -3,6 +3,9 @@
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Instant;
+
+use holdfast_scheduler::ratelimit::SourceLimiter;
 
 use crate::auth::Verifier;
 use crate::cluster::Cluster;
@@ -49,6 +52,22 @@ pub(crate) struct Node {
     pub(crate) agent: OnceLock<holdfast_scheduler::agent::Agent>,
     /// Set when shutdown begins (reported to the scheduler as draining).
     pub(crate) stopping: AtomicBool,
+    /// Set when a drain begins (`drain.rs`): unhealthy, accepting nothing, redirecting.
+    pub(crate) draining: AtomicBool,
+    /// Latched once start-up is complete (registered with a scheduler, if configured).
+    pub(crate) ready: AtomicBool,
+    /// Woken whenever the health may have changed (ready, drain, fence, stop).
+    pub(crate) health_changed: tokio::sync::Notify,
+    /// Notified (one permit) when a drain begins, for the thread that waits for signals.
+    pub(crate) drain_requested: tokio::sync::Notify,
+    /// The acceptor's waker: waking it stops the acceptor (shutdown, drain).
+    pub(crate) acceptor: OnceLock<Arc<mio::Waker>>,
+    /// Connections accepted and not yet authenticated (`admission.max_handshakes`).
+    pub(crate) handshaking: AtomicUsize,
+    /// Per-address handshake limits (`admission.per_source_per_sec`), if configured.
+    pub(crate) sources: Option<SourceLimiter>,
+    /// The origin of [`Node::mono_ns`].
+    pub(crate) origin: Instant,
 }
 
 impl Node {
@@ -72,6 +91,23 @@ impl Node {
     pub(crate) fn verifier(&self) -> Arc<Verifier> {
         // Only ever replaced whole, so a poisoned lock still holds a usable verifier.
         Arc::clone(&self.verifier.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Monotonic ns since the node started (the rate limiters' clock).
+    pub(crate) fn mono_ns(&self) -> u64 {
+        self.origin.elapsed().as_nanos() as u64
+    }
+
+    /// A connection was accepted and awaits its handshake.
+    pub(crate) fn handshake_started(&self) {
+        self.handshaking.fetch_add(1, Ordering::Relaxed);
+        self.metrics.handshakes_in_flight.inc();
+    }
+
+    /// A connection authenticated, or closed before it did.
+    pub(crate) fn handshake_ended(&self) {
+        self.handshaking.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.handshakes_in_flight.dec();
     }
 
     /// Whether connections keep their device id (only the webhooks read it).

@@ -21,6 +21,8 @@ use mio::{Poll, Waker};
 use crate::auth::{AuthError, Verifier};
 use crate::cluster::{Cluster, ClusterError};
 use crate::config::{AuthConfig, Config, ConfigError};
+use holdfast_scheduler::ratelimit::SourceLimiter;
+
 use crate::driver::accept::{ACCEPT_STOP, accept_loop, listener};
 use crate::driver::commands::queues;
 use crate::driver::supervise::run_or_abort;
@@ -33,6 +35,9 @@ use crate::node::Node;
 use crate::presence::{InProcess, Presence};
 use crate::registry::Registry;
 use crate::upstream::{Upstream, UpstreamError, UpstreamResult};
+
+/// Addresses the per-source handshake limit tracks at most.
+const MAX_SOURCES: usize = 65_536;
 
 /// Why the gateway could not start.
 #[derive(thiserror::Error, Debug)]
@@ -78,15 +83,43 @@ pub struct Running {
     pub http_addr: SocketAddr,
     /// The internal listener's address, with a shared presence backend.
     pub cluster_addr: Option<SocketAddr>,
+    /// The TCP health check port's address, when `health.tcp_addr` is set.
+    pub health_addr: Option<SocketAddr>,
     node: Arc<Node>,
     runtime: tokio::runtime::Runtime,
     acceptor_waker: Arc<Waker>,
     acceptor: Option<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
     http_stop: Option<tokio::sync::oneshot::Sender<()>>,
-    /// SIGTERM and SIGHUP handlers, installed before `start` returns, so a signal sent as
-    /// soon as the node is ready is never taken with its default action.
-    signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+    /// Signal handlers, installed before `start` returns, so a signal sent as soon as the
+    /// node is ready is never taken with its default action.
+    signals: Option<Signals>,
+}
+
+/// The signals a running gateway answers.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+}
+
+/// What ended [`Running::wait_for_signal`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// `SIGINT`, or `SIGTERM` without `drain.on_sigterm`: shut down now.
+    Now,
+    /// `SIGUSR1`, `POST /v1/admin/drain`, or `SIGTERM` with `drain.on_sigterm`: drain first
+    /// ([`Running::drain`]).
+    Drain,
+}
+
+/// What woke the signal-waiting thread.
+enum Wake {
+    Interrupt,
+    Terminate,
+    Hangup,
+    Drain,
+    Tick,
 }
 
 /// The number of event loops for a `node.workers` setting (0 = one per CPU).
@@ -164,6 +197,7 @@ fn start_with(cfg: Config, presence: Option<Arc<dyn Presence>>) -> Result<Runnin
         || holdfast_status::batcher::next_generation(0),
         |c| c.batcher.lease().generation,
     );
+    let cfg_sources = (cfg.admission.per_source_per_sec, cfg.admission.per_source_burst);
     let node = Arc::new(Node {
         registry: Registry::new(cfg.sessions.kick_policy, cfg.sessions.max_per_user),
         next_message_id: AtomicU64::new(crate::api::wall_ms().wrapping_mul(1000)),
@@ -181,6 +215,15 @@ fn start_with(cfg: Config, presence: Option<Arc<dyn Presence>>) -> Result<Runnin
         cluster,
         agent: OnceLock::new(),
         stopping: AtomicBool::new(false),
+        draining: AtomicBool::new(false),
+        ready: AtomicBool::new(false),
+        health_changed: tokio::sync::Notify::new(),
+        drain_requested: tokio::sync::Notify::new(),
+        acceptor: OnceLock::new(),
+        handshaking: AtomicUsize::new(0),
+        sources: (cfg_sources.0 > 0)
+            .then(|| SourceLimiter::new(cfg_sources.0, cfg_sources.1, MAX_SOURCES)),
+        origin: std::time::Instant::now(),
     });
     let mut threads = Vec::new();
     let mut handles = Vec::new();
@@ -201,6 +244,7 @@ fn start_with(cfg: Config, presence: Option<Arc<dyn Presence>>) -> Result<Runnin
     let poll = Poll::new().map_err(io_err("create the acceptor poll"))?;
     let acceptor_waker =
         Arc::new(Waker::new(poll.registry(), ACCEPT_STOP).map_err(io_err("create a waker"))?);
+    let _ = node.acceptor.set(Arc::clone(&acceptor_waker));
     let acceptor_node = Arc::clone(&node);
     let acceptor = std::thread::Builder::new()
         .name("holdfast-acceptor".into())
@@ -227,6 +271,17 @@ fn start_with(cfg: Config, presence: Option<Arc<dyn Presence>>) -> Result<Runnin
         .block_on(tokio::net::TcpListener::bind(node.cfg.http.addr))
         .map_err(io_err(format!("listen on {} (http)", node.cfg.http.addr)))?;
     let http_addr = http.local_addr().map_err(io_err("read the http address"))?;
+    let health_addr = match node.cfg.health.tcp_addr {
+        Some(addr) => {
+            let l = crate::health::bind_std(addr)
+                .map_err(io_err(format!("listen on {addr} (health.tcp_addr)")))?;
+            let bound = l.local_addr().map_err(io_err("read the health check address"))?;
+            let _entered = runtime.enter();
+            runtime.spawn(crate::health::serve_tcp(Arc::clone(&node), l));
+            Some(bound)
+        }
+        None => None,
+    };
     let (http_stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let app = crate::api::router(Arc::clone(&node));
     runtime.spawn(crate::memory::reclaim(Arc::clone(&node)));
@@ -237,7 +292,13 @@ fn start_with(cfg: Config, presence: Option<Arc<dyn Presence>>) -> Result<Runnin
     let signals = {
         use tokio::signal::unix::{SignalKind, signal};
         let _runtime = runtime.enter();
-        signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::hangup())?)))
+        (|| {
+            Ok::<_, io::Error>(Signals {
+                term: signal(SignalKind::terminate())?,
+                hup: signal(SignalKind::hangup())?,
+                usr1: signal(SignalKind::user_defined1())?,
+            })
+        })()
     }
     .map_err(io_err("install the signal handlers"))?;
     Ok(Running {
@@ -245,6 +306,7 @@ fn start_with(cfg: Config, presence: Option<Arc<dyn Presence>>) -> Result<Runnin
         tcp_addr,
         http_addr,
         cluster_addr,
+        health_addr,
         node,
         runtime,
         acceptor_waker,
@@ -269,23 +331,79 @@ impl Running {
         Ok(())
     }
 
-    /// Block until SIGINT or SIGTERM, calling `on_hangup` for each SIGHUP meanwhile.
-    pub fn wait_for_signal(&mut self, mut on_hangup: impl FnMut(&Running)) {
-        let Some((mut term, mut hup)) = self.signals.take() else { return };
-        loop {
-            let hangup = self.runtime.block_on(async {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => false,
-                    _ = term.recv() => false,
-                    _ = hup.recv() => true,
+    /// Begin a drain (see `drain.rs`) without waiting for it; false if one had begun.
+    pub fn begin_drain(&self) -> bool {
+        crate::drain::begin(&self.node)
+    }
+
+    /// Wait for the next signal or drain request, or `tick` (`None`: forever).
+    fn next_wake(&mut self, tick: Option<Duration>) -> Wake {
+        let Some(mut s) = self.signals.take() else { return Wake::Interrupt };
+        let node = Arc::clone(&self.node);
+        let wake = self.runtime.block_on(async {
+            let ticker = async {
+                match tick {
+                    Some(t) => tokio::time::sleep(t).await,
+                    None => std::future::pending().await,
                 }
-            });
-            if !hangup {
-                break;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => Wake::Interrupt,
+                _ = s.term.recv() => Wake::Terminate,
+                _ = s.hup.recv() => Wake::Hangup,
+                _ = s.usr1.recv() => Wake::Drain,
+                () = node.drain_requested.notified() => Wake::Drain,
+                () = ticker => Wake::Tick,
             }
-            on_hangup(self);
+        });
+        self.signals = Some(s);
+        wake
+    }
+
+    /// Block until the gateway should stop, calling `on_hangup` for each `SIGHUP` meanwhile:
+    /// [`Stop::Now`] for `SIGINT`, and for `SIGTERM` unless `drain.on_sigterm`;
+    /// [`Stop::Drain`] for `SIGUSR1`, a drain requested through the API, and `SIGTERM` with
+    /// `drain.on_sigterm`.
+    pub fn wait_for_signal(&mut self, mut on_hangup: impl FnMut(&Running)) -> Stop {
+        loop {
+            match self.next_wake(None) {
+                Wake::Interrupt => return Stop::Now,
+                Wake::Terminate if self.node.cfg.drain.on_sigterm => return Stop::Drain,
+                Wake::Terminate => return Stop::Now,
+                Wake::Drain => return Stop::Drain,
+                Wake::Hangup => on_hangup(self),
+                Wake::Tick => {}
+            }
         }
-        self.signals = Some((term, hup));
+    }
+
+    /// Drain (begin it if it has not begun) and wait until no connection is left, or
+    /// `drain.window_ms + drain.grace_ms` have passed, or `SIGTERM`/`SIGINT` asks to stop
+    /// now; `on_hangup` runs for each `SIGHUP` meanwhile. Call [`Running::shutdown`] next.
+    pub fn drain(&mut self, mut on_hangup: impl FnMut(&Running)) {
+        crate::drain::begin(&self.node);
+        let d = &self.node.cfg.drain;
+        let deadline = std::time::Instant::now()
+            + Duration::from_millis(d.window_ms.saturating_add(d.grace_ms));
+        loop {
+            let open = self.node.open.load(Ordering::Acquire);
+            if open == 0 {
+                tracing::info!("drained: no connection left");
+                return;
+            }
+            if std::time::Instant::now() >= deadline {
+                tracing::warn!(open, "drain deadline reached; shutting down what is left");
+                return;
+            }
+            match self.next_wake(Some(Duration::from_millis(50))) {
+                Wake::Interrupt | Wake::Terminate => {
+                    tracing::warn!(open, "drain cut short by a signal; shutting down now");
+                    return;
+                }
+                Wake::Hangup => on_hangup(self),
+                Wake::Drain | Wake::Tick => {}
+            }
+        }
     }
 
     /// Stop accepting, send `REDIRECT` `SERVER_SHUTDOWN` to every authenticated client and
@@ -293,6 +411,7 @@ impl Running {
     /// thread.
     pub fn shutdown(mut self) {
         self.node.stopping.store(true, Ordering::Release);
+        self.node.health_changed.notify_waiters();
         let _ = self.acceptor_waker.wake();
         if let Some(acceptor) = self.acceptor.take() {
             let _ = acceptor.join();

@@ -91,6 +91,8 @@ pub struct GatewayProcess {
     pub http: SocketAddr,
     /// The internal gateway listener (with a shared presence backend).
     pub cluster: Option<SocketAddr>,
+    /// The TCP health check port (with `health.tcp_addr` set).
+    pub health: Option<SocketAddr>,
     http_client: reqwest::blocking::Client,
 }
 
@@ -144,6 +146,7 @@ impl GatewayProcess {
         let mut tcp = None;
         let mut http = None;
         let mut cluster = None;
+        let mut health = None;
         for part in ready.split_whitespace() {
             if let Some(a) = part.strip_prefix("tcp=") {
                 tcp = a.parse().ok();
@@ -151,11 +154,14 @@ impl GatewayProcess {
                 http = a.parse().ok();
             } else if let Some(a) = part.strip_prefix("cluster=") {
                 cluster = a.parse().ok();
+            } else if let Some(a) = part.strip_prefix("health=") {
+                health = a.parse().ok();
             }
         }
         GatewayProcess {
             child,
             cluster,
+            health,
             tcp: tcp.expect("ready line has tcp="),
             http: http.expect("ready line has http="),
             http_client: reqwest::blocking::Client::builder()
@@ -521,6 +527,70 @@ impl Drop for RedisProcess {
     }
 }
 
+/// An `haproxy` in `mode tcp` in front of one backend, sending it the PROXY protocol; killed
+/// and reaped on drop.
+pub struct HaproxyProcess {
+    child: Child,
+    /// Where clients connect.
+    pub front: SocketAddr,
+    dir: std::path::PathBuf,
+}
+
+impl HaproxyProcess {
+    /// Start one that forwards a free loopback port to `backend`, connecting from
+    /// `source` and sending `send_proxy` (`send-proxy` for v1, `send-proxy-v2`); wait (at
+    /// most 20 s) until it accepts connections.
+    pub fn start(backend: SocketAddr, source: std::net::IpAddr, send_proxy: &str) -> Self {
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("holdfast-haproxy-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let config = format!(
+            "global\n  maxconn 256\n\ndefaults\n  mode tcp\n  timeout connect 5s\n  \
+             timeout client 60s\n  timeout server 60s\n\nfrontend fe\n  bind 127.0.0.1:{port}\n  \
+             default_backend be\n\nbackend be\n  server gw {backend} {send_proxy} source {source}\n"
+        );
+        let path = dir.join("haproxy.cfg");
+        std::fs::write(&path, config).expect("write haproxy.cfg");
+        let child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("haproxy starts (scripts/test installs it)");
+        let front = SocketAddr::from(([127, 0, 0, 1], port));
+        let h = HaproxyProcess { child, front, dir };
+        let ready = eventually(Duration::from_secs(20), || {
+            // A bare connect, closed at once: the backend sees a header and an end.
+            TcpStream::connect_timeout(&front, Duration::from_millis(200)).ok().map(|_| ())
+        });
+        assert!(ready.is_some(), "haproxy did not listen within 20 s");
+        h
+    }
+}
+
+impl Drop for HaproxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A TCP connection to `addr` from the local address `from` (any loopback address works on
+/// Linux: `127.0.0.3`), so a test can tell clients apart by address.
+pub fn connect_from(addr: SocketAddr, from: std::net::IpAddr) -> TcpStream {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).expect("socket");
+    socket.bind(&SockAddr::from(SocketAddr::new(from, 0))).expect("bind the source address");
+    socket.connect(&SockAddr::from(addr)).expect("connect");
+    socket.into()
+}
+
 /// Poll `f` every 25 ms until it returns `Some`, at most `timeout`.
 pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let until = Instant::now() + timeout;
@@ -551,7 +621,11 @@ pub struct Client {
 impl Client {
     /// Connect to `addr` and send `HELLO`.
     pub fn connect(addr: SocketAddr, config: Config) -> Client {
-        let stream = TcpStream::connect(addr).expect("gateway accepts");
+        Client::over(TcpStream::connect(addr).expect("gateway accepts"), config)
+    }
+
+    /// Send `HELLO` over an already connected `stream` (see [`connect_from`]).
+    pub fn over(stream: TcpStream, config: Config) -> Client {
         stream.set_nodelay(true).expect("nodelay");
         let mut session = Session::new(config, Instant::now()).expect("valid client config");
         session.connect(Instant::now());

@@ -73,9 +73,11 @@ pub(crate) fn router(node: Arc<Node>) -> Router {
         .route("/v1/push/batch", post(push::push_batch))
         .route("/v1/kick", post(push::kick))
         .route("/v1/presence", get(presence::lookup))
+        .route("/v1/admin/drain", post(drain))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&node), require_token));
     Router::new()
         .route("/healthz", get(health))
+        .route("/livez", get(|| async { "alive\n" }))
         .route("/metrics", get(metrics))
         .merge(protected)
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".to_owned()) })
@@ -117,13 +119,33 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// `ok`, or 503 while the gateway is fenced (no presence lease) so balancers stop sending
-/// it clients.
+/// `ok`, or 503 with the reason while the gateway should get no new clients: starting (not
+/// yet registered with a scheduler), fenced (no presence lease), draining or stopping
+/// (`health.rs`).
 async fn health(State(node): State<Arc<Node>>) -> Response {
-    if node.fence.is_fenced() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "fenced: no presence lease\n").into_response();
+    let health = crate::health::check(&node);
+    let body = format!("{}\n", health.as_str());
+    if health.is_ok() {
+        body.into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
     }
-    "ok\n".into_response()
+}
+
+/// `POST /v1/admin/drain`: begin a graceful drain (`drain.rs`); the process exits once it is
+/// empty or at the drain's deadline. Answers `202` either way, saying whether this call
+/// began it.
+async fn drain(State(node): State<Arc<Node>>) -> Response {
+    let began = crate::drain::begin(&node);
+    let d = &node.cfg.drain;
+    let body = json!({
+        "draining": true,
+        "began": began,
+        "connections": node.open.load(std::sync::atomic::Ordering::Relaxed),
+        "window_ms": d.window_ms,
+        "deadline_ms": d.window_ms.saturating_add(d.grace_ms),
+    });
+    (StatusCode::ACCEPTED, Json(body)).into_response()
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
@@ -140,6 +162,7 @@ async fn stats(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
         "users": node.registry.users(),
         "presence": node.presence.name(),
         "fenced": node.fence.is_fenced(),
+        "draining": node.draining.load(std::sync::atomic::Ordering::Acquire),
         "registered_sessions": node.cluster.as_ref().map(|c| c.sessions()),
         "lease_generation": node.cluster.as_ref().map(|c| c.batcher.lease().generation),
     }))

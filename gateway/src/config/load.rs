@@ -17,6 +17,7 @@ pub(super) const OPTIONAL_FIELDS: &[(&str, &str)] = &[
     ("presence", "secret"),
     ("cluster", "secret"),
     ("scheduler", "secret"),
+    ("health", "tcp_addr"),
 ];
 
 impl Config {

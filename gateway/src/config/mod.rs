@@ -87,6 +87,12 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// `[scheduler]`: registration and load reports to the access scheduler.
     pub scheduler: SchedulerConfig,
+    /// `[health]`: the TCP check port for L4 balancers.
+    pub health: HealthConfig,
+    /// `[drain]`: the graceful drain.
+    pub drain: DrainConfig,
+    /// `[admission]`: accept rate, handshakes in flight, per-address limits.
+    pub admission: AdmissionConfig,
 }
 
 /// Why the configuration could not be loaded or is unusable.

@@ -61,6 +61,14 @@ pub struct ListenConfig {
     /// stops reading from pinning megabytes of kernel memory, and makes it visible to the
     /// slow-consumer check sooner; too small a cap slows large pushes on long links.
     pub send_buffer_bytes: usize,
+    /// Expect a PROXY protocol header (v1 or v2, told apart by their first bytes) at the
+    /// start of every connection, from an L4 balancer (default false). Such a listener
+    /// takes connections only from `proxy_trusted`; the header's client address is then
+    /// the one logs, limits, connect events and the scheduler see.
+    pub proxy_protocol: bool,
+    /// Networks the balancers connect from, e.g. `["10.0.0.0/8"]` (default none; required
+    /// with `proxy_protocol`). Connections from elsewhere are refused at accept.
+    pub proxy_trusted: Vec<String>,
 }
 
 impl Default for ListenConfig {
@@ -75,6 +83,8 @@ impl Default for ListenConfig {
             handshake_timeout_ms: 10_000,
             max_frame: 65_536,
             send_buffer_bytes: 131_072,
+            proxy_protocol: false,
+            proxy_trusted: Vec::new(),
         }
     }
 }
@@ -686,5 +696,79 @@ impl fmt::Debug for SchedulerConfig {
             .field("report_interval_ms", &self.report_interval_ms)
             .field("request_timeout_ms", &self.request_timeout_ms)
             .finish()
+    }
+}
+
+/// `[health]`: what L4 balancers check (`/healthz` on `http.addr` is always served).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    /// A plain TCP check port, `ip:port` (default none). It listens only while the gateway
+    /// is healthy (ready, not fenced, not draining), so a balancer's connect-only check is
+    /// refused the moment the gateway turns unhealthy. Costs one socket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_addr: Option<SocketAddr>,
+}
+
+/// `[drain]`: leaving the balancers' pool without dropping anyone (`docs/OPERATIONS.md`
+/// § Draining a gateway).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DrainConfig {
+    /// Time over which established clients are sent `REDIRECT` `SERVER_DRAINING`, evenly,
+    /// in ms (default 60,000; at most 86,400,000). Longer spreads the reconnects thinner
+    /// over the rest of the fleet; the node is held that much longer.
+    pub window_ms: u64,
+    /// Jitter each client adds before reconnecting, in ms (default 5,000; at most
+    /// 600,000): the `REDIRECT`'s `jitter_ms`.
+    pub jitter_ms: u32,
+    /// Time after the window for the last clients to leave, in ms (default 15,000). At
+    /// `window_ms + grace_ms` whatever is left is shut down (`REDIRECT` 403, linger).
+    pub grace_ms: u64,
+    /// Whether `SIGTERM` drains (true) or shuts down at once (default false). `SIGUSR1` and
+    /// `POST /v1/admin/drain` always drain. Set it where the service manager only sends
+    /// `SIGTERM` (Kubernetes), with a termination grace above `window_ms + grace_ms`.
+    pub on_sigterm: bool,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        DrainConfig { window_ms: 60_000, jitter_ms: 5_000, grace_ms: 15_000, on_sigterm: false }
+    }
+}
+
+/// `[admission]`: how fast and how many new clients one node takes (`docs/OPERATIONS.md`
+/// § Admission limits).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdmissionConfig {
+    /// Connections accepted and not yet authenticated, across the node (default 10,000).
+    /// Beyond it new sockets are closed at accept. Each costs its record and, until its
+    /// `HELLO` is handled, up to one `HELLO` (8,762 bytes) of buffer.
+    pub max_handshakes: usize,
+    /// Sustained new connections per second the node takes, 0 = no limit (default 10,000).
+    /// A connection over it is answered `AUTH_FAIL` `OVERLOADED` (602) without verifying
+    /// its token, which clients retry with backoff. Bounds the CPU a reconnect storm takes.
+    pub accepts_per_sec: u32,
+    /// New connections the node takes at once above the sustained rate (default 20,000).
+    pub accept_burst: u32,
+    /// Sustained handshakes per second from one client address (IPv4, or IPv6 /64; the
+    /// PROXY protocol's address behind a balancer), 0 = no limit (default 0: carrier NAT
+    /// puts many phones behind one address). Over it: `AUTH_FAIL` 602 before the token is
+    /// verified. Costs one table entry per active address (at most 65,536).
+    pub per_source_per_sec: u32,
+    /// Handshakes one address may make at once above its sustained rate (default 20).
+    pub per_source_burst: u32,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        AdmissionConfig {
+            max_handshakes: 10_000,
+            accepts_per_sec: 10_000,
+            accept_burst: 20_000,
+            per_source_per_sec: 0,
+            per_source_burst: 20,
+        }
     }
 }

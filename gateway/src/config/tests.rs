@@ -253,7 +253,10 @@ fn precedence_file_then_env_then_set() {
 
 #[test]
 fn all_optional_fields_are_real() {
-    let sets: Vec<String> = OPTIONAL_FIELDS.iter().map(|(s, f)| format!("{s}.{f}=x")).collect();
+    // Text fields take any string; address fields need an address.
+    let value = |field: &str| if field.ends_with("_addr") { "127.0.0.1:1" } else { "x" };
+    let sets: Vec<String> =
+        OPTIONAL_FIELDS.iter().map(|(s, f)| format!("{s}.{f}={}", value(f))).collect();
     Config::load(None, &sets, Vec::new()).expect("every optional field exists");
 }
 

@@ -39,6 +39,44 @@ impl Config {
             format!("same address as listen.addr ({})", l.addr),
         );
 
+        if l.proxy_protocol {
+            check(
+                !l.proxy_trusted.is_empty(),
+                "listen.proxy_trusted",
+                "required with listen.proxy_protocol (the balancers' networks)".to_owned(),
+            );
+        }
+        if let Err(e) = crate::driver::proxy::Trusted::parse(&l.proxy_trusted) {
+            check(false, "listen.proxy_trusted", e);
+        }
+        if let Some(h) = self.health.tcp_addr {
+            check(
+                h.port() == 0 || (h != l.addr && h != self.http.addr),
+                "health.tcp_addr",
+                format!("{h} is also listen.addr or http.addr"),
+            );
+        }
+
+        let adm = &self.admission;
+        check(adm.max_handshakes > 0, "admission.max_handshakes", "must be > 0".to_owned());
+        check(
+            adm.per_source_per_sec == 0 || adm.per_source_burst > 0,
+            "admission.per_source_burst",
+            "must be > 0 with a per-source limit".to_owned(),
+        );
+
+        let d = &self.drain;
+        check(
+            d.window_ms <= 86_400_000,
+            "drain.window_ms",
+            format!("{} exceeds a day (86400000)", d.window_ms),
+        );
+        check(
+            d.jitter_ms <= 600_000,
+            "drain.jitter_ms",
+            format!("{} exceeds 600000 (10 minutes)", d.jitter_ms),
+        );
+
         let hb = &self.heartbeat;
         if let Err(e) = hb.policy().validate() {
             let field = match e {

@@ -22,6 +22,7 @@ use mio::Waker;
 use tokio::sync::oneshot;
 
 use crate::ids::ConnId;
+use crate::metrics::Refusal;
 use crate::session::PushFailure;
 use crate::upstream::UpstreamResult;
 
@@ -83,27 +84,54 @@ pub enum Command {
     },
 }
 
+/// Why a [`Sweep`] redirects clients: the `reason` label of `holdfast_gateway_redirects_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SweepReason {
+    /// A scheduler's shed order (also counted in `holdfast_gateway_shed_pending`).
+    Rebalance = 0,
+    /// The gateway fenced itself (no presence lease).
+    Fenced = 1,
+    /// The gateway is draining.
+    Drain = 2,
+}
+
+impl SweepReason {
+    /// Every reason, in label order.
+    pub const ALL: [SweepReason; 3] =
+        [SweepReason::Rebalance, SweepReason::Fenced, SweepReason::Drain];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SweepReason::Rebalance => "rebalance",
+            SweepReason::Fenced => "fenced",
+            SweepReason::Drain => "drain",
+        }
+    }
+}
+
 /// Send `REDIRECT` to established connections of one event loop: a scheduler's shed order
-/// (its share for this loop) or a fence.
+/// (its share for this loop), a fence or a drain.
 #[derive(Debug)]
 pub struct Sweep {
     /// How many connections (`None`: every connection established when the sweep reaches
     /// it).
     pub count: Option<u64>,
     /// Spread the redirects evenly over this many ms (0: as fast as the loop's chunks of
-    /// 1,024 per turn allow).
+    /// 1,024 per turn allow). With `count` `None`, the loop paces by the connections it
+    /// holds when the sweep starts.
     pub over_ms: u64,
     /// The frame each connection gets.
     pub redirect: Redirect,
-    /// A shed order (counted in `holdfast_gateway_shed_pending` and as `rebalance`), or a
-    /// fence (`fenced`).
-    pub shed: bool,
+    /// Why.
+    pub reason: SweepReason,
 }
 
 /// A message from inside the node that must not be dropped.
 pub enum Internal<T> {
-    /// Own this freshly accepted transport.
-    Adopt(T, SocketAddr),
+    /// Own this freshly accepted transport; if refused admission, answer its `HELLO` with
+    /// `AUTH_FAIL` `OVERLOADED` and close.
+    Adopt(T, SocketAddr, Option<Refusal>),
     /// The backend's answer to an `UPSTREAM` request.
     Upstream(UpstreamResult),
     /// Another loop's (or another gateway's) login displaced this connection: `KICK` 301 it.

@@ -5,8 +5,11 @@
 //!
 //! - [`transport`]: the seam — the [`Transport`] trait a stream must implement to be driven
 //!   by a loop (plain TCP today; TLS next), and socket tuning.
-//! - [`accept`]: the acceptor thread: a `socket2` listener, `max_connections`, round-robin
-//!   hand-off of each new socket to a loop.
+//! - `stream.rs`: [`Stream`], the transport the loops drive — the socket, and on a PROXY
+//!   listener the header in front of the session's bytes; [`proxy`]: the PROXY protocol.
+//! - [`accept`]: the acceptor thread: a `socket2` listener, `max_connections`, PROXY trust,
+//!   admission (pending handshakes, accept rate), round-robin hand-off of each new socket
+//!   to a loop.
 //! - [`worker`]: one event loop (mio): readiness, fair turns, timers, commands, broadcasts;
 //!   it carries out what sessions decide and does the node's bookkeeping for them.
 //! - [`commands`]: the loops' queues (a bounded control queue for the API, an internal one).
@@ -17,16 +20,17 @@
 pub mod accept;
 pub mod commands;
 mod conn;
+pub mod proxy;
 mod slots;
+mod stream;
 pub mod supervise;
 pub mod transport;
 pub mod wheel;
 pub(crate) mod worker;
 
 pub use commands::{
-    Command, Internal, PushMsg, PushReport, SendError, Sweep, Targets, WorkerHandle,
+    Command, Internal, PushMsg, PushReport, SendError, Sweep, SweepReason, Targets, WorkerHandle,
 };
 pub use transport::Transport;
 
-/// The transport the node's loops drive: plain TCP.
-pub type Stream = mio::net::TcpStream;
+pub use stream::Stream;

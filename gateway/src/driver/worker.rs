@@ -15,7 +15,9 @@
 //!    `limits.frames_per_turn` frames; a connection with more to do (a full read, or frames
 //!    left over) is resumed next turn, after every other ready connection had its turn.
 //! 3. Connections resumed from the last turn.
-//! 4. Commands, at most [`COMMAND_BUDGET`] per turn; broadcasts, one chunk per turn.
+//! 4. Commands, at most [`COMMAND_BUDGET`] at a time (also after every [`SLICE`] connections
+//!    of a busy turn, so pushes are not kept waiting behind pipelining clients); broadcasts,
+//!    one chunk per turn.
 //! 5. Timers that fired; counters flushed to the node's metrics every 100 ms.
 //!
 //! # The hot paths
@@ -40,14 +42,16 @@ use holdfast_codec::{Code, Frame, Hello, Push, Redirect};
 use mio::{Events, Interest, Poll, Token};
 
 use super::commands::{
-    COMMAND_BUDGET, Command, Internal, PushMsg, PushReport, Queues, Sweep, Targets,
+    COMMAND_BUDGET, Command, Internal, PushMsg, PushReport, Queues, Sweep, SweepReason, Targets,
 };
 use super::conn::Conn;
+use super::proxy::ProxyRefusal;
 use super::slots::Slots;
 use super::transport::{Transport, write_some};
 use super::wheel::Wheel;
 use crate::events::{Event as NodeEvent, UnackedPush};
 use crate::ids::ConnId;
+use crate::metrics::Refusal;
 use crate::node::Node;
 use crate::session::{
     Close, Closed, Ctx, Event, Input, Limits, Now, Phase, PushFailure, Session, Stats,
@@ -59,6 +63,9 @@ pub(crate) const WAKER: Token = Token(usize::MAX);
 
 /// Size of the loop's read buffer: the most one connection reads per turn.
 const READ_BUF: usize = 64 * 1024;
+/// Connections served between two looks at the command queues, so a push waits for a slice
+/// of a busy turn, not the whole of it.
+const SLICE: usize = 64;
 /// Connections a broadcast writes to per turn before the loop serves its sockets again.
 const BROADCAST_CHUNK: usize = 1024;
 /// How often the loop's local counters are added to the node's metrics, in ms.
@@ -189,10 +196,14 @@ impl<T: Transport> Worker<T> {
             }
             self.set_now();
             let mut woken = false;
-            for ev in events.iter() {
+            for (i, ev) in events.iter().enumerate() {
                 if ev.token() == WAKER {
                     woken = true;
                     continue;
+                }
+                // Commands (pushes above all) are not kept waiting for a whole busy turn.
+                if i % SLICE == SLICE - 1 {
+                    self.drain_commands();
                 }
                 let key = ev.token().0;
                 if ev.is_writable() {
@@ -421,8 +432,16 @@ impl<T: Transport> Worker<T> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    self.call(key, |c, ctx| c.session.close(ctx, Close::IoError));
+                Err(e) => {
+                    let close = match ProxyRefusal::of(&e) {
+                        Some(refusal) => {
+                            self.node.metrics.proxy_refused(refusal).inc();
+                            tracing::debug!(reason = refusal.as_str(), "PROXY header refused");
+                            Close::ProxyRefused
+                        }
+                        None => Close::IoError,
+                    };
+                    self.call(key, |c, ctx| c.session.close(ctx, close));
                     break;
                 }
             }
@@ -444,7 +463,10 @@ impl<T: Transport> Worker<T> {
 
     /// Give the connections that yielded last turn their next turn.
     fn resume_connections(&mut self) {
-        for r in std::mem::take(&mut self.resume) {
+        for (i, r) in std::mem::take(&mut self.resume).into_iter().enumerate() {
+            if i % SLICE == SLICE - 1 {
+                self.drain_commands();
+            }
             if self.conns.find(r.key, r.generation).is_none() {
                 continue;
             }
@@ -483,6 +505,27 @@ impl<T: Transport> Worker<T> {
             self.with(key, |c, ctx| c.session.close(ctx, Close::Shutdown));
             return;
         }
+        // Admission before the token is verified: refusals cost no signature check.
+        let refusal = if node.draining.load(Ordering::Acquire) {
+            // Accepted before the drain began: retry elsewhere, with backoff.
+            Some(Refusal::Draining)
+        } else {
+            let ip = self.conns.get(key).and_then(|c| c.transport.peer_addr()).map(|a| a.ip());
+            match (&node.sources, ip) {
+                (Some(limiter), Some(ip)) if limiter.check(ip, node.mono_ns()).is_err() => {
+                    Some(Refusal::SourceRate)
+                }
+                _ => None,
+            }
+        };
+        if let Some(r) = refusal {
+            m.admission_refused(r).inc();
+            let reason = r.message().to_owned();
+            self.with(key, |c, ctx| {
+                c.session.close(ctx, Close::AuthFail(Code::OVERLOADED, reason))
+            });
+            return;
+        }
         let now_secs = self.now.wall_ms / 1000;
         let verifier = node.verifier();
         let verdict = verifier
@@ -513,6 +556,7 @@ impl<T: Transport> Worker<T> {
         };
         m.handshakes_ok.inc();
         m.connections_established.inc();
+        node.handshake_ended();
         node.presence.online(
             &registered.user,
             id,
@@ -590,6 +634,7 @@ impl<T: Transport> Worker<T> {
         tracing::debug!(reason = closed.reason.as_str(), "connection closing");
         m.close(closed.reason).inc();
         if !closed.established {
+            node.handshake_ended();
             return;
         }
         m.connections_established.dec();
@@ -662,15 +707,22 @@ impl<T: Transport> Worker<T> {
 
     fn on_internal(&mut self, msg: Internal<T>) {
         match msg {
-            Internal::Adopt(transport, peer) => self.adopt(transport, peer),
+            Internal::Adopt(transport, peer, refusal) => self.adopt(transport, peer, refusal),
             Internal::Upstream(result) => self.on_upstream_result(result),
             Internal::Displaced(id) => self.displace(id),
-            Internal::Redirect(sweep) => self.sweeps.push_back(ActiveSweep {
-                sweep,
-                started_ms: self.now.ms(),
-                done: 0,
-                cursor: 0,
-            }),
+            Internal::Redirect(mut sweep) => {
+                if sweep.count.is_none() && sweep.over_ms > 0 {
+                    // Paced over time: by the connections held now (an upper bound on the
+                    // established ones, so the pace errs on the fast side).
+                    sweep.count = Some(self.conns.len() as u64);
+                }
+                self.sweeps.push_back(ActiveSweep {
+                    sweep,
+                    started_ms: self.now.ms(),
+                    done: 0,
+                    cursor: 0,
+                });
+            }
             Internal::Shutdown => self.begin_shutdown(),
         }
     }
@@ -694,16 +746,18 @@ impl<T: Transport> Worker<T> {
         }
     }
 
-    fn adopt(&mut self, mut transport: T, peer: SocketAddr) {
+    fn adopt(&mut self, mut transport: T, peer: SocketAddr, refusal: Option<Refusal>) {
         let m = &self.node.metrics;
         if self.stopping.is_some() {
             self.node.open.fetch_sub(1, Ordering::Relaxed);
+            self.node.handshake_ended();
             return;
         }
         let conn = Conn::new(transport, Session::new(self.now));
         let Some((key, _)) = self.conns.insert(conn) else {
             tracing::warn!(%peer, "worker connection table full; connection refused");
             self.node.open.fetch_sub(1, Ordering::Relaxed);
+            self.node.handshake_ended();
             m.rejected_max_connections.inc();
             return;
         };
@@ -717,9 +771,19 @@ impl<T: Transport> Worker<T> {
                 drop(transport);
             }
             self.node.open.fetch_sub(1, Ordering::Relaxed);
+            self.node.handshake_ended();
             return;
         }
         m.connections.inc();
+        if let Some(r) = refusal {
+            // Told at once: the client reads it as the answer to its HELLO, and the close
+            // lingers until the client goes, so its HELLO is read, not answered with a reset.
+            let reason = r.message().to_owned();
+            self.call(key, |c, ctx| {
+                c.session.close(ctx, Close::AuthFail(Code::OVERLOADED, reason))
+            });
+            return;
+        }
         self.rearm(key);
     }
 
@@ -892,7 +956,7 @@ impl<T: Transport> Worker<T> {
         let end = self.conns.end();
         // Empty slots cost a visit too: bound those as well.
         let mut visits = 4 * BROADCAST_CHUNK;
-        let reason = usize::from(!s.sweep.shed);
+        let shed = s.sweep.reason == SweepReason::Rebalance;
         while budget > 0 && visits > 0 && s.cursor < end {
             let key = s.cursor;
             s.cursor += 1;
@@ -907,8 +971,8 @@ impl<T: Transport> Worker<T> {
             s.done += 1;
             budget -= 1;
             let m = &self.node.metrics.cluster;
-            m.redirects[reason].inc();
-            if s.sweep.shed {
+            m.redirects[s.sweep.reason as usize].inc();
+            if shed {
                 m.shed_pending.dec();
             }
         }
@@ -922,7 +986,7 @@ impl<T: Transport> Worker<T> {
 
     /// A sweep is over: what a shed order could not redirect is no longer pending.
     fn end_sweep(&self, s: &ActiveSweep) {
-        if s.sweep.shed
+        if s.sweep.reason == SweepReason::Rebalance
             && let Some(n) = s.sweep.count
         {
             self.node.metrics.cluster.shed_pending.sub(n.saturating_sub(s.done) as i64);

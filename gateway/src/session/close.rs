@@ -35,11 +35,14 @@ pub enum CloseReason {
     IoError,
     /// The gateway is shutting down (`REDIRECT` 403 sent to authenticated clients).
     Shutdown,
+    /// A PROXY listener refused the connection's header (nothing sent; the reason is in
+    /// `holdfast_gateway_proxy_refused_total`).
+    ProxyRefused,
 }
 
 impl CloseReason {
     /// Every reason, in label order.
-    pub const ALL: [CloseReason; 12] = [
+    pub const ALL: [CloseReason; 13] = [
         CloseReason::PeerClosed,
         CloseReason::HandshakeTimeout,
         CloseReason::AuthFailed,
@@ -52,6 +55,7 @@ impl CloseReason {
         CloseReason::Redirected,
         CloseReason::IoError,
         CloseReason::Shutdown,
+        CloseReason::ProxyRefused,
     ];
 
     /// The label value.
@@ -69,6 +73,7 @@ impl CloseReason {
             CloseReason::Redirected => "redirected",
             CloseReason::IoError => "io_error",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::ProxyRefused => "proxy_refused",
         }
     }
 }
@@ -91,6 +96,9 @@ pub enum Close {
     Shutdown,
     /// The transport failed; nothing can be sent.
     IoError,
+    /// A PROXY listener refused the connection's PROXY header; nothing is sent (the peer
+    /// is a balancer, or someone pretending to be one).
+    ProxyRefused,
     /// Authentication failed: `AUTH_FAIL` with this code and reason.
     AuthFail(Code, String),
     /// The session ends for a reason about the user: `KICK` with this 3xx code and reason.
@@ -112,6 +120,7 @@ impl Close {
             Close::HandshakeTimeout => CloseReason::HandshakeTimeout,
             Close::IdleTimeout => CloseReason::IdleTimeout,
             Close::IoError => CloseReason::IoError,
+            Close::ProxyRefused => CloseReason::ProxyRefused,
             Close::Overflow => CloseReason::SlowConsumer,
             Close::Shutdown => CloseReason::Shutdown,
             Close::AuthFail(..) => CloseReason::AuthFailed,
@@ -132,6 +141,7 @@ impl Close {
             | Close::HandshakeTimeout
             | Close::IdleTimeout
             | Close::IoError
+            | Close::ProxyRefused
             | Close::Overflow
             | Close::Shutdown => return None,
             Close::AuthFail(code, reason) => {

@@ -637,6 +637,7 @@ fn every_close_reason_is_reachable() {
         Close::HandshakeTimeout,
         Close::IdleTimeout,
         Close::IoError,
+        Close::ProxyRefused,
         Close::AuthFail(Code::INVALID_TOKEN, String::new()),
         Close::Kick(Code::TOKEN_EXPIRED_KICK, String::new()),
         Close::Kick(Code::BANNED, String::new()),
