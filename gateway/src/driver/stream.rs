@@ -8,6 +8,7 @@
 
 use std::io::{self, Read};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use mio::event::Source;
 use mio::net::TcpStream;
@@ -16,19 +17,36 @@ use mio::{Interest, Registry, Token};
 use super::proxy::{Header, MAX_HEADER, ProxyRefusal};
 use super::transport::Transport;
 
-/// A client connection's byte stream.
+/// A client connection's byte stream, and the event loop's per-connection odds and ends that
+/// fit beside the socket: its timer entry, and a pointer to what only some connections have.
+///
+/// 16 bytes: the socket's descriptor, the timer tick (in what would otherwise be padding)
+/// and the pointer. A plain, idle connection on a node without webhooks allocates nothing
+/// more.
 #[derive(Debug)]
 pub struct Stream {
     tcp: TcpStream,
+    /// The wheel tick of this connection's one live timer entry (0 = none); the event loop's.
+    pub(crate) timer_tick: u32,
     edge: Option<Box<Edge>>,
 }
 
-/// What sits between the socket and the session.
+/// What only some connections have: a client address learned from a PROXY header, a
+/// device id kept for the webhooks, and, while a PROXY header is being read, its bytes.
 #[derive(Debug, Default)]
 struct Edge {
     /// The client's address from the PROXY header (`None`: the socket's peer).
     client: Option<SocketAddr>,
-    /// While the PROXY header is being read: its bytes so far.
+    /// The device id from `HELLO`, kept only when a webhook or a refresh check needs it.
+    device: Option<Arc<str>>,
+    /// The PROXY header in progress; freed once it is read.
+    pending: Option<Box<Pending>>,
+}
+
+/// A PROXY header being read.
+#[derive(Debug, Default)]
+struct Pending {
+    /// The header's bytes so far (`None` once it is complete).
     header: Option<Vec<u8>>,
     /// Bytes that came in the same read as the header's end: the session's, served first.
     rest: Vec<u8>,
@@ -37,19 +55,32 @@ struct Edge {
 impl Stream {
     /// A plain TCP connection.
     pub fn plain(tcp: TcpStream) -> Stream {
-        Stream { tcp, edge: None }
+        Stream { tcp, timer_tick: 0, edge: None }
     }
 
     /// A connection on a PROXY listener: the first bytes must be a PROXY header.
     pub fn proxied(tcp: TcpStream) -> Stream {
-        Stream { tcp, edge: Some(Box::new(Edge { header: Some(Vec::new()), ..Edge::default() })) }
+        let pending = Pending { header: Some(Vec::new()), rest: Vec::new() };
+        let edge = Edge { pending: Some(Box::new(pending)), ..Edge::default() };
+        Stream { tcp, timer_tick: 0, edge: Some(Box::new(edge)) }
+    }
+
+    /// The device id kept for this connection, if any.
+    pub(crate) fn device(&self) -> Option<&Arc<str>> {
+        self.edge.as_ref()?.device.as_ref()
+    }
+
+    /// Keep the device id (allocates the rare state if the connection has none yet).
+    pub(crate) fn keep_device(&mut self, device: Arc<str>) {
+        self.edge.get_or_insert_with(Box::default).device = Some(device);
     }
 
     /// Read the PROXY header as far as the socket has it: `Ok` once it is complete (and
     /// the client address and any bytes after it are kept), `WouldBlock` until then, an
     /// error carrying a [`ProxyRefusal`] if it is refused, or the socket's error.
     fn read_header(tcp: &mut TcpStream, edge: &mut Edge) -> io::Result<()> {
-        let Some(header) = edge.header.as_mut() else { return Ok(()) };
+        let Some(pending) = edge.pending.as_mut() else { return Ok(()) };
+        let Some(header) = pending.header.as_mut() else { return Ok(()) };
         let mut chunk = [0u8; 512];
         loop {
             let room = (MAX_HEADER + 1).saturating_sub(header.len()).min(chunk.len()).max(1);
@@ -63,8 +94,13 @@ impl Stream {
                 Ok(None) => continue,
                 Ok(Some(h)) => {
                     edge.client = h.client;
-                    edge.rest = header.split_off(h.len);
-                    edge.header = None;
+                    let rest = header.split_off(h.len);
+                    if rest.is_empty() {
+                        edge.pending = None;
+                    } else {
+                        pending.rest = rest;
+                        pending.header = None;
+                    }
                     return Ok(());
                 }
                 Err(refusal) => return Err(io::Error::new(io::ErrorKind::InvalidData, refusal)),
@@ -76,22 +112,22 @@ impl Stream {
 impl Transport for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let Some(edge) = self.edge.as_mut() else { return Read::read(&mut self.tcp, buf) };
-        if edge.header.is_some() {
+        if edge.pending.as_ref().is_some_and(|p| p.header.is_some()) {
             Stream::read_header(&mut self.tcp, edge)?;
-            if edge.header.is_some() {
+            if let Some(header) = edge.pending.as_ref().and_then(|p| p.header.as_ref()) {
                 // The socket ended before the header did.
-                if edge.header.as_ref().is_some_and(|h| !h.is_empty()) {
+                if !header.is_empty() {
                     return Err(io::Error::new(io::ErrorKind::InvalidData, ProxyRefusal::Missing));
                 }
                 return Ok(0);
             }
         }
-        if !edge.rest.is_empty() {
-            let n = edge.rest.len().min(buf.len());
-            buf[..n].copy_from_slice(&edge.rest[..n]);
-            edge.rest.drain(..n);
-            if edge.rest.is_empty() {
-                edge.rest = Vec::new(); // give the allocation back
+        if let Some(pending) = edge.pending.as_mut() {
+            let n = pending.rest.len().min(buf.len());
+            buf[..n].copy_from_slice(&pending.rest[..n]);
+            pending.rest.drain(..n);
+            if pending.rest.is_empty() {
+                edge.pending = None; // give the allocations back
             }
             return Ok(n);
         }
@@ -189,7 +225,7 @@ mod tests {
         let got = read_all(&mut s, 14).expect("reads");
         assert_eq!(got, b"hello, session");
         assert_eq!(s.peer_addr(), Some("203.0.113.5:44321".parse().expect("addr")));
-        assert!(s.edge.as_ref().is_some_and(|e| e.rest.capacity() == 0), "rest released");
+        assert!(s.edge.as_ref().is_some_and(|e| e.pending.is_none()), "header and rest released");
     }
 
     #[test]
@@ -213,10 +249,12 @@ mod tests {
     /// is a decision.
     #[test]
     fn edge_record_size_is_pinned() {
-        assert_eq!(std::mem::size_of::<Edge>(), 80);
-        // The pointer's alignment pads the 4-byte socket in release builds.
-        let pad = if cfg!(debug_assertions) { 0 } else { 4 };
-        assert_eq!(std::mem::size_of::<Stream>(), std::mem::size_of::<TcpStream>() + 8 + pad);
+        // A 64-byte allocator chunk, for connections behind PROXY or with a device id kept.
+        assert_eq!(std::mem::size_of::<Edge>(), 56);
+        // Release: the 4-byte socket, the 4-byte timer tick, the pointer. (mio adds an
+        // 8-byte selector id to every socket in debug builds.)
+        let size = if cfg!(debug_assertions) { 32 } else { 16 };
+        assert_eq!(std::mem::size_of::<Stream>(), size);
     }
 
     #[test]

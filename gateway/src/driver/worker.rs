@@ -41,6 +41,7 @@ use holdfast_codec::frame::head::set_id;
 use holdfast_codec::{Code, Frame, Hello, Push, Redirect};
 use mio::{Events, Interest, Poll, Token};
 
+use super::Stream;
 use super::commands::{
     COMMAND_BUDGET, Command, Internal, PushMsg, PushReport, Queues, Sweep, SweepReason, Targets,
 };
@@ -109,12 +110,12 @@ struct ActiveSweep {
 const SWEEP_PACE_MS: u64 = 10;
 
 /// One event loop and the connections it owns.
-pub(crate) struct Worker<T: Transport> {
+pub(crate) struct Worker {
     index: u8,
     node: Arc<Node>,
     poll: Poll,
-    queues: Queues<T>,
-    conns: Slots<Conn<T>>,
+    queues: Queues<Stream>,
+    conns: Slots<Conn>,
     wheel: Wheel,
     origin: Instant,
     now: Now,
@@ -137,9 +138,9 @@ pub(crate) struct Worker<T: Transport> {
     stopping: Option<u64>,
 }
 
-impl<T: Transport> Worker<T> {
+impl Worker {
     /// A worker with its own poll, ready to [`run`](Self::run).
-    pub(crate) fn new(index: u8, node: Arc<Node>, poll: Poll, queues: Queues<T>) -> Worker<T> {
+    pub(crate) fn new(index: u8, node: Arc<Node>, poll: Poll, queues: Queues<Stream>) -> Worker {
         let cfg = &node.cfg;
         let limits = Limits::from_config(cfg);
         let tick = Duration::from_millis(cfg.heartbeat.wheel_tick_ms.max(1));
@@ -273,11 +274,7 @@ impl<T: Transport> Worker<T> {
     // ----- driving a session ------------------------------------------------------------
 
     /// Call into a connection's session with the loop's context, without settling.
-    fn with<R>(
-        &mut self,
-        key: usize,
-        f: impl FnOnce(&mut Conn<T>, &mut Ctx<'_>) -> R,
-    ) -> Option<R> {
+    fn with<R>(&mut self, key: usize, f: impl FnOnce(&mut Conn, &mut Ctx<'_>) -> R) -> Option<R> {
         let conn_id = self.conn_id(key).0;
         let conn = self.conns.get_mut(key)?;
         let before = conn.session.queued();
@@ -295,11 +292,7 @@ impl<T: Transport> Worker<T> {
     }
 
     /// Call into a session, then carry out everything it decided ([`Worker::settle`]).
-    fn call<R>(
-        &mut self,
-        key: usize,
-        f: impl FnOnce(&mut Conn<T>, &mut Ctx<'_>) -> R,
-    ) -> Option<R> {
+    fn call<R>(&mut self, key: usize, f: impl FnOnce(&mut Conn, &mut Ctx<'_>) -> R) -> Option<R> {
         let r = self.with(key, f);
         self.settle(key);
         r
@@ -547,8 +540,9 @@ impl<T: Transport> Worker<T> {
             c.user = Some(Arc::clone(&registered.user));
             // The device id is read only by the webhooks and by a refresh's device check;
             // without them an idle connection does not pay an allocation for it.
-            c.device = (keep_device && !hello.device_id.is_empty())
-                .then(|| Arc::from(hello.device_id.as_str()));
+            if keep_device && !hello.device_id.is_empty() {
+                c.transport.keep_device(Arc::from(hello.device_id.as_str()));
+            }
             c.session.accept(ctx, expires);
             c.transport.peer_addr()
         }) else {
@@ -581,7 +575,7 @@ impl<T: Transport> Worker<T> {
         let node = Arc::clone(&self.node);
         let Some(conn) = self.conns.get(key) else { return };
         let user = conn.user.clone();
-        let device = conn.device.clone();
+        let device = conn.transport.device().cloned();
         let platform = conn.session.platform();
         let now_secs = self.now.wall_ms / 1000;
         let verifier = node.verifier();
@@ -611,7 +605,7 @@ impl<T: Transport> Worker<T> {
             conn: id,
             request_id: up.request_id,
             user: conn.user.clone().unwrap_or_else(|| Arc::from("")),
-            device: conn.device.clone().unwrap_or_else(|| Arc::from("")),
+            device: conn.transport.device().cloned().unwrap_or_else(|| Arc::from("")),
             platform: conn.session.platform(),
             route: up.route,
             payload: up.payload,
@@ -651,7 +645,7 @@ impl<T: Transport> Worker<T> {
         node.events.emit(NodeEvent::Disconnected {
             conn: id,
             user,
-            device: conn.device.clone().unwrap_or_else(|| Arc::from("")),
+            device: conn.transport.device().cloned().unwrap_or_else(|| Arc::from("")),
             platform: conn.session.platform(),
             reason: closed.reason.as_str(),
             at_ms: self.now.wall_ms,
@@ -705,7 +699,7 @@ impl<T: Transport> Worker<T> {
         self.commands_pending = budget == 0;
     }
 
-    fn on_internal(&mut self, msg: Internal<T>) {
+    fn on_internal(&mut self, msg: Internal<Stream>) {
         match msg {
             Internal::Adopt(transport, peer, refusal) => self.adopt(transport, peer, refusal),
             Internal::Upstream(result) => self.on_upstream_result(result),
@@ -746,7 +740,7 @@ impl<T: Transport> Worker<T> {
         }
     }
 
-    fn adopt(&mut self, mut transport: T, peer: SocketAddr, refusal: Option<Refusal>) {
+    fn adopt(&mut self, mut transport: Stream, peer: SocketAddr, refusal: Option<Refusal>) {
         let m = &self.node.metrics;
         if self.stopping.is_some() {
             self.node.open.fetch_sub(1, Ordering::Relaxed);
@@ -1007,12 +1001,14 @@ impl<T: Transport> Worker<T> {
         let Some(due_ms) = conn.session.poll_timeout(&self.limits, self.now) else { return };
         let at = self.origin + Duration::from_millis(due_ms);
         let due = self.wheel.due_tick(at);
-        if conn.timer_tick != 0 && (due.wrapping_sub(conn.timer_tick) as i32) >= 0 {
+        if conn.transport.timer_tick != 0
+            && (due.wrapping_sub(conn.transport.timer_tick) as i32) >= 0
+        {
             return; // the live entry fires first and reschedules
         }
         let tick = self.wheel.schedule(key as u32, at);
         if let Some(conn) = self.conns.get_mut(key) {
-            conn.timer_tick = tick;
+            conn.transport.timer_tick = tick;
         }
     }
 
@@ -1022,10 +1018,10 @@ impl<T: Transport> Worker<T> {
         for (key, tick) in fired.drain(..) {
             let key = key as usize;
             let Some(conn) = self.conns.get_mut(key) else { continue };
-            if conn.timer_tick != tick {
+            if conn.transport.timer_tick != tick {
                 continue; // stale: the connection rescheduled, or the slot was reused
             }
-            conn.timer_tick = 0;
+            conn.transport.timer_tick = 0;
             self.call(key, |c, ctx| c.session.handle_timeout(ctx));
         }
         self.fired = fired;
