@@ -165,6 +165,9 @@ pub struct Metrics {
     pub kicks_logged_in_elsewhere: IntCounter,
     /// `KICK` frames sent on an operator's request.
     pub kicks_admin: IntCounter,
+    /// Newer logins that did not displace a connection because it was moving
+    /// (make-before-break: the newer login is the same client).
+    pub kicks_skipped_moving: IntCounter,
     /// Push targets accepted by the push API (one per connection or user addressed).
     pub pushes_in: IntCounter,
     /// `PUSH` frames written to connections.
@@ -424,6 +427,11 @@ impl Metrics {
             ),
             kicks_logged_in_elsewhere: kicks[0].clone(),
             kicks_admin: kicks[1].clone(),
+            kicks_skipped_moving: counter(
+                r,
+                "holdfast_gateway_kicks_skipped_moving_total",
+                "Newer logins that left a moving (redirected with OVERLAP) connection alone.",
+            ),
             pushes_in: counter(
                 r,
                 "holdfast_gateway_pushes_in_total",

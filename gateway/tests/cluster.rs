@@ -15,7 +15,7 @@ use holdfast_codec::client::Event;
 use holdfast_codec::{Code, Platform};
 use holdfast_tests::{
     Client, GatewayProcess, RedisProcess, STATUS_SECRET, StatusProcess, eventually, free_port,
-    status_cluster,
+    gateway_cluster, status_cluster, status_sets,
 };
 use serde_json::{Value, json};
 
@@ -25,40 +25,13 @@ const CLUSTER_SECRET: &str = "test-gateway-cluster-secret";
 const TTL: Duration = Duration::from_millis(1500);
 const MARGIN: Duration = Duration::from_secs(2);
 
-fn status_sets(nodes: &[StatusProcess]) -> Vec<String> {
-    let seeds: Vec<String> = nodes.iter().map(|n| format!("\"{}\"", n.data)).collect();
-    vec![
-        "presence.backend=status".to_owned(),
-        format!("presence.seeds=[{}]", seeds.join(", ")),
-        format!("presence.secret={STATUS_SECRET}"),
-    ]
-}
-
 fn short_lease() -> Vec<String> {
     vec![format!("presence.lease_ttl_ms={}", TTL.as_millis()), "presence.renew_ms=500".to_owned()]
 }
 
 /// `n` gateways (node ids 1..=n) on `backend`, each listing the others as peers.
 fn gateways(backend: &[String], n: u16, extra: &[String]) -> Vec<GatewayProcess> {
-    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
-    (1..=n)
-        .map(|id| {
-            let peers: Vec<String> = (1..=n)
-                .filter(|p| *p != id)
-                .map(|p| format!("{{id={p}, addr=\"127.0.0.1:{}\"}}", ports[usize::from(p - 1)]))
-                .collect();
-            let mut sets = vec![
-                format!("node.id={id}"),
-                format!("cluster.addr=127.0.0.1:{}", ports[usize::from(id - 1)]),
-                format!("cluster.peers=[{}]", peers.join(", ")),
-                format!("cluster.secret={CLUSTER_SECRET}"),
-            ];
-            sets.extend(backend.iter().cloned());
-            sets.extend(extra.iter().cloned());
-            let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
-            GatewayProcess::spawn(BIN, &sets)
-        })
-        .collect()
+    gateway_cluster(BIN, CLUSTER_SECRET, backend, n, extra)
 }
 
 /// `user`'s sessions as `gw`'s `GET /v1/presence` answers them.

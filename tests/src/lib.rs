@@ -413,6 +413,46 @@ pub fn status_cluster(n: u16, extra: &[&str]) -> Vec<StatusProcess> {
         .collect()
 }
 
+/// The `presence.*` settings that put a gateway on the status ring `nodes`.
+pub fn status_sets(nodes: &[StatusProcess]) -> Vec<String> {
+    let seeds: Vec<String> = nodes.iter().map(|n| format!("\"{}\"", n.data)).collect();
+    vec![
+        "presence.backend=status".to_owned(),
+        format!("presence.seeds=[{}]", seeds.join(", ")),
+        format!("presence.secret={STATUS_SECRET}"),
+    ]
+}
+
+/// `n` gateways of binary `bin` (node ids 1..=n) on presence `backend`, each listing the
+/// others as `cluster.peers` with the internal channel's `secret`.
+pub fn gateway_cluster(
+    bin: &str,
+    secret: &str,
+    backend: &[String],
+    n: u16,
+    extra: &[String],
+) -> Vec<GatewayProcess> {
+    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    (1..=n)
+        .map(|id| {
+            let peers: Vec<String> = (1..=n)
+                .filter(|p| *p != id)
+                .map(|p| format!("{{id={p}, addr=\"127.0.0.1:{}\"}}", ports[usize::from(p - 1)]))
+                .collect();
+            let mut sets = vec![
+                format!("node.id={id}"),
+                format!("cluster.addr=127.0.0.1:{}", ports[usize::from(id - 1)]),
+                format!("cluster.peers=[{}]", peers.join(", ")),
+                format!("cluster.secret={secret}"),
+            ];
+            sets.extend(backend.iter().cloned());
+            sets.extend(extra.iter().cloned());
+            let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+            GatewayProcess::spawn(bin, &sets)
+        })
+        .collect()
+}
+
 /// The schedulers' shared secret in tests.
 pub const SCHEDULER_SECRET: &str = "test-scheduler-secret-long-enough";
 

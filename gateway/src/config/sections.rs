@@ -725,6 +725,12 @@ pub struct DrainConfig {
     /// Time after the window for the last clients to leave, in ms (default 15,000). At
     /// `window_ms + grace_ms` whatever is left is shut down (`REDIRECT` 403, linger).
     pub grace_ms: u64,
+    /// Make-before-break (`docs/PROTOCOL.md` § Moving without a gap): after a drain's or a
+    /// rebalance's `REDIRECT` (flag `OVERLAP`), how long a connection is held open and
+    /// delivering for its client to connect elsewhere, in ms, on top of the redirect's
+    /// jitter (default 10,000; at most 600,000). 0 sends a plain `REDIRECT` and closes at
+    /// once, as before make-before-break.
+    pub overlap_ms: u32,
     /// Whether `SIGTERM` drains (true) or shuts down at once (default false). `SIGUSR1` and
     /// `POST /v1/admin/drain` always drain. Set it where the service manager only sends
     /// `SIGTERM` (Kubernetes), with a termination grace above `window_ms + grace_ms`.
@@ -733,7 +739,30 @@ pub struct DrainConfig {
 
 impl Default for DrainConfig {
     fn default() -> Self {
-        DrainConfig { window_ms: 60_000, jitter_ms: 5_000, grace_ms: 15_000, on_sigterm: false }
+        DrainConfig {
+            window_ms: 60_000,
+            jitter_ms: 5_000,
+            grace_ms: 15_000,
+            overlap_ms: 10_000,
+            on_sigterm: false,
+        }
+    }
+}
+
+impl DrainConfig {
+    /// A redirect for a drain, rebalance or fence sweep, and how long each redirected
+    /// connection is held: `OVERLAP` unless `overlap_ms` is 0.
+    pub fn redirect(
+        &self,
+        code: holdfast_codec::Code,
+        jitter_ms: u32,
+        addresses: Vec<String>,
+    ) -> (holdfast_codec::Redirect, u32) {
+        let overlap = self.overlap_ms > 0;
+        let hold_ms = if overlap { jitter_ms.saturating_add(self.overlap_ms) } else { 0 };
+        let redirect =
+            holdfast_codec::Redirect { code, delay_ms: 0, jitter_ms, addresses, overlap };
+        (redirect, hold_ms)
     }
 }
 

@@ -76,6 +76,11 @@ impl Config {
             "drain.jitter_ms",
             format!("{} exceeds 600000 (10 minutes)", d.jitter_ms),
         );
+        check(
+            d.overlap_ms <= 600_000,
+            "drain.overlap_ms",
+            format!("{} exceeds 600000 (10 minutes)", d.overlap_ms),
+        );
 
         let hb = &self.heartbeat;
         if let Err(e) = hb.policy().validate() {

@@ -121,8 +121,12 @@ pub struct Sweep {
     /// 1,024 per turn allow). With `count` `None`, the loop paces by the connections it
     /// holds when the sweep starts.
     pub over_ms: u64,
-    /// The frame each connection gets.
+    /// The frame each connection gets. With its `OVERLAP` flag each connection stays open,
+    /// delivering, until its client has moved (make-before-break) or `hold_ms` passes.
     pub redirect: Redirect,
+    /// With `OVERLAP`: how long a redirected connection is held at most, in ms (the
+    /// redirect's delay and jitter plus `drain.overlap_ms`).
+    pub hold_ms: u32,
     /// Why.
     pub reason: SweepReason,
 }

@@ -665,6 +665,12 @@ impl Worker {
     /// A login on this node displaced `id`: `KICK` 301, here or through its own loop.
     fn displace(&mut self, id: ConnId) {
         if let Some(key) = self.find(id) {
+            if self.conns.get(key).is_some_and(|c| c.session.phase() == Phase::Moving) {
+                // The newer login is this client moving (make-before-break): the old
+                // connection closes when the client has moved, or at its hold deadline.
+                self.node.metrics.kicks_skipped_moving.inc();
+                return;
+            }
             self.node.metrics.kicks_logged_in_elsewhere.inc();
             let reason = "logged in elsewhere".to_owned();
             self.call(key, |c, ctx| {
@@ -799,14 +805,14 @@ impl Worker {
         let linger = u64::from(self.limits.linger_ms);
         self.stopping = Some(self.now.ms() + linger + SHUTDOWN_GRACE_MS);
         for key in self.conns.keys() {
-            let established =
-                self.conns.get(key).is_some_and(|c| c.session.phase() == Phase::Established);
+            let established = self.conns.get(key).is_some_and(|c| c.session.is_established());
             let close = if established {
                 Close::Redirect(Redirect {
                     code: Code::SERVER_SHUTDOWN,
                     delay_ms: 0,
                     jitter_ms: 5_000,
                     addresses: Vec::new(),
+                    overlap: false,
                 })
             } else {
                 Close::Shutdown
@@ -913,8 +919,7 @@ impl Worker {
         let Some(mut b) = self.broadcasts.pop_front() else { return };
         let end = (b.cursor + BROADCAST_CHUNK).min(self.conns.end());
         for key in b.cursor..end {
-            let established =
-                self.conns.get(key).is_some_and(|c| c.session.phase() == Phase::Established);
+            let established = self.conns.get(key).is_some_and(|c| c.session.is_established());
             if !established {
                 continue;
             }
@@ -960,8 +965,8 @@ impl Worker {
             if !established {
                 continue;
             }
-            let close = Close::Redirect(s.sweep.redirect.clone());
-            self.call(key, |c, ctx| c.session.close(ctx, close));
+            let (redirect, hold_ms) = (s.sweep.redirect.clone(), s.sweep.hold_ms);
+            self.call(key, |c, ctx| c.session.redirect(ctx, redirect, hold_ms));
             s.done += 1;
             budget -= 1;
             let m = &self.node.metrics.cluster;
