@@ -76,6 +76,20 @@ fn proc_rss_bytes() -> Option<f64> {
 }
 
 impl GatewayHooks for Hooks {
+    fn alternatives(&self, endpoints: Vec<Endpoint>) {
+        let Some(node) = self.node.upgrade() else { return };
+        // Clients of this listener speak TCP: only TCP endpoints are of use to them.
+        let tcp: Vec<String> = endpoints
+            .into_iter()
+            .filter(|e| e.transport == Transport::Tcp)
+            .map(|e| e.addr)
+            .take(16)
+            .collect();
+        if let Ok(mut a) = node.alternatives.lock() {
+            *a = tcp;
+        }
+    }
+
     fn sample(&self) -> LoadSample {
         let Some(node) = self.node.upgrade() else {
             return LoadSample { draining: true, ..LoadSample::default() };

@@ -34,12 +34,19 @@ pub enum Refusal {
     AcceptRate = 2,
     /// Over `admission.per_source_per_sec` for the client's address (`AUTH_FAIL` 602).
     SourceRate = 3,
+    /// A flapping user and device (`admission.flap_*`): `AUTH_FAIL` `THROTTLED` (603).
+    Flapping = 4,
 }
 
 impl Refusal {
     /// Every reason, in label order.
-    pub const ALL: [Refusal; 4] =
-        [Refusal::Draining, Refusal::HandshakesInFlight, Refusal::AcceptRate, Refusal::SourceRate];
+    pub const ALL: [Refusal; 5] = [
+        Refusal::Draining,
+        Refusal::HandshakesInFlight,
+        Refusal::AcceptRate,
+        Refusal::SourceRate,
+        Refusal::Flapping,
+    ];
 
     /// The label value.
     pub fn as_str(self) -> &'static str {
@@ -48,6 +55,7 @@ impl Refusal {
             Refusal::HandshakesInFlight => "handshakes_in_flight",
             Refusal::AcceptRate => "accept_rate",
             Refusal::SourceRate => "source_rate",
+            Refusal::Flapping => "flapping",
         }
     }
 
@@ -59,6 +67,7 @@ impl Refusal {
                 "gateway busy with new connections; retry with backoff"
             }
             Refusal::SourceRate => "too many connections from your address; retry with backoff",
+            Refusal::Flapping => "reconnecting too often; refused for a while",
         }
     }
 }
@@ -147,7 +156,8 @@ pub struct Metrics {
     pub connections_established: IntGauge,
     /// Sockets accepted.
     pub accepted: IntCounter,
-    /// Sockets refused at accept because `listen.max_connections` was reached.
+    /// Connections refused because `listen.max_connections` was reached (`REDIRECT`
+    /// `SERVER_FULL`), or because a loop's table was full.
     pub rejected_max_connections: IntCounter,
     /// Handshakes that ended in `AUTH_OK`.
     pub handshakes_ok: IntCounter,
@@ -397,7 +407,7 @@ impl Metrics {
             rejected_max_connections: counter(
                 r,
                 "holdfast_gateway_rejected_max_connections_total",
-                "Sockets closed at accept because listen.max_connections was reached.",
+                "Connections refused with REDIRECT SERVER_FULL because listen.max_connections was reached.",
             ),
             handshakes_ok: counter(
                 r,

@@ -88,7 +88,7 @@ pub use backoff::{Backoff, BackoffConfig};
 pub use config::{Config, ConfigError};
 pub use error::{SendError, SessionError};
 pub use event::{CloseReason, Event};
-pub use reconnect::Reconnect;
+pub use reconnect::{Reconnect, THROTTLED_MIN_DELAY};
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -575,7 +575,7 @@ impl Session {
                 });
                 self.finish(CloseReason::Kicked(kick.code), reconnect);
             }
-            (State::Established, Frame::Redirect(redirect)) => {
+            (State::AwaitAuth | State::Established, Frame::Redirect(redirect)) => {
                 // "A redirect is not a failure: the client's reconnect backoff is reset, not
                 // increased." Wait delay_ms + uniform(0, jitter_ms).
                 self.stable_at = None;
@@ -583,7 +583,11 @@ impl Session {
                 let jitter = self.rng.duration_up_to(ms(redirect.jitter_ms));
                 let delay = ms(redirect.delay_ms).saturating_add(jitter);
                 let reconnect = Reconnect::After { delay, addresses: redirect.addresses };
-                let overlap = redirect.overlap && self.config.make_before_break;
+                // Only an established connection can be kept while the client moves; a
+                // `REDIRECT` answering `HELLO` (`SERVER_FULL`) ends the attempt.
+                let overlap = redirect.overlap
+                    && self.config.make_before_break
+                    && self.state == State::Established;
                 self.events.push_back(Event::Redirected {
                     code: redirect.code,
                     reconnect: reconnect.clone(),
@@ -711,6 +715,10 @@ impl Session {
             Policy::NewToken => Reconnect::NewToken { delay: self.backoff.next_delay() },
             Policy::Backoff => {
                 Reconnect::After { delay: self.backoff.next_delay(), addresses: Vec::new() }
+            }
+            Policy::Throttled => {
+                let delay = self.backoff.next_delay().max(reconnect::THROTTLED_MIN_DELAY);
+                Reconnect::After { delay, addresses: Vec::new() }
             }
         }
     }

@@ -768,6 +768,44 @@ fn without_make_before_break_an_overlap_redirect_closes_at_once() {
 }
 
 #[test]
+fn a_redirect_answering_hello_ends_the_attempt_with_its_addresses() {
+    let mut h = Harness::new(config());
+    h.s.connect(h.at(0));
+    h.sent();
+    let full = Redirect {
+        code: Code::SERVER_FULL,
+        delay_ms: 0,
+        jitter_ms: 0,
+        addresses: vec!["10.0.0.9:7100".into()],
+        overlap: true, // meaningless before AUTH_OK: ignored
+    };
+    h.feed(&[Frame::Redirect(full)], 10);
+    let events = h.events();
+    let [
+        Event::Redirected { code: Code::SERVER_FULL, overlap: false, .. },
+        Event::Closed { reason: CloseReason::Redirected(Code::SERVER_FULL), reconnect },
+    ] = events.as_slice()
+    else {
+        panic!("{events:?}")
+    };
+    assert_eq!(
+        *reconnect,
+        Reconnect::After { delay: Duration::ZERO, addresses: vec!["10.0.0.9:7100".into()] }
+    );
+}
+
+#[test]
+fn a_throttled_client_waits_at_least_a_minute() {
+    let mut h = Harness::new(config());
+    h.s.connect(h.at(0));
+    h.sent();
+    h.feed(&[Frame::AuthFail(AuthFail { code: Code::THROTTLED, reason: "flapping".into() })], 10);
+    let (reason, reconnect) = h.closed_reason();
+    assert_eq!(reason, CloseReason::AuthFailed(Code::THROTTLED));
+    assert!(reconnect.delay().unwrap() >= THROTTLED_MIN_DELAY, "{reconnect:?}");
+}
+
+#[test]
 fn a_redelivered_push_reaches_the_application_once_across_reconnects() {
     let mut h = Harness::established();
     h.feed(&[push_id(1, 77)], 10);

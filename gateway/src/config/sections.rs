@@ -788,6 +788,15 @@ pub struct AdmissionConfig {
     pub per_source_per_sec: u32,
     /// Handshakes one address may make at once above its sustained rate (default 20).
     pub per_source_burst: u32,
+    /// Flapping clients: a user and device that logs in more than this many times within
+    /// `flap_window_secs` is refused with `AUTH_FAIL` `THROTTLED` (603) for
+    /// `flap_ban_secs` (default 15; 0 = off). A client in a reconnect loop would otherwise
+    /// cost a token verification and presence writes every time round.
+    pub flap_max_logins: u32,
+    /// The window logins are counted in, in seconds (default 60, 1 to 3,600).
+    pub flap_window_secs: u32,
+    /// How long a flapping client is refused, in seconds (default 300, at most 86,400).
+    pub flap_ban_secs: u32,
 }
 
 impl Default for AdmissionConfig {
@@ -798,6 +807,9 @@ impl Default for AdmissionConfig {
             accept_burst: 20_000,
             per_source_per_sec: 0,
             per_source_burst: 20,
+            flap_max_logins: 15,
+            flap_window_secs: 60,
+            flap_ban_secs: 300,
         }
     }
 }

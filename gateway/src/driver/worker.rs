@@ -43,7 +43,8 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::Stream;
 use super::commands::{
-    COMMAND_BUDGET, Command, Internal, PushMsg, PushReport, Queues, Sweep, SweepReason, Targets,
+    Admit, COMMAND_BUDGET, Command, Internal, PushMsg, PushReport, Queues, Sweep, SweepReason,
+    Targets,
 };
 use super::conn::Conn;
 use super::proxy::ProxyRefusal;
@@ -75,6 +76,9 @@ const FLUSH_MS: u64 = 100;
 const MAX_WHEEL_SLOTS: u64 = 32_768;
 /// A shutdown waits at most this long past the linger for clients to take their redirect.
 const SHUTDOWN_GRACE_MS: u64 = 500;
+/// The jitter of `REDIRECT` `SERVER_FULL`: refused clients reach the next gateway spread
+/// over this many ms.
+const FULL_JITTER_MS: u32 = 2_000;
 
 /// A connection to come back to next turn.
 #[derive(Clone, Copy)]
@@ -533,6 +537,15 @@ impl Worker {
                 return;
             }
         };
+        if let Some(flapping) = &node.flapping
+            && let Err(left) = flapping.login(&claims.sub, &hello.device_id, now_secs)
+        {
+            m.admission_refused(Refusal::Flapping).inc();
+            tracing::debug!(user = %claims.sub, left_secs = left, "flapping client refused");
+            let reason = format!("{}: {left} s left", Refusal::Flapping.message());
+            self.with(key, |c, ctx| c.session.refuse(ctx, Code::THROTTLED, reason));
+            return;
+        }
         let registered = node.registry.register(&claims.sub, id, hello.platform);
         let keep_device = node.keeps_device() || claims.device.is_some();
         let expires = claims.exp.saturating_add(verifier.leeway_secs());
@@ -746,7 +759,7 @@ impl Worker {
         }
     }
 
-    fn adopt(&mut self, mut transport: Stream, peer: SocketAddr, refusal: Option<Refusal>) {
+    fn adopt(&mut self, mut transport: Stream, peer: SocketAddr, refusal: Option<Admit>) {
         let m = &self.node.metrics;
         if self.stopping.is_some() {
             self.node.open.fetch_sub(1, Ordering::Relaxed);
@@ -778,10 +791,18 @@ impl Worker {
         if let Some(r) = refusal {
             // Told at once: the client reads it as the answer to its HELLO, and the close
             // lingers until the client goes, so its HELLO is read, not answered with a reset.
-            let reason = r.message().to_owned();
-            self.call(key, |c, ctx| {
-                c.session.close(ctx, Close::AuthFail(Code::OVERLOADED, reason))
-            });
+            let close = match r {
+                // Full: go to a less loaded gateway (or ask the scheduler).
+                Admit::Full => Close::Redirect(Redirect {
+                    code: Code::SERVER_FULL,
+                    delay_ms: 0,
+                    jitter_ms: FULL_JITTER_MS,
+                    addresses: self.node.alternatives(),
+                    overlap: false,
+                }),
+                Admit::Refused(r) => Close::AuthFail(Code::OVERLOADED, r.message().to_owned()),
+            };
+            self.call(key, |c, ctx| c.session.close(ctx, close));
             return;
         }
         self.rearm(key);
