@@ -72,7 +72,7 @@ fn drain_redirects_every_client_over_the_window_then_exits() {
     assert_eq!(gw.metric("holdfast_gateway_draining"), 0.0);
 
     let began = Instant::now();
-    gw.signal(libc::SIGUSR1);
+    gw.signal(libc::SIGTERM); // drains by default (`drain.on_sigterm`)
     let unhealthy =
         eventually(SECS, || (gw.get("/healthz") == (503, "draining\n".to_owned())).then_some(()));
     assert!(unhealthy.is_some(), "{:?}", gw.get("/healthz"));
@@ -116,6 +116,18 @@ fn drain_redirects_every_client_over_the_window_then_exits() {
 
 /// `POST /v1/admin/drain` drains too, and a connection that never leaves (no `HELLO`, so no
 /// redirect) does not hold the process past `window_ms + grace_ms`.
+/// `SIGUSR1` drains too (whatever `drain.on_sigterm` says).
+#[test]
+fn sigusr1_drains() {
+    let gw = GatewayProcess::spawn(BIN, &["drain.on_sigterm=false", "drain.overlap_ms=30000"]);
+    // A client held (moving) keeps the drained process up while the test looks.
+    let _held = Client::login(gw.tcp, "held");
+    gw.signal(libc::SIGUSR1);
+    let draining =
+        eventually(SECS, || (gw.get("/healthz") == (503, "draining\n".to_owned())).then_some(()));
+    assert!(draining.is_some(), "SIGUSR1 began a drain");
+}
+
 #[test]
 fn admin_drain_ends_at_the_deadline() {
     let mut gw = GatewayProcess::spawn(

@@ -731,9 +731,10 @@ pub struct DrainConfig {
     /// jitter (default 10,000; at most 600,000). 0 sends a plain `REDIRECT` and closes at
     /// once, as before make-before-break.
     pub overlap_ms: u32,
-    /// Whether `SIGTERM` drains (true) or shuts down at once (default false). `SIGUSR1` and
-    /// `POST /v1/admin/drain` always drain. Set it where the service manager only sends
-    /// `SIGTERM` (Kubernetes), with a termination grace above `window_ms + grace_ms`.
+    /// Whether `SIGTERM` drains (default true) or shuts down at once (false). `SIGUSR1` and
+    /// `POST /v1/admin/drain` always drain; a second `SIGTERM`, or `SIGINT`, stops at once.
+    /// Service managers send `SIGTERM` to stop (systemd, Kubernetes): give them a stop
+    /// timeout or termination grace above `window_ms + grace_ms`.
     pub on_sigterm: bool,
 }
 
@@ -744,7 +745,7 @@ impl Default for DrainConfig {
             jitter_ms: 5_000,
             grace_ms: 15_000,
             overlap_ms: 10_000,
-            on_sigterm: false,
+            on_sigterm: true,
         }
     }
 }
