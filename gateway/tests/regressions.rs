@@ -19,11 +19,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_holdfast-gateway");
 const SECS: Duration = Duration::from_secs(10);
 
 fn encode(frames: &[Frame]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for f in frames {
-        f.encode(&mut out).unwrap();
-    }
-    out
+    holdfast_tests::encode_frames(frames)
 }
 
 fn hello(user: &str) -> Frame {

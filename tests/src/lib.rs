@@ -802,6 +802,15 @@ impl Client {
     }
 }
 
+/// The wire bytes of `frames`, in order (for tests that speak the protocol by hand).
+pub fn encode_frames(frames: &[holdfast_codec::Frame]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for f in frames {
+        f.encode(&mut out).expect("a frame within the limits");
+    }
+    out
+}
+
 /// Read raw frames from a socket (for tests that speak the protocol by hand).
 pub fn read_frames(
     stream: &mut TcpStream,
