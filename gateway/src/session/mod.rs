@@ -467,14 +467,8 @@ impl Session {
                 } else if self.token_deadline(now).is_some_and(|t| now.ms() >= t) {
                     let reason = "token expired; refresh it or reconnect with a new one";
                     self.close(ctx, Close::Kick(Code::TOKEN_EXPIRED_KICK, reason.to_owned()));
-                } else if self
-                    .extra
-                    .as_ref()
-                    .and_then(|e| e.above_high_since)
-                    .is_some_and(|t| now.ms() >= t + u64::from(limits.slow_consumer_ms))
-                {
-                    let why = "outbound backlog above its high mark too long";
-                    self.close(ctx, Close::Violation(Code::SLOW_CONSUMER, why.to_owned()));
+                } else if self.slow_consumer_due(limits, now) {
+                    self.close_slow_consumer(ctx);
                 }
             }
             Phase::Moving => {
@@ -488,14 +482,8 @@ impl Session {
                         overlap: false,
                     };
                     self.close(ctx, Close::Redirect(redirect));
-                } else if self
-                    .extra
-                    .as_ref()
-                    .and_then(|e| e.above_high_since)
-                    .is_some_and(|t| now.ms() >= t + u64::from(limits.slow_consumer_ms))
-                {
-                    let why = "outbound backlog above its high mark too long";
-                    self.close(ctx, Close::Violation(Code::SLOW_CONSUMER, why.to_owned()));
+                } else if self.slow_consumer_due(limits, now) {
+                    self.close_slow_consumer(ctx);
                 }
             }
             Phase::Closing | Phase::Lingering => {
@@ -505,6 +493,18 @@ impl Session {
             }
             Phase::Closed => {}
         }
+    }
+
+    /// Whether the outbound backlog has been above its high mark for the slow-consumer grace.
+    fn slow_consumer_due(&self, limits: &Limits, now: Now) -> bool {
+        let since = self.extra.as_ref().and_then(|e| e.above_high_since);
+        since.is_some_and(|t| now.ms() >= t + u64::from(limits.slow_consumer_ms))
+    }
+
+    /// Close as a slow consumer (`ERROR` 107, fatal).
+    fn close_slow_consumer(&mut self, ctx: &mut Ctx<'_>) {
+        let why = "outbound backlog above its high mark too long";
+        self.close(ctx, Close::Violation(Code::SLOW_CONSUMER, why.to_owned()));
     }
 
     /// Send `redirect`. With its `OVERLAP` flag, on an established connection, the session
