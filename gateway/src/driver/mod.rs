@@ -16,10 +16,12 @@
 //! - `conn.rs`: the compact per-connection record; `slots.rs`: the slot table with per-slot
 //!   generations; [`wheel`]: the timing wheel of per-connection deadlines.
 //! - [`supervise`]: what happens when a loop fails (the process aborts).
+//! - `feed.rs`: readiness for transports that wake by `Waker`, not by `mio`.
 
 pub mod accept;
 pub mod commands;
 mod conn;
+mod feed;
 pub mod proxy;
 mod slots;
 mod stream;
