@@ -36,7 +36,7 @@ pub(crate) struct Node {
     pub(crate) presence: Arc<dyn Presence>,
     /// The event loops' queues, set once they run.
     pub(crate) workers: Arc<OnceLock<Vec<WorkerHandle<Stream>>>>,
-    /// How many event loops run.
+    /// How many TCP event loops run (the QUIC loop, if any, comes after them).
     pub(crate) worker_count: usize,
     /// Open sockets (accepted, not yet dropped), for `listen.max_connections`.
     pub(crate) open: AtomicUsize,
@@ -76,9 +76,15 @@ impl Node {
         self.workers.get()?.get(usize::from(index))
     }
 
-    /// Every worker handle.
+    /// Every worker handle: the TCP loops, then the QUIC loop if `[quic]` is enabled.
     pub(crate) fn all_workers(&self) -> &[WorkerHandle<Stream>] {
         self.workers.get().map_or(&[], |w| w.as_slice())
+    }
+
+    /// The handles of the loops the TCP acceptor feeds (the first `worker_count`).
+    pub(crate) fn tcp_workers(&self) -> &[WorkerHandle<Stream>] {
+        let all = self.all_workers();
+        &all[..self.worker_count.min(all.len())]
     }
 
     /// A fresh message id for a push that came without one: node id in the top 16 bits.

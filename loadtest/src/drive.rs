@@ -1,11 +1,12 @@
 //! One client connection on tokio, for the `client` and `demo` subcommands: simple, one task
-//! per connection. The load engine ([`crate::engine`]) does the same for thousands of
+//! per connection, over TCP ([`drive`]) or any byte stream ([`drive_io`]: a QUIC stream
+//! from [`crate::quic`]). The load engine ([`crate::engine`]) does the same for thousands of
 //! clients without a task each.
 
 use std::time::Duration;
 
 use holdfast_codec::client::{Event, Session};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -32,10 +33,21 @@ pub enum DriveError {
 pub async fn drive(
     stream: TcpStream,
     session: &mut Session,
-    mut on_event: impl FnMut(&mut Session, Event) -> Flow,
+    on_event: impl FnMut(&mut Session, Event) -> Flow,
 ) -> Result<(), DriveError> {
     let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
+    let (rd, wr) = stream.into_split();
+    drive_io(rd, wr, session, on_event).await
+}
+
+/// [`drive`] over a byte stream's two halves (a QUIC stream's receive and send sides); the
+/// write side is shut (QUIC: finished) when the session stops.
+pub async fn drive_io<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    mut rd: R,
+    mut wr: W,
+    session: &mut Session,
+    mut on_event: impl FnMut(&mut Session, Event) -> Flow,
+) -> Result<(), DriveError> {
     session.connect(Instant::now().into_std());
     let mut buf = vec![0u8; 4096];
     loop {

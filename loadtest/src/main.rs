@@ -67,6 +67,17 @@ enum Cmd {
         /// Exit after this many seconds.
         #[arg(long)]
         timeout_secs: Option<u64>,
+        /// Connect over QUIC (`--addr` is then the gateway's `[quic]` UDP address); trust
+        /// its certificate with `--ca` or `--insecure-dev-cert`.
+        #[arg(long)]
+        quic: bool,
+        /// PEM file of the CA (or the self-signed certificate) to trust, with `--quic`.
+        #[arg(long, requires = "quic")]
+        ca: Option<PathBuf>,
+        /// Trust exactly the certificate with this SHA-256 (hex, as the gateway prints it),
+        /// with `--quic`. For development certificates only.
+        #[arg(long, requires = "quic", conflicts_with = "ca")]
+        insecure_dev_cert: Option<String>,
     },
     /// Three clients receive pushes you can watch, then (by default) 10,000 clients for
     /// about half a minute: hold, unicast pushes, broadcasts; a summary table and a report.
@@ -347,13 +358,41 @@ async fn run(cmd: Cmd) -> Result<(), String> {
             println!("{t}");
             Ok(())
         }
-        Cmd::Client { addr, user, token, secret, platform, device, count, timeout_secs } => {
+        Cmd::Client {
+            addr,
+            user,
+            token,
+            secret,
+            platform,
+            device,
+            count,
+            timeout_secs,
+            quic,
+            ca,
+            insecure_dev_cert,
+        } => {
+            let trust = match (quic, ca, insecure_dev_cert) {
+                (false, _, _) => None,
+                (true, Some(ca), _) => Some(holdfast_loadtest::quic::Trust::Ca(ca)),
+                (true, None, Some(sha)) => Some(holdfast_loadtest::quic::Trust::Pinned(sha)),
+                (true, None, None) => {
+                    return Err("--quic needs --ca FILE or --insecure-dev-cert SHA256".into());
+                }
+            };
             let token = match token {
                 Some(t) => t,
                 None => token::mint(&secret, &user, Duration::from_secs(86_400), None, None)
                     .map_err(|e| e.to_string())?,
             };
-            let work = demo::client(addr, &user, token, demo::platform(&platform), &device, count);
+            let work = demo::client(
+                addr,
+                trust.as_ref(),
+                &user,
+                token,
+                demo::platform(&platform),
+                &device,
+                count,
+            );
             match timeout_secs {
                 Some(s) => tokio::time::timeout(Duration::from_secs(s), work)
                     .await

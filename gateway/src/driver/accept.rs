@@ -61,7 +61,7 @@ pub(crate) fn accept_loop(
 ) -> io::Result<()> {
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
     let mut events = Events::with_capacity(16);
-    let workers = node.all_workers();
+    let workers = node.tcp_workers();
     let mut next = 0usize;
     let max = node.cfg.listen.max_connections;
     let adm = &node.cfg.admission;

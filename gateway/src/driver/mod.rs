@@ -16,13 +16,16 @@
 //! - `conn.rs`: the compact per-connection record; `slots.rs`: the slot table with per-slot
 //!   generations; [`wheel`]: the timing wheel of per-connection deadlines.
 //! - [`supervise`]: what happens when a loop fails (the process aborts).
-//! - `feed.rs`: readiness for transports that wake by `Waker`, not by `mio`.
+//! - [`quic`]: the QUIC driver — a quinn endpoint on its own thread, and one more loop (the
+//!   same [`worker`] code) over QUIC streams, woken through `feed.rs` (readiness for
+//!   transports that wake by `Waker`, not by `mio`).
 
 pub mod accept;
 pub mod commands;
 mod conn;
 mod feed;
 pub mod proxy;
+pub mod quic;
 mod slots;
 mod stream;
 pub mod supervise;
