@@ -3,8 +3,9 @@
 //!
 //! - [`GatewayProcess`] runs a `holdfast-gateway` process on loopback ports chosen by the
 //!   kernel, waits for its ready line, and kills it when dropped.
-//! - [`Client`] is a blocking test client: a real `TcpStream` driven by
-//!   `holdfast_codec::client::Session`, with every wait bounded by a timeout.
+//! - [`Client`] is a blocking test client: a real `TcpStream` (or, as `Client<QuicWire>`,
+//!   a QUIC stream: [`quic`]) driven by `holdfast_codec::client::Session`, with every wait
+//!   bounded by a timeout.
 //! - [`Webhook`] is a local HTTP server standing in for the business backend; it records
 //!   what it receives and answers with a function the test gives.
 //! - [`token`] and [`token_with`] mint tokens with the gateway's development secret.
@@ -32,6 +33,8 @@ use holdfast_codec::Platform;
 use holdfast_codec::client::{Config, Event, Session};
 
 pub use holdfast_loadtest::DEV_SECRET;
+
+pub mod quic;
 
 /// Mint a development token for `user`, valid for an hour.
 pub fn token(user: &str) -> String {
@@ -93,6 +96,10 @@ pub struct GatewayProcess {
     pub cluster: Option<SocketAddr>,
     /// The TCP health check port (with `health.tcp_addr` set).
     pub health: Option<SocketAddr>,
+    /// The QUIC listener (with `quic.enabled`).
+    pub quic: Option<SocketAddr>,
+    /// The SHA-256 of the QUIC listener's certificate, as printed at start-up.
+    pub quic_sha256: Option<String>,
     http_client: reqwest::blocking::Client,
 }
 
@@ -132,21 +139,31 @@ impl GatewayProcess {
                 let Ok(line) = line else { break };
                 if let Some(rest) = line.strip_prefix("holdfast-gateway ready: ") {
                     let _ = tx.send(rest.to_owned());
+                } else if line.starts_with("holdfast-gateway quic: ") {
+                    // Printed before the ready line: it joins it.
+                    let _ = tx.send(line);
                 }
             }
         });
-        let ready = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(r) => r,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("gateway did not print its ready line within 30 s");
+        let mut quic_sha256 = None;
+        let ready = loop {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) if line.starts_with("holdfast-gateway quic: ") => {
+                    quic_sha256 = line.split("sha256=").nth(1).map(str::to_owned);
+                }
+                Ok(r) => break r,
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("gateway did not print its ready line within 30 s");
+                }
             }
         };
         let mut tcp = None;
         let mut http = None;
         let mut cluster = None;
         let mut health = None;
+        let mut quic = None;
         for part in ready.split_whitespace() {
             if let Some(a) = part.strip_prefix("tcp=") {
                 tcp = a.parse().ok();
@@ -156,12 +173,16 @@ impl GatewayProcess {
                 cluster = a.parse().ok();
             } else if let Some(a) = part.strip_prefix("health=") {
                 health = a.parse().ok();
+            } else if let Some(a) = part.strip_prefix("quic=") {
+                quic = a.parse().ok();
             }
         }
         GatewayProcess {
             child,
             cluster,
             health,
+            quic,
+            quic_sha256,
             tcp: tcp.expect("ready line has tcp="),
             http: http.expect("ready line has http="),
             http_client: reqwest::blocking::Client::builder()
@@ -650,9 +671,31 @@ pub fn client_config(token: String, platform: Platform, device: &str) -> Config 
     Config { token, platform, device_id: device.to_owned(), ..Config::default() }
 }
 
-/// A blocking test client over a real socket, driven by the protocol's client session.
-pub struct Client {
-    stream: TcpStream,
+/// A byte stream a blocking [`Client`] runs over: a `TcpStream`, or a QUIC stream
+/// ([`quic::QuicWire`]).
+pub trait Wire {
+    /// Write all of `bytes`.
+    fn send_all(&mut self, bytes: &[u8]) -> std::io::Result<()>;
+    /// Read what arrives within `wait`: `Ok(0)` at the end, `WouldBlock`/`TimedOut` if
+    /// nothing came.
+    fn recv(&mut self, buf: &mut [u8], wait: Duration) -> std::io::Result<usize>;
+}
+
+impl Wire for TcpStream {
+    fn send_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.write_all(bytes)
+    }
+
+    fn recv(&mut self, buf: &mut [u8], wait: Duration) -> std::io::Result<usize> {
+        self.set_read_timeout(Some(wait))?;
+        self.read(buf)
+    }
+}
+
+/// A blocking test client over a real socket (TCP unless `W` says otherwise), driven by the
+/// protocol's client session.
+pub struct Client<W: Wire = TcpStream> {
+    stream: W,
     session: Session,
     buf: Vec<u8>,
     eof: bool,
@@ -667,11 +710,7 @@ impl Client {
     /// Send `HELLO` over an already connected `stream` (see [`connect_from`]).
     pub fn over(stream: TcpStream, config: Config) -> Client {
         stream.set_nodelay(true).expect("nodelay");
-        let mut session = Session::new(config, Instant::now()).expect("valid client config");
-        session.connect(Instant::now());
-        let mut c = Client { stream, session, buf: vec![0; 64 * 1024], eof: false };
-        c.flush();
-        c
+        Client::on(stream, config)
     }
 
     /// Connect as `user` (platform Linux, device "dev") and expect `AUTH_OK`.
@@ -685,6 +724,22 @@ impl Client {
         c.expect_auth();
         c
     }
+}
+
+impl<W: Wire> Client<W> {
+    /// Send `HELLO` over `stream`.
+    pub fn on(stream: W, config: Config) -> Client<W> {
+        let mut session = Session::new(config, Instant::now()).expect("valid client config");
+        session.connect(Instant::now());
+        let mut c = Client { stream, session, buf: vec![0; 64 * 1024], eof: false };
+        c.flush();
+        c
+    }
+
+    /// The stream (for a QUIC client: its connection, to migrate it).
+    pub fn wire(&mut self) -> &mut W {
+        &mut self.stream
+    }
 
     /// The session (for its state, `AUTH_OK`, reconnect advice).
     pub fn session(&mut self) -> &mut Session {
@@ -693,7 +748,7 @@ impl Client {
 
     fn flush(&mut self) {
         while let Some(bytes) = self.session.poll_transmit() {
-            if self.stream.write_all(&bytes).is_err() {
+            if self.stream.send_all(&bytes).is_err() {
                 self.session.transport_closed(Instant::now());
             }
         }
@@ -718,8 +773,7 @@ impl Client {
                 continue;
             }
             let wait = (wake - now).max(Duration::from_millis(1));
-            self.stream.set_read_timeout(Some(wait)).expect("read timeout");
-            match self.stream.read(&mut self.buf) {
+            match self.stream.recv(&mut self.buf, wait) {
                 Ok(0) => {
                     self.eof = true;
                     self.session.transport_closed(Instant::now());
