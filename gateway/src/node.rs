@@ -116,6 +116,18 @@ impl Node {
         self.metrics.handshakes_in_flight.dec();
     }
 
+    /// A new connection was admitted: it counts as open and as a pending handshake.
+    pub(crate) fn admitted(&self) {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        self.handshake_started();
+    }
+
+    /// An admitted connection went away before an event loop took it.
+    pub(crate) fn admission_dropped(&self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.handshake_ended();
+    }
+
     /// Whether connections keep their device id (only the webhooks read it).
     pub(crate) fn keeps_device(&self) -> bool {
         self.upstream.enabled() || self.events.enabled()

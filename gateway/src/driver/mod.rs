@@ -10,6 +10,8 @@
 //! - [`accept`]: the acceptor thread: a `socket2` listener, `max_connections`, PROXY trust,
 //!   admission (pending handshakes, accept rate), round-robin hand-off of each new socket
 //!   to a loop.
+//! - `admit.rs`: admission at accept (fence, `max_connections`, pending handshakes, accept
+//!   rate), shared by the TCP acceptor and the QUIC listener.
 //! - [`worker`]: one event loop (mio): readiness, fair turns, timers, commands, broadcasts;
 //!   it carries out what sessions decide and does the node's bookkeeping for them.
 //! - [`commands`]: the loops' queues (a bounded control queue for the API, an internal one).
@@ -21,6 +23,7 @@
 //!   transports that wake by `Waker`, not by `mio`).
 
 pub mod accept;
+mod admit;
 pub mod commands;
 mod conn;
 mod feed;

@@ -814,8 +814,7 @@ impl<T: Carrier> Worker<T> {
 
     /// A transport that will not be adopted after all: the node's counts forget it.
     fn forget_arrival(&self) {
-        self.node.open.fetch_sub(1, Ordering::Relaxed);
-        self.node.handshake_ended();
+        self.node.admission_dropped();
     }
 
     fn adopt(&mut self, mut transport: T, peer: SocketAddr, refusal: Option<Refusal>) {

@@ -38,13 +38,13 @@ use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use holdfast_scheduler::ratelimit::Gcra;
 use mio::{Poll, Waker};
 
 pub use stream::CLOSE_CODE;
 pub(crate) use stream::QuicStream;
 pub use tls::{ALPN, CertInfo, fingerprint};
 
+use super::admit::{Admission, AtAccept};
 use super::commands::queues;
 use super::feed::{Arrival, FeedSender, feed};
 use super::supervise::run_or_abort;
@@ -180,42 +180,29 @@ async fn accept_loop(
     node: Arc<Node>,
     arrivals: FeedSender<QuicStream>,
 ) {
-    let adm = &node.cfg.admission;
-    let accept_rate =
-        (adm.accepts_per_sec > 0).then(|| Gcra::new(adm.accepts_per_sec, adm.accept_burst));
-    let mut accept_tat = 0u64;
+    let mut admission = Admission::new(&node);
     while let Some(incoming) = endpoint.accept().await {
         let m = &node.metrics;
-        let refused =
+        // A drain closes the TCP listener; here the attempts are refused instead.
+        let admitted =
             if node.stopping.load(Ordering::Acquire) || node.draining.load(Ordering::Acquire) {
-                Some(QuicRefusal::Draining)
-            } else if node.fence.is_fenced() {
-                m.cluster.rejected_fenced.inc();
-                Some(QuicRefusal::Fenced)
-            } else if node.open.load(Ordering::Relaxed) >= node.cfg.listen.max_connections {
-                m.rejected_max_connections.inc();
-                Some(QuicRefusal::MaxConnections)
-            } else if node.handshaking.load(Ordering::Relaxed) >= adm.max_handshakes {
-                m.admission_refused(Refusal::HandshakesInFlight).inc();
-                Some(QuicRefusal::HandshakesInFlight)
+                Err(QuicRefusal::Draining)
             } else {
-                None
+                admission.admit(&node).map_err(|r| match r {
+                    AtAccept::Fenced => QuicRefusal::Fenced,
+                    AtAccept::MaxConnections => QuicRefusal::MaxConnections,
+                    AtAccept::HandshakesInFlight => QuicRefusal::HandshakesInFlight,
+                })
             };
-        if let Some(r) = refused {
-            m.quic.refused[r as usize].inc();
-            incoming.refuse();
-            continue;
-        }
-        // Over the rate the client is still taken, to be told why at its HELLO.
-        let refusal = accept_rate
-            .is_some_and(|g| g.check(&mut accept_tat, node.mono_ns()).is_err())
-            .then_some(Refusal::AcceptRate);
-        if let Some(r) = refusal {
-            m.admission_refused(r).inc();
-        }
+        let refusal = match admitted {
+            Ok(refusal) => refusal,
+            Err(r) => {
+                m.quic.refused[r as usize].inc();
+                incoming.refuse();
+                continue;
+            }
+        };
         m.quic.accepted.inc();
-        node.open.fetch_add(1, Ordering::Relaxed);
-        node.handshake_started();
         tokio::spawn(handshake(incoming, Arc::clone(&node), arrivals.clone(), refusal));
     }
 }
@@ -265,14 +252,12 @@ async fn handshake(
             );
             if arrivals.send(Arrival { transport, peer, refusal }).is_err() {
                 // The loop has stopped (shutdown): the stream is dropped and closed.
-                node.open.fetch_sub(1, Ordering::Relaxed);
-                node.handshake_ended();
+                node.admission_dropped();
             }
         }
         Err(f) => {
             m.quic.handshake_failures[f as usize].inc();
-            node.open.fetch_sub(1, Ordering::Relaxed);
-            node.handshake_ended();
+            node.admission_dropped();
         }
     }
 }
