@@ -206,3 +206,110 @@ pub async fn drive(
     let _ = tokio::time::timeout(CLOSE_GRACE, endpoint.wait_idle()).await;
     result
 }
+
+/// Connections one client endpoint (one UDP socket) carries in [`hold`].
+const PER_ENDPOINT: usize = 500;
+/// Handshakes [`hold`] runs at once.
+const CONCURRENT_HANDSHAKES: usize = 64;
+
+/// Why [`hold`] stopped.
+#[derive(thiserror::Error, Debug)]
+pub enum HoldError {
+    /// A connection could not be made.
+    #[error(transparent)]
+    Quic(#[from] QuicError),
+    /// A token could not be minted.
+    #[error("token: {0}")]
+    Token(String),
+    /// A connection was refused or lost.
+    #[error("connection {index}: {why}")]
+    Lost {
+        /// Which one (user `quic-{index}`).
+        index: usize,
+        /// What happened.
+        why: String,
+    },
+}
+
+/// Hold `count` authenticated QUIC connections to `addr` as users `quic-0`, `quic-1`, ...,
+/// heartbeating every `heartbeat_ms`; prints `holding N` once all are authenticated, then
+/// runs until a connection is lost (an error) or the future is dropped.
+pub async fn hold(
+    addr: SocketAddr,
+    trust: &Trust,
+    count: usize,
+    secret: &str,
+    heartbeat_ms: u64,
+) -> Result<(), HoldError> {
+    use holdfast_codec::client::{Event, Session};
+    let config = client_config(trust)?;
+    let mut endpoints = Vec::new();
+    for _ in 0..count.div_ceil(PER_ENDPOINT) {
+        let mut e = quinn::Endpoint::client(local_for(addr)).map_err(QuicError::from)?;
+        e.set_default_client_config(config.clone());
+        endpoints.push(e);
+    }
+    let gate = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_HANDSHAKES));
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Result<usize, HoldError>>();
+    for index in 0..count {
+        let user = format!("quic-{index}");
+        let token =
+            crate::token::mint(secret, &user, std::time::Duration::from_secs(86_400), None, None)
+                .map_err(|e| HoldError::Token(e.to_string()))?;
+        let endpoint = endpoints[index / PER_ENDPOINT].clone();
+        let gate = Arc::clone(&gate);
+        let done = done_tx.clone();
+        tokio::spawn(async move {
+            let mut permit = gate.acquire_owned().await.ok();
+            let lost = |why: String| HoldError::Lost { index, why };
+            let opened = async {
+                let conn = endpoint.connect(addr, SERVER_NAME).map_err(|e| lost(e.to_string()))?;
+                let conn = conn.await.map_err(|e| lost(e.to_string()))?;
+                let (send, recv) = conn.open_bi().await.map_err(|e| lost(e.to_string()))?;
+                Ok::<_, HoldError>((conn, send, recv))
+            };
+            let (conn, send, recv) = match opened.await {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = done.send(Err(e));
+                    return;
+                }
+            };
+            let cfg = crate::demo::client_config(
+                token,
+                "hold",
+                holdfast_codec::Platform::Linux,
+                heartbeat_ms,
+                index as u64,
+            );
+            let Ok(mut session) = Session::new(cfg, tokio::time::Instant::now().into_std()) else {
+                let _ = done.send(Err(lost("invalid client configuration".into())));
+                return;
+            };
+            let result = crate::drive_io(recv, send, &mut session, |_, event| {
+                if let Event::Authenticated(_) = event {
+                    permit.take();
+                    let _ = done.send(Ok(index));
+                }
+                crate::Flow::Continue
+            })
+            .await;
+            conn.close(0u32.into(), b"");
+            let why = match result {
+                Ok(()) => "closed".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            let _ = done.send(Err(lost(why)));
+        });
+    }
+    drop(done_tx);
+    let mut established = 0;
+    while let Some(r) = done_rx.recv().await {
+        r?;
+        established += 1;
+        if established == count {
+            println!("holding {count}");
+        }
+    }
+    Ok(())
+}
