@@ -145,6 +145,8 @@ pub struct QuicMetrics {
     pub handshake_failures: Vec<IntCounter>,
     /// QUIC connections held by the QUIC loop (also counted in `connections`).
     pub connections: IntGauge,
+    /// Client address changes seen on QUIC connections (migrations, NAT rebindings).
+    pub migrations: IntCounter,
 }
 
 impl QuicMetrics {
@@ -173,6 +175,11 @@ impl QuicMetrics {
                 r,
                 "holdfast_gateway_quic_connections",
                 "QUIC connections held (also in holdfast_gateway_connections).",
+            ),
+            migrations: counter(
+                r,
+                "holdfast_gateway_quic_migrations_total",
+                "Client address changes seen on QUIC connections.",
             ),
         }
     }

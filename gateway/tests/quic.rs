@@ -154,6 +154,7 @@ fn a_client_that_rebinds_its_udp_socket_keeps_its_session() {
         assert_eq!(q.session().auth().map(|ok| ok.conn_id), Some(conn_id));
     }
     assert_eq!(gw.metric("holdfast_gateway_quic_accepted_total"), 1.0, "no reconnect");
+    assert_eq!(gw.metric("holdfast_gateway_quic_migrations_total"), 2.0);
     assert_eq!(gw.metric("holdfast_gateway_connections_established"), 1.0);
 }
 

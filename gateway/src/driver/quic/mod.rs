@@ -248,7 +248,7 @@ async fn handshake(
                 send,
                 recv,
                 Arc::clone(arrivals.ready()),
-                m.quic.connections.clone(),
+                (m.quic.connections.clone(), m.quic.migrations.clone()),
             );
             if arrivals.send(Arrival { transport, peer, refusal }).is_err() {
                 // The loop has stopped (shutdown): the stream is dropped and closed.

@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use prometheus::IntGauge;
+use prometheus::{IntCounter, IntGauge};
 use quinn::{ConnectionError, ReadError, RecvStream, SendStream, VarInt};
 
 use crate::driver::Stream;
@@ -32,8 +32,12 @@ pub(crate) struct QuicStream {
     wake: Wake,
     timer_tick: u32,
     device: Option<Arc<str>>,
+    /// The client's address at the last read: a change is a migration.
+    peer: SocketAddr,
     /// `holdfast_gateway_quic_connections`, decremented when the stream is dropped.
     gauge: IntGauge,
+    /// `holdfast_gateway_quic_migrations_total`.
+    migrations: IntCounter,
 }
 
 enum Wake {
@@ -42,16 +46,27 @@ enum Wake {
 }
 
 impl QuicStream {
-    /// A stream about to be handed to the loop that `ready` wakes; counted in `gauge`.
+    /// A stream about to be handed to the loop that `ready` wakes; counted in `gauge`,
+    /// address changes in `migrations`.
     pub(crate) fn new(
         conn: quinn::Connection,
         send: SendStream,
         recv: RecvStream,
         ready: Arc<Ready>,
-        gauge: IntGauge,
+        (gauge, migrations): (IntGauge, IntCounter),
     ) -> QuicStream {
         gauge.inc();
-        QuicStream { conn, send, recv, wake: Wake::Feed(ready), timer_tick: 0, device: None, gauge }
+        QuicStream {
+            peer: conn.remote_address(),
+            migrations,
+            conn,
+            send,
+            recv,
+            wake: Wake::Feed(ready),
+            timer_tick: 0,
+            device: None,
+            gauge,
+        }
     }
 
     fn waker(&self) -> Option<&Waker> {
@@ -105,6 +120,14 @@ impl Transport for QuicStream {
                 Poll::Pending if filled == 0 => return Err(io::ErrorKind::WouldBlock.into()),
                 Poll::Pending => break,
             }
+        }
+        // quinn switches paths when a packet comes from a new address (then validates it):
+        // seen here at the next read, as the session's traffic always is.
+        let peer = self.conn.remote_address();
+        if peer != self.peer {
+            self.peer = peer;
+            self.migrations.inc();
+            tracing::debug!(%peer, "QUIC client migrated");
         }
         Ok(filled)
     }
