@@ -63,7 +63,7 @@ impl Default for QuicConfig {
 }
 
 /// The smallest stream window: the largest legal `HELLO` must fit before the first read.
-const MIN_STREAM_WINDOW: u32 = crate::session::MAX_HELLO_FRAME as u32;
+const MIN_STREAM_WINDOW: u32 = crate::session::MAX_HELLO_FRAME;
 
 impl QuicConfig {
     /// What is wrong with these settings: (field, why) pairs.

@@ -154,7 +154,7 @@ mod tests {
             key_file: Some("/nonexistent/key.pem".into()),
             ..QuicConfig::default()
         };
-        let e = certificate(&cfg).err().expect("error").to_string();
+        let e = certificate(&cfg).expect_err("missing files").to_string();
         assert!(e.contains("/nonexistent/cert.pem"), "{e}");
     }
 }
