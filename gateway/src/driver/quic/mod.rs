@@ -161,9 +161,13 @@ pub(crate) fn spawn(
     let runtime = std::thread::Builder::new()
         .name("holdfast-quic".into())
         .spawn(move || {
-            runtime.block_on(async move {
-                accept_loop(&accept_endpoint, accept_node, arrivals).await;
-                let _ = tokio::time::timeout(STOP_GRACE, accept_endpoint.wait_idle()).await;
+            // quinn's connection tasks run here: a panic outside them is a failed loop.
+            run_or_abort("holdfast-quic", || {
+                runtime.block_on(async move {
+                    accept_loop(&accept_endpoint, accept_node, arrivals).await;
+                    let _ = tokio::time::timeout(STOP_GRACE, accept_endpoint.wait_idle()).await;
+                });
+                Ok(())
             });
         })
         .map_err(io_err("spawn the QUIC thread"))?;
