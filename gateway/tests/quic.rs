@@ -256,3 +256,36 @@ fn a_silent_quic_client_is_closed_at_its_granted_idle_timeout() {
     );
     assert_eq!(gw.wait_metric_below("holdfast_gateway_quic_connections", 0.0, SECS), 0.0);
 }
+
+#[test]
+fn a_client_pinning_another_certificate_fails_its_handshake_and_is_counted() {
+    let dir = CertDir::new("pin");
+    let (gw, addr, sha) = gateway(&dir, &[]);
+    let wrong = "00".repeat(32);
+    let refused = std::panic::catch_unwind(|| QuicWire::connect(addr, &wrong));
+    assert!(refused.is_err(), "a client that does not trust the certificate cannot connect");
+    let failures = r#"holdfast_gateway_quic_handshake_failures_total{reason="handshake"}"#;
+    assert!(gw.wait_metric(failures, 1.0, SECS) >= 1.0);
+    assert_eq!(gw.metric("holdfast_gateway_quic_connections"), 0.0);
+    // The right pin works on the same gateway.
+    let mut q = quic::login(addr, &sha, "pat");
+    let (_, answer) = gw.post("/v1/push/user", json!({"user": "pat", "payload": "ok"}));
+    assert_eq!(answer["delivered"].as_array().map(Vec::len), Some(1), "{answer}");
+    assert_eq!(&q.expect_push().payload[..], b"ok");
+}
+
+#[test]
+fn shutdown_redirects_quic_clients_and_exits() {
+    let dir = CertDir::new("shutdown");
+    let (mut gw, addr, sha) = gateway(&dir, &[]);
+    let mut q = quic::login(addr, &sha, "stu");
+    gw.signal(libc::SIGTERM);
+    let code = q.expect(SECS, "REDIRECT", |e| match e {
+        Event::Redirected { code, .. } => Some(code),
+        _ => None,
+    });
+    assert_eq!(code, Code::SERVER_SHUTDOWN);
+    drop(q);
+    let exit = gw.wait_exit(SECS).expect("the gateway exits");
+    assert!(exit.success(), "{exit:?}");
+}

@@ -96,3 +96,32 @@ impl QuicConfig {
         problems
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn problems(sets: &[&str]) -> String {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        let cfg = Config::load(None, &sets, Vec::new()).expect("loads");
+        cfg.validate().err().map(|e| e.to_string()).unwrap_or_default()
+    }
+
+    #[test]
+    fn quic_settings_are_checked_only_when_enabled() {
+        assert_eq!(problems(&["quic.enabled=true"]), "", "the defaults are valid");
+        let bad = ["quic.cert_file=a.pem", "quic.stream_receive_window=1000"];
+        assert_eq!(problems(&bad), "", "ignored while disabled");
+        let e = problems(&[
+            "quic.enabled=true",
+            "quic.cert_file=a.pem",
+            "quic.stream_receive_window=1000",
+            "quic.send_window=100",
+        ]);
+        assert!(e.contains("quic.cert_file: cert_file and key_file go together"), "{e}");
+        assert!(e.contains("quic.stream_receive_window: 1000 is below 8762"), "{e}");
+        assert!(e.contains("quic.send_window: 100 is below 1,200"), "{e}");
+        let e = problems(&["quic.enabled=true", "quic.receive_window=9000"]);
+        assert!(e.contains("quic.receive_window: 9000 is below"), "{e}");
+    }
+}
