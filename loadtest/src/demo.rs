@@ -94,6 +94,7 @@ pub async fn client(
         None => {
             let stream =
                 TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+            let _ = stream.set_nodelay(true);
             drive(stream, &mut session, on_event).await
         }
     }
@@ -135,6 +136,7 @@ pub async fn demo(addr: SocketAddr, http: SocketAddr, secret: &str) -> Result<()
             .map_err(|e| e.to_string())?;
         let ready = ready_tx.clone();
         let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+        let _ = stream.set_nodelay(true);
         tasks.push(tokio::spawn(async move {
             let cfg = client_config(token, &format!("demo-{i}"), platform(p), 0, i as u64);
             let mut session =

@@ -1,13 +1,11 @@
 //! One client connection on tokio, for the `client` and `demo` subcommands: simple, one task
-//! per connection, over TCP ([`drive`]) or any byte stream ([`drive_io`]: a QUIC stream
-//! from [`crate::quic`]). The load engine ([`crate::engine`]) does the same for thousands of
+//! per connection. The load engine ([`crate::engine`]) does the same for thousands of
 //! clients without a task each.
 
 use std::time::Duration;
 
 use holdfast_codec::client::{Event, Session};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// What the event callback of [`drive`] wants next.
@@ -27,33 +25,23 @@ pub enum DriveError {
     Io(#[from] std::io::Error),
 }
 
-/// Run one connection of `session` over `stream` until the session closes or `on_event`
-/// says stop. Returns when the connection is over; the session then holds the reconnect
-/// advice.
-pub async fn drive(
-    stream: TcpStream,
-    session: &mut Session,
-    on_event: impl FnMut(&mut Session, Event) -> Flow,
-) -> Result<(), DriveError> {
-    let _ = stream.set_nodelay(true);
-    let (rd, wr) = stream.into_split();
-    drive_io(rd, wr, session, on_event).await
-}
-
-/// [`drive`] over a byte stream's two halves (a QUIC stream's receive and send sides); the
-/// write side is shut (QUIC: finished) when the session stops.
-pub async fn drive_io<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
-    mut rd: R,
-    mut wr: W,
+/// Run one connection of `session` over `stream` (a TCP stream, or a QUIC stream's halves
+/// joined by `tokio::io::join`: [`crate::quic::drive`]) until the session closes or
+/// `on_event` says stop. Returns when the connection is over; the session
+/// then holds the reconnect advice.
+pub async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
     session: &mut Session,
     mut on_event: impl FnMut(&mut Session, Event) -> Flow,
 ) -> Result<(), DriveError> {
+    let (mut rd, mut wr) = tokio::io::split(stream);
     session.connect(Instant::now().into_std());
     let mut buf = vec![0u8; 4096];
     loop {
         while let Some(bytes) = session.poll_transmit() {
             wr.write_all(&bytes).await?;
         }
+        wr.flush().await?;
         let mut stop = false;
         while let Some(event) = session.poll_event() {
             let closed = matches!(event, Event::Closed { .. });
@@ -66,6 +54,7 @@ pub async fn drive_io<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             while let Some(bytes) = session.poll_transmit() {
                 wr.write_all(&bytes).await?;
             }
+            wr.flush().await?;
             let _ = wr.shutdown().await;
             return Ok(());
         }

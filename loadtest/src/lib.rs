@@ -55,7 +55,7 @@ pub mod stats;
 pub mod token;
 pub mod worker;
 
-pub use drive::{DriveError, Flow, drive, drive_io};
+pub use drive::{DriveError, Flow, drive};
 
 /// The gateway's built-in development secret (`docs/CONFIG.md`).
 pub const DEV_SECRET: &str = "holdfast-dev-secret";

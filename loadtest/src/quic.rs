@@ -1,6 +1,6 @@
 //! A QUIC client transport for `codec::client::Session` users: connect to a gateway's
 //! `[quic]` listener (ALPN `holdfast/1`), open the one bidirectional stream the protocol's
-//! frames flow on, and drive a session over it with [`crate::drive_io`].
+//! frames flow on, and drive a session over it ([`drive`]).
 //!
 //! The server is trusted by a CA file ([`Trust::Ca`], e.g. the gateway's development
 //! `cert.pem`) or by pinning the SHA-256 of its certificate ([`Trust::Pinned`], the
@@ -201,7 +201,7 @@ pub async fn drive(
     ) -> crate::Flow,
 ) -> Result<(), crate::DriveError> {
     let QuicConn { endpoint, conn, send, recv } = c;
-    let result = crate::drive_io(recv, send, session, on_event).await;
+    let result = crate::drive(tokio::io::join(recv, send), session, on_event).await;
     conn.close(0u32.into(), b"");
     let _ = tokio::time::timeout(CLOSE_GRACE, endpoint.wait_idle()).await;
     result
@@ -286,7 +286,8 @@ pub async fn hold(
                 let _ = done.send(Err(lost("invalid client configuration".into())));
                 return;
             };
-            let result = crate::drive_io(recv, send, &mut session, |_, event| {
+            let stream = tokio::io::join(recv, send);
+            let result = crate::drive(stream, &mut session, |_, event| {
                 if let Event::Authenticated(_) = event {
                     permit.take();
                     let _ = done.send(Ok(index));
