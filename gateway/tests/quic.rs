@@ -142,7 +142,7 @@ fn a_client_that_rebinds_its_udp_socket_keeps_its_session() {
     assert_eq!(&q.expect_push().payload[..], b"before");
 
     for round in 0..2 {
-        let (old, new) = q.wire().rebind();
+        let (old, new) = q.quic().expect("a QUIC client").rebind();
         assert_ne!(old.port(), new.port());
         // The next heartbeat leaves from the new port; the gateway follows the client there.
         let events = q.run_for(Duration::from_millis(1500));
@@ -246,7 +246,7 @@ fn a_silent_quic_client_is_closed_at_its_granted_idle_timeout() {
     assert_eq!(idle, 2000);
     // The client stops sending (no PING); nothing else keeps the session alive.
     let started = Instant::now();
-    let took = q.wire().closed_within(SECS).expect("closed by the gateway");
+    let took = q.quic().expect("a QUIC client").closed_within(SECS).expect("closed by the gateway");
     let since_login = started.elapsed();
     assert!(took >= Duration::from_millis(1800), "not before the idle timeout: {took:?}");
     assert!(since_login < Duration::from_millis(4000), "around the idle timeout: {took:?}");

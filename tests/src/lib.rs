@@ -3,9 +3,8 @@
 //!
 //! - [`GatewayProcess`] runs a `holdfast-gateway` process on loopback ports chosen by the
 //!   kernel, waits for its ready line, and kills it when dropped.
-//! - [`Client`] is a blocking test client: a real `TcpStream` (or, as `Client<QuicWire>`,
-//!   a QUIC stream: [`quic`]) driven by `holdfast_codec::client::Session`, with every wait
-//!   bounded by a timeout.
+//! - [`Client`] is a blocking test client: a real `TcpStream` (or a QUIC stream: [`quic`])
+//!   driven by `holdfast_codec::client::Session`, with every wait bounded by a timeout.
 //! - [`Webhook`] is a local HTTP server standing in for the business backend; it records
 //!   what it receives and answers with a function the test gives.
 //! - [`token`] and [`token_with`] mint tokens with the gateway's development secret.
@@ -671,31 +670,53 @@ pub fn client_config(token: String, platform: Platform, device: &str) -> Config 
     Config { token, platform, device_id: device.to_owned(), ..Config::default() }
 }
 
-/// A byte stream a blocking [`Client`] runs over: a `TcpStream`, or a QUIC stream
-/// ([`quic::QuicWire`]).
-pub trait Wire {
-    /// Write all of `bytes`.
-    fn send_all(&mut self, bytes: &[u8]) -> std::io::Result<()>;
-    /// Read what arrives within `wait`: `Ok(0)` at the end, `WouldBlock`/`TimedOut` if
-    /// nothing came.
-    fn recv(&mut self, buf: &mut [u8], wait: Duration) -> std::io::Result<usize>;
+/// The byte stream under a [`Client`]: a socket, or a QUIC stream ([`quic::QuicWire`]).
+enum Wire {
+    Tcp(TcpStream),
+    Quic(Box<quic::QuicWire>),
 }
 
-impl Wire for TcpStream {
-    fn send_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.write_all(bytes)
-    }
-
-    fn recv(&mut self, buf: &mut [u8], wait: Duration) -> std::io::Result<usize> {
-        self.set_read_timeout(Some(wait))?;
-        self.read(buf)
+impl Wire {
+    /// Make the next read give up after `wait` (`WouldBlock` or `TimedOut`).
+    fn set_read_timeout(&mut self, wait: Duration) -> std::io::Result<()> {
+        match self {
+            Wire::Tcp(s) => s.set_read_timeout(Some(wait)),
+            Wire::Quic(q) => {
+                q.set_read_timeout(wait);
+                Ok(())
+            }
+        }
     }
 }
 
-/// A blocking test client over a real socket (TCP unless `W` says otherwise), driven by the
-/// protocol's client session.
-pub struct Client<W: Wire = TcpStream> {
-    stream: W,
+impl Read for Wire {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Wire::Tcp(s) => s.read(buf),
+            Wire::Quic(q) => q.read(buf),
+        }
+    }
+}
+
+impl Write for Wire {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Wire::Tcp(s) => s.write(buf),
+            Wire::Quic(q) => q.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Wire::Tcp(s) => s.flush(),
+            Wire::Quic(q) => q.flush(),
+        }
+    }
+}
+
+/// A blocking test client over a real socket, driven by the protocol's client session.
+pub struct Client {
+    stream: Wire,
     session: Session,
     buf: Vec<u8>,
     eof: bool,
@@ -710,7 +731,12 @@ impl Client {
     /// Send `HELLO` over an already connected `stream` (see [`connect_from`]).
     pub fn over(stream: TcpStream, config: Config) -> Client {
         stream.set_nodelay(true).expect("nodelay");
-        Client::on(stream, config)
+        Client::start(Wire::Tcp(stream), config)
+    }
+
+    /// Send `HELLO` over a QUIC stream (see [`quic::login`]).
+    pub fn over_quic(wire: quic::QuicWire, config: Config) -> Client {
+        Client::start(Wire::Quic(Box::new(wire)), config)
     }
 
     /// Connect as `user` (platform Linux, device "dev") and expect `AUTH_OK`.
@@ -724,11 +750,8 @@ impl Client {
         c.expect_auth();
         c
     }
-}
 
-impl<W: Wire> Client<W> {
-    /// Send `HELLO` over `stream`.
-    pub fn on(stream: W, config: Config) -> Client<W> {
+    fn start(stream: Wire, config: Config) -> Client {
         let mut session = Session::new(config, Instant::now()).expect("valid client config");
         session.connect(Instant::now());
         let mut c = Client { stream, session, buf: vec![0; 64 * 1024], eof: false };
@@ -736,9 +759,12 @@ impl<W: Wire> Client<W> {
         c
     }
 
-    /// The stream (for a QUIC client: its connection, to migrate it).
-    pub fn wire(&mut self) -> &mut W {
-        &mut self.stream
+    /// The QUIC connection under a QUIC client (to migrate it, or watch it close).
+    pub fn quic(&mut self) -> Option<&mut quic::QuicWire> {
+        match &mut self.stream {
+            Wire::Quic(q) => Some(q),
+            Wire::Tcp(_) => None,
+        }
     }
 
     /// The session (for its state, `AUTH_OK`, reconnect advice).
@@ -748,7 +774,7 @@ impl<W: Wire> Client<W> {
 
     fn flush(&mut self) {
         while let Some(bytes) = self.session.poll_transmit() {
-            if self.stream.send_all(&bytes).is_err() {
+            if self.stream.write_all(&bytes).and_then(|()| self.stream.flush()).is_err() {
                 self.session.transport_closed(Instant::now());
             }
         }
@@ -773,7 +799,8 @@ impl<W: Wire> Client<W> {
                 continue;
             }
             let wait = (wake - now).max(Duration::from_millis(1));
-            match self.stream.recv(&mut self.buf, wait) {
+            self.stream.set_read_timeout(wait).expect("read timeout");
+            match self.stream.read(&mut self.buf) {
                 Ok(0) => {
                     self.eof = true;
                     self.session.transport_closed(Instant::now());

@@ -1,19 +1,22 @@
 //! QUIC for the blocking test [`Client`](crate::Client): [`QuicWire`], a real quinn
 //! connection to a gateway's `[quic]` listener (the certificate pinned by the fingerprint
-//! the gateway printed), driven from the test's thread on a runtime of its own.
+//! the gateway printed), driven from the test's thread on a runtime of its own, read and
+//! written as a blocking `Read + Write` stream.
 
+use std::io::{Read, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use holdfast_codec::Platform;
 use holdfast_loadtest::quic::{QuicConn, Trust, connect, local_for};
 
-use crate::{Client, Wire, client_config, token};
+use crate::{Client, client_config, token};
 
 /// A QUIC connection with the protocol's stream open; closed when dropped.
 pub struct QuicWire {
     runtime: tokio::runtime::Runtime,
     conn: QuicConn,
+    read_timeout: Duration,
 }
 
 impl QuicWire {
@@ -28,7 +31,7 @@ impl QuicWire {
             })
             .expect("QUIC connect within 10 s")
             .expect("QUIC connect");
-        QuicWire { runtime, conn }
+        QuicWire { runtime, conn, read_timeout: Duration::from_secs(10) }
     }
 
     /// Move to a new local UDP socket (a new port: the client "changed networks"); the old
@@ -58,20 +61,33 @@ impl QuicWire {
     }
 }
 
-impl Wire for QuicWire {
-    fn send_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        let send = &mut self.conn.send;
-        self.runtime.block_on(send.write_all(bytes)).map_err(std::io::Error::other)
+impl QuicWire {
+    /// How long the next read waits before `TimedOut`.
+    pub fn set_read_timeout(&mut self, wait: Duration) {
+        self.read_timeout = wait;
     }
+}
 
-    fn recv(&mut self, buf: &mut [u8], wait: Duration) -> std::io::Result<usize> {
-        let recv = &mut self.conn.recv;
+impl Read for QuicWire {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let (recv, wait) = (&mut self.conn.recv, self.read_timeout);
         match self.runtime.block_on(async { tokio::time::timeout(wait, recv.read(buf)).await }) {
             Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
             Ok(Ok(Some(n))) => Ok(n),
             Ok(Ok(None)) => Ok(0),
             Ok(Err(e)) => Err(std::io::Error::other(e)),
         }
+    }
+}
+
+impl Write for QuicWire {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let send = &mut self.conn.send;
+        self.runtime.block_on(send.write(buf)).map_err(std::io::Error::other)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -86,9 +102,9 @@ impl Drop for QuicWire {
 }
 
 /// Connect over QUIC as `user` (platform Linux, device "dev") and expect `AUTH_OK`.
-pub fn login(addr: SocketAddr, sha256: &str, user: &str) -> Client<QuicWire> {
+pub fn login(addr: SocketAddr, sha256: &str, user: &str) -> Client {
     let wire = QuicWire::connect(addr, sha256);
-    let mut c = Client::on(wire, client_config(token(user), Platform::Linux, "dev"));
+    let mut c = Client::over_quic(wire, client_config(token(user), Platform::Linux, "dev"));
     c.expect_auth();
     c
 }
