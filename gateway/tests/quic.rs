@@ -34,11 +34,21 @@ impl Drop for CertDir {
     }
 }
 
+/// One-second heartbeats with an idle timeout of `idle_factor` of them, on a fine wheel.
+fn heartbeats(idle_factor: u32) -> Vec<String> {
+    let mut sets: Vec<String> =
+        ["heartbeat.min_ms=1000", "heartbeat.default_ms=1000", "heartbeat.wheel_tick_ms=20"]
+            .map(str::to_owned)
+            .to_vec();
+    sets.push(format!("heartbeat.idle_factor={idle_factor}"));
+    sets
+}
+
 /// A gateway with QUIC on a free loopback port, and its certificate fingerprint.
-fn gateway(dir: &CertDir, sets: &[&str]) -> (GatewayProcess, SocketAddr, String) {
+fn gateway<S: AsRef<str>>(dir: &CertDir, sets: &[S]) -> (GatewayProcess, SocketAddr, String) {
     let cert = format!("quic.dev_cert_dir={}", dir.0.display());
     let mut all = vec!["quic.enabled=true", "quic.addr=127.0.0.1:0", cert.as_str()];
-    all.extend_from_slice(sets);
+    all.extend(sets.iter().map(AsRef::as_ref));
     let gw = GatewayProcess::spawn(BIN, &all);
     let addr = gw.quic.expect("ready line has quic=");
     let sha = gw.quic_sha256.clone().expect("the certificate line has sha256=");
@@ -54,15 +64,7 @@ fn worker_of(conn_id: u64) -> u64 {
 fn a_quic_client_gets_pushes_acks_heartbeats_and_is_kicked() {
     let dir = CertDir::new("basic");
     // Idle factor 10: the TCP client, not driven while the QUIC one is, stays.
-    let (gw, addr, sha) = gateway(
-        &dir,
-        &[
-            "heartbeat.min_ms=1000",
-            "heartbeat.default_ms=1000",
-            "heartbeat.idle_factor=10",
-            "heartbeat.wheel_tick_ms=20",
-        ],
-    );
+    let (gw, addr, sha) = gateway(&dir, &heartbeats(10));
     let mut q = quic::login(addr, &sha, "quinn");
     let ok = q.session().auth().cloned().expect("authenticated");
     assert_eq!(worker_of(ok.conn_id), QUIC_WORKER, "the QUIC loop's connection id");
@@ -131,10 +133,7 @@ fn a_drain_redirects_quic_clients_make_before_break() {
 #[test]
 fn a_client_that_rebinds_its_udp_socket_keeps_its_session() {
     let dir = CertDir::new("migrate");
-    let (gw, addr, sha) = gateway(
-        &dir,
-        &["heartbeat.min_ms=1000", "heartbeat.default_ms=1000", "heartbeat.wheel_tick_ms=20"],
-    );
+    let (gw, addr, sha) = gateway(&dir, &heartbeats(3));
     let mut q = quic::login(addr, &sha, "mia");
     let conn_id = q.session().auth().map(|ok| ok.conn_id).expect("authenticated");
     let (_, answer) = gw.post("/v1/push/user", json!({"user": "mia", "payload": "before"}));
@@ -187,7 +186,7 @@ fn random_bytes(rng: &mut u64, n: usize) -> Vec<u8> {
 #[test]
 fn garbage_datagrams_leave_the_gateway_up_and_clients_served() {
     let dir = CertDir::new("garbage");
-    let (mut gw, addr, sha) = gateway(&dir, &[]);
+    let (mut gw, addr, sha) = gateway::<&str>(&dir, &[]);
     let mut before = quic::login(addr, &sha, "early");
     let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
@@ -232,15 +231,7 @@ fn garbage_datagrams_leave_the_gateway_up_and_clients_served() {
 #[test]
 fn a_silent_quic_client_is_closed_at_its_granted_idle_timeout() {
     let dir = CertDir::new("idle");
-    let (gw, addr, sha) = gateway(
-        &dir,
-        &[
-            "heartbeat.min_ms=1000",
-            "heartbeat.default_ms=1000",
-            "heartbeat.idle_factor=2",
-            "heartbeat.wheel_tick_ms=20",
-        ],
-    );
+    let (gw, addr, sha) = gateway(&dir, &heartbeats(2));
     let mut q = quic::login(addr, &sha, "sam");
     let idle = q.session().auth().map(|ok| ok.idle_timeout_ms).expect("authenticated");
     assert_eq!(idle, 2000);
@@ -260,7 +251,7 @@ fn a_silent_quic_client_is_closed_at_its_granted_idle_timeout() {
 #[test]
 fn a_client_pinning_another_certificate_fails_its_handshake_and_is_counted() {
     let dir = CertDir::new("pin");
-    let (gw, addr, sha) = gateway(&dir, &[]);
+    let (gw, addr, sha) = gateway::<&str>(&dir, &[]);
     let wrong = "00".repeat(32);
     let refused = std::panic::catch_unwind(|| QuicWire::connect(addr, &wrong));
     assert!(refused.is_err(), "a client that does not trust the certificate cannot connect");
@@ -277,7 +268,7 @@ fn a_client_pinning_another_certificate_fails_its_handshake_and_is_counted() {
 #[test]
 fn shutdown_redirects_quic_clients_and_exits() {
     let dir = CertDir::new("shutdown");
-    let (mut gw, addr, sha) = gateway(&dir, &[]);
+    let (mut gw, addr, sha) = gateway::<&str>(&dir, &[]);
     let mut q = quic::login(addr, &sha, "stu");
     gw.signal(libc::SIGTERM);
     let code = q.expect(SECS, "REDIRECT", |e| match e {
