@@ -14,6 +14,9 @@
 //!    (readable) and feed the bytes to its session, which handles at most
 //!    `limits.frames_per_turn` frames; a connection with more to do (a full read, or frames
 //!    left over) is resumed next turn, after every other ready connection had its turn.
+//!    On the QUIC loop (`driver/quic/`), whose transports wake it through its feed
+//!    (`driver/feed.rs`) instead of `poll`, the same for each woken connection, after
+//!    adopting the ones that arrived.
 //! 3. Connections resumed from the last turn.
 //! 4. Commands, at most [`COMMAND_BUDGET`] at a time (also after every [`SLICE`] connections
 //!    of a busy turn, so pushes are not kept waiting behind pipelining clients); broadcasts,
