@@ -144,7 +144,7 @@ fn a_client_that_rebinds_its_udp_socket_keeps_its_session() {
         let (old, new) = q.quic().expect("a QUIC client").rebind();
         assert_ne!(old.port(), new.port());
         // The next heartbeat leaves from the new port; the gateway follows the client there.
-        let events = q.run_for(Duration::from_millis(1500));
+        let events = q.run_for(Duration::from_millis(2500));
         assert!(events.iter().any(|e| matches!(e, Event::Pong { .. })), "{round}: {events:?}");
         let payload = format!("after move {round}");
         let (_, answer) = gw.post("/v1/push/user", json!({"user": "mia", "payload": payload}));
