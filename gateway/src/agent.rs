@@ -78,15 +78,8 @@ fn proc_rss_bytes() -> Option<f64> {
 impl GatewayHooks for Hooks {
     fn alternatives(&self, endpoints: Vec<Endpoint>) {
         let Some(node) = self.node.upgrade() else { return };
-        // Clients of this listener speak TCP: only TCP endpoints are of use to them.
-        let tcp: Vec<String> = endpoints
-            .into_iter()
-            .filter(|e| e.transport == Transport::Tcp)
-            .map(|e| e.addr)
-            .take(16)
-            .collect();
         if let Ok(mut a) = node.alternatives.lock() {
-            *a = tcp;
+            *a = endpoints;
         }
     }
 
@@ -133,19 +126,26 @@ impl GatewayHooks for Hooks {
         if workers.is_empty() || order.connections == 0 {
             return;
         }
-        // This client came over TCP: only TCP targets are of use to it.
-        let addresses: Vec<String> = order
-            .target
-            .iter()
-            .filter(|e| e.transport == Transport::Tcp)
-            .map(|e| e.addr.clone())
-            .take(16)
-            .collect();
-        // Make-before-break, as for a drain (`drain.overlap_ms`).
-        let jitter_ms = u32::try_from(order.jitter_ms).unwrap_or(u32::MAX);
-        let (redirect, hold_ms) = node.cfg.drain.redirect(Code::REBALANCE, jitter_ms, addresses);
+        // A loop's clients came over its transport (TCP, or QUIC for the QUIC loop after the
+        // TCP ones): only targets of that transport are of use to them.
+        let redirect_for = |transport: Transport| {
+            let addresses: Vec<String> = order
+                .target
+                .iter()
+                .filter(|e| e.transport == transport)
+                .map(|e| e.addr.clone())
+                .take(16)
+                .collect();
+            // Make-before-break, as for a drain (`drain.overlap_ms`).
+            let jitter_ms = u32::try_from(order.jitter_ms).unwrap_or(u32::MAX);
+            node.cfg.drain.redirect(Code::REBALANCE, jitter_ms, addresses)
+        };
+        let tcp = redirect_for(Transport::Tcp);
+        let quic = redirect_for(Transport::Quic);
         let n = workers.len() as u64;
         for (i, w) in workers.iter().enumerate() {
+            let (redirect, hold_ms) = if i < node.worker_count { &tcp } else { &quic };
+            let hold_ms = *hold_ms;
             let share = order.connections / n + u64::from((i as u64) < order.connections % n);
             if share == 0 {
                 continue;

@@ -14,7 +14,8 @@
 //! - [`driver`]: the I/O — the acceptor, N mio event loops that each own their connections
 //!   for life and pump one session per connection over a [`driver::Transport`] (the seam a
 //!   TLS stream implements next), the compact connection record, the timing wheel, the
-//!   loops' command queues.
+//!   loops' command queues; [`driver::quic`]: a quinn endpoint on its own thread feeding one
+//!   more loop of the same code over QUIC streams (`[quic]`, off by default).
 //! - [`node`] (crate-private): the node's shared state — configuration, metrics, registry,
 //!   verifier, webhooks, presence, worker handles — so the API, the loops and the assembly
 //!   never import one another.

@@ -88,6 +88,17 @@ fn main() -> ExitCode {
     if let Some(health) = running.health_addr {
         ready.push_str(&format!(" health={health}"));
     }
+    if let Some((quic, cert)) = &running.quic {
+        ready.push_str(&format!(" quic={quic}"));
+        let what = match (cert.dev, cert.generated) {
+            (true, true) => "generated a self-signed development certificate",
+            (true, false) => "self-signed development certificate",
+            (false, _) => "certificate",
+        };
+        // Clients pin the fingerprint (`holdfast-loadtest client --quic
+        // --insecure-dev-cert SHA256`) or trust the file (`--ca FILE`).
+        println!("holdfast-gateway quic: {what} {} sha256={}", cert.path.display(), cert.sha256);
+    }
     println!("{ready}");
     tracing::info!(tcp = %running.tcp_addr, http = %running.http_addr, "gateway started");
     let reload = |running: &holdfast_gateway::Running| {

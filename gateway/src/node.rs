@@ -36,7 +36,7 @@ pub(crate) struct Node {
     pub(crate) presence: Arc<dyn Presence>,
     /// The event loops' queues, set once they run.
     pub(crate) workers: Arc<OnceLock<Vec<WorkerHandle<Stream>>>>,
-    /// How many event loops run.
+    /// How many TCP event loops run (the QUIC loop, if any, comes after them).
     pub(crate) worker_count: usize,
     /// Open sockets (accepted, not yet dropped), for `listen.max_connections`.
     pub(crate) open: AtomicUsize,
@@ -68,9 +68,9 @@ pub(crate) struct Node {
     pub(crate) sources: Option<SourceLimiter>,
     /// The flapping detector (`admission.flap_max_logins`), if on.
     pub(crate) flapping: Option<crate::flapping::Flapping>,
-    /// Client addresses of less loaded gateways, best first, from the scheduler's latest
+    /// Client endpoints of less loaded gateways, best first, from the scheduler's latest
     /// answer: named in `REDIRECT` `SERVER_FULL`.
-    pub(crate) alternatives: std::sync::Mutex<Vec<String>>,
+    pub(crate) alternatives: std::sync::Mutex<Vec<holdfast_scheduler::model::Endpoint>>,
     /// The origin of [`Node::mono_ns`].
     pub(crate) origin: Instant,
 }
@@ -81,9 +81,15 @@ impl Node {
         self.workers.get()?.get(usize::from(index))
     }
 
-    /// Every worker handle.
+    /// Every worker handle: the TCP loops, then the QUIC loop if `[quic]` is enabled.
     pub(crate) fn all_workers(&self) -> &[WorkerHandle<Stream>] {
         self.workers.get().map_or(&[], |w| w.as_slice())
+    }
+
+    /// The handles of the loops the TCP acceptor feeds (the first `worker_count`).
+    pub(crate) fn tcp_workers(&self) -> &[WorkerHandle<Stream>] {
+        let all = self.all_workers();
+        &all[..self.worker_count.min(all.len())]
     }
 
     /// A fresh message id for a push that came without one: node id in the top 16 bits.
@@ -115,9 +121,26 @@ impl Node {
         self.metrics.handshakes_in_flight.dec();
     }
 
-    /// The addresses a client this node has no room for is sent to (may be empty).
-    pub(crate) fn alternatives(&self) -> Vec<String> {
-        self.alternatives.lock().map(|a| a.clone()).unwrap_or_default()
+    /// The addresses a client of `transport` this node has no room for is sent to (may be
+    /// empty: "ask the scheduler").
+    pub(crate) fn alternatives(
+        &self,
+        transport: holdfast_scheduler::model::Transport,
+    ) -> Vec<String> {
+        let all = self.alternatives.lock().map(|a| a.clone()).unwrap_or_default();
+        all.into_iter().filter(|e| e.transport == transport).map(|e| e.addr).take(16).collect()
+    }
+
+    /// A new connection was admitted: it counts as open and as a pending handshake.
+    pub(crate) fn admitted(&self) {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        self.handshake_started();
+    }
+
+    /// An admitted connection went away before an event loop took it.
+    pub(crate) fn admission_dropped(&self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.handshake_ended();
     }
 
     /// Whether connections keep their device id (only the webhooks read it).

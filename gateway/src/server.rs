@@ -57,6 +57,9 @@ pub enum StartError {
     /// Shared presence or the internal listener could not start.
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    /// The QUIC listener could not start.
+    #[error(transparent)]
+    Quic(#[from] crate::driver::quic::QuicError),
     /// The scheduler agent could not start.
     #[error("scheduler agent: {0}")]
     Agent(#[from] holdfast_scheduler::agent::AgentError),
@@ -85,6 +88,9 @@ pub struct Running {
     pub cluster_addr: Option<SocketAddr>,
     /// The TCP health check port's address, when `health.tcp_addr` is set.
     pub health_addr: Option<SocketAddr>,
+    /// The QUIC listener's address and certificate, when `[quic]` is enabled.
+    pub quic: Option<(SocketAddr, crate::driver::quic::CertInfo)>,
+    quic_listener: Option<crate::driver::quic::QuicListener>,
     node: Arc<Node>,
     runtime: tokio::runtime::Runtime,
     acceptor_waker: Arc<Waker>,
@@ -245,6 +251,15 @@ fn start_with(cfg: Config, presence: Option<Arc<dyn Presence>>) -> Result<Runnin
             .map_err(io_err("spawn a worker thread"))?;
         threads.push(thread);
     }
+    let quic_listener = match node.cfg.quic.enabled {
+        true => {
+            // One more loop, after the TCP ones: its index is in its connections' ids.
+            let (handle, listener) = crate::driver::quic::spawn(&node, worker_count as u8)?;
+            handles.push(handle);
+            Some(listener)
+        }
+        false => None,
+    };
     let _ = workers.set(handles);
     let poll = Poll::new().map_err(io_err("create the acceptor poll"))?;
     let acceptor_waker =
@@ -312,6 +327,8 @@ fn start_with(cfg: Config, presence: Option<Arc<dyn Presence>>) -> Result<Runnin
         http_addr,
         cluster_addr,
         health_addr,
+        quic: quic_listener.as_ref().map(|q| (q.addr, q.cert.clone())),
+        quic_listener,
         node,
         runtime,
         acceptor_waker,
@@ -426,6 +443,9 @@ impl Running {
         }
         for t in self.workers.drain(..) {
             let _ = t.join();
+        }
+        if let Some(quic) = self.quic_listener.take() {
+            quic.stop();
         }
         if let Some(stop) = self.http_stop.take() {
             let _ = stop.send(());

@@ -26,7 +26,8 @@
 //!   view; [`report`]: the JSON result and the HTML report with inline SVG charts;
 //!   [`procfs`]: CPU and memory of processes.
 //! - [`token`] mints development JWTs; [`demo`] and [`drive`] run a few clients on tokio for the
-//!   `client` and `demo` subcommands.
+//!   `client` and `demo` subcommands, over TCP or QUIC ([`quic`]: connect, trust by CA file
+//!   or pinned fingerprint).
 //!
 //! # How a run flows
 //!
@@ -47,6 +48,7 @@ pub mod net;
 pub mod plan;
 pub mod procfs;
 pub mod progress;
+pub mod quic;
 pub mod report;
 pub mod scenario;
 pub mod stats;

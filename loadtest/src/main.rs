@@ -10,8 +10,32 @@ use clap::{Args as ClapArgs, Parser, Subcommand};
 use holdfast_loadtest::cluster::{Cluster, ClusterSpec, default_bin_dir, tune_kernel};
 use holdfast_loadtest::plan::{GatewayAddr, Target};
 use holdfast_loadtest::progress::Progress;
+use holdfast_loadtest::quic::Trust;
 use holdfast_loadtest::scenario::{RunSpec, Scenario};
 use holdfast_loadtest::{DEV_SECRET, demo, scenario, token};
+
+/// How a QUIC client trusts the gateway's certificate.
+#[derive(ClapArgs, Debug)]
+struct TrustArgs {
+    /// PEM file of the CA (or the self-signed certificate) to trust over QUIC.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Over QUIC, trust exactly the certificate with this SHA-256 (hex, as the gateway
+    /// prints it). For development certificates only.
+    #[arg(long, conflicts_with = "ca")]
+    insecure_dev_cert: Option<String>,
+}
+
+impl TrustArgs {
+    /// The trust these flags give; an error if neither is given.
+    fn trust(self) -> Result<Trust, String> {
+        match (self.ca, self.insecure_dev_cert) {
+            (Some(ca), _) => Ok(Trust::Ca(ca)),
+            (None, Some(sha)) => Ok(Trust::Pinned(sha)),
+            (None, None) => Err("QUIC needs --ca FILE or --insecure-dev-cert SHA256".into()),
+        }
+    }
+}
 
 /// Holdfast load generator, demo client and cluster launcher.
 #[derive(Parser, Debug)]
@@ -67,6 +91,30 @@ enum Cmd {
         /// Exit after this many seconds.
         #[arg(long)]
         timeout_secs: Option<u64>,
+        /// Connect over QUIC (`--addr` is then the gateway's `[quic]` UDP address); trust
+        /// its certificate with `--ca` or `--insecure-dev-cert`.
+        #[arg(long)]
+        quic: bool,
+        #[command(flatten)]
+        trust: TrustArgs,
+    },
+    /// Hold N idle QUIC connections (users `quic-0`, `quic-1`, ...) until Ctrl-C or SIGTERM;
+    /// prints `holding N` once all are authenticated (for memory measurements).
+    QuicHold {
+        /// The gateway's `[quic]` address.
+        #[arg(long, default_value = "127.0.0.1:7101")]
+        addr: SocketAddr,
+        /// Connections to hold.
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// Heartbeat interval to ask for, in ms (clamped by the gateway).
+        #[arg(long, default_value_t = 600_000)]
+        heartbeat_ms: u64,
+        /// The secret to mint tokens with.
+        #[arg(long, env = "HOLDFAST_JWT_SECRET", default_value = DEV_SECRET)]
+        secret: String,
+        #[command(flatten)]
+        trust: TrustArgs,
     },
     /// Three clients receive pushes you can watch, then (by default) 10,000 clients for
     /// about half a minute: hold, unicast pushes, broadcasts; a summary table and a report.
@@ -347,18 +395,47 @@ async fn run(cmd: Cmd) -> Result<(), String> {
             println!("{t}");
             Ok(())
         }
-        Cmd::Client { addr, user, token, secret, platform, device, count, timeout_secs } => {
+        Cmd::Client {
+            addr,
+            user,
+            token,
+            secret,
+            platform,
+            device,
+            count,
+            timeout_secs,
+            quic,
+            trust,
+        } => {
+            let trust = if quic { Some(trust.trust()?) } else { None };
             let token = match token {
                 Some(t) => t,
                 None => token::mint(&secret, &user, Duration::from_secs(86_400), None, None)
                     .map_err(|e| e.to_string())?,
             };
-            let work = demo::client(addr, &user, token, demo::platform(&platform), &device, count);
+            let work = demo::client(
+                addr,
+                trust.as_ref(),
+                &user,
+                token,
+                demo::platform(&platform),
+                &device,
+                count,
+            );
             match timeout_secs {
                 Some(s) => tokio::time::timeout(Duration::from_secs(s), work)
                     .await
                     .map_err(|_| format!("timed out after {s} s"))?,
                 None => work.await,
+            }
+        }
+        Cmd::QuicHold { addr, count, heartbeat_ms, secret, trust } => {
+            let trust = trust.trust()?;
+            let hold = holdfast_loadtest::quic::hold(addr, &trust, count, &secret, heartbeat_ms);
+            let mut stop = stop_signal();
+            tokio::select! {
+                r = hold => r.map_err(|e| e.to_string()),
+                _ = stop.changed() => Ok(()),
             }
         }
         Cmd::Demo { addr, http, secret, clients, secs, out } => {

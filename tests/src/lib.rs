@@ -3,8 +3,8 @@
 //!
 //! - [`GatewayProcess`] runs a `holdfast-gateway` process on loopback ports chosen by the
 //!   kernel, waits for its ready line, and kills it when dropped.
-//! - [`Client`] is a blocking test client: a real `TcpStream` driven by
-//!   `holdfast_codec::client::Session`, with every wait bounded by a timeout.
+//! - [`Client`] is a blocking test client: a real `TcpStream` (or a QUIC stream: [`quic`])
+//!   driven by `holdfast_codec::client::Session`, with every wait bounded by a timeout.
 //! - [`Webhook`] is a local HTTP server standing in for the business backend; it records
 //!   what it receives and answers with a function the test gives.
 //! - [`token`] and [`token_with`] mint tokens with the gateway's development secret.
@@ -32,6 +32,8 @@ use holdfast_codec::Platform;
 use holdfast_codec::client::{Config, Event, Session};
 
 pub use holdfast_loadtest::DEV_SECRET;
+
+pub mod quic;
 
 /// Mint a development token for `user`, valid for an hour.
 pub fn token(user: &str) -> String {
@@ -93,6 +95,10 @@ pub struct GatewayProcess {
     pub cluster: Option<SocketAddr>,
     /// The TCP health check port (with `health.tcp_addr` set).
     pub health: Option<SocketAddr>,
+    /// The QUIC listener (with `quic.enabled`).
+    pub quic: Option<SocketAddr>,
+    /// The SHA-256 of the QUIC listener's certificate, as printed at start-up.
+    pub quic_sha256: Option<String>,
     http_client: reqwest::blocking::Client,
 }
 
@@ -132,21 +138,31 @@ impl GatewayProcess {
                 let Ok(line) = line else { break };
                 if let Some(rest) = line.strip_prefix("holdfast-gateway ready: ") {
                     let _ = tx.send(rest.to_owned());
+                } else if line.starts_with("holdfast-gateway quic: ") {
+                    // Printed before the ready line: it joins it.
+                    let _ = tx.send(line);
                 }
             }
         });
-        let ready = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(r) => r,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("gateway did not print its ready line within 30 s");
+        let mut quic_sha256 = None;
+        let ready = loop {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) if line.starts_with("holdfast-gateway quic: ") => {
+                    quic_sha256 = line.split("sha256=").nth(1).map(str::to_owned);
+                }
+                Ok(r) => break r,
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("gateway did not print its ready line within 30 s");
+                }
             }
         };
         let mut tcp = None;
         let mut http = None;
         let mut cluster = None;
         let mut health = None;
+        let mut quic = None;
         for part in ready.split_whitespace() {
             if let Some(a) = part.strip_prefix("tcp=") {
                 tcp = a.parse().ok();
@@ -156,12 +172,16 @@ impl GatewayProcess {
                 cluster = a.parse().ok();
             } else if let Some(a) = part.strip_prefix("health=") {
                 health = a.parse().ok();
+            } else if let Some(a) = part.strip_prefix("quic=") {
+                quic = a.parse().ok();
             }
         }
         GatewayProcess {
             child,
             cluster,
             health,
+            quic,
+            quic_sha256,
             tcp: tcp.expect("ready line has tcp="),
             http: http.expect("ready line has http="),
             http_client: reqwest::blocking::Client::builder()
@@ -687,9 +707,53 @@ pub fn client_config(token: String, platform: Platform, device: &str) -> Config 
     Config { token, platform, device_id: device.to_owned(), ..Config::default() }
 }
 
+/// The byte stream under a [`Client`]: a socket, or a QUIC stream ([`quic::QuicWire`]).
+enum Wire {
+    Tcp(TcpStream),
+    Quic(Box<quic::QuicWire>),
+}
+
+impl Wire {
+    /// Make the next read give up after `wait` (`WouldBlock` or `TimedOut`).
+    fn set_read_timeout(&mut self, wait: Duration) -> std::io::Result<()> {
+        match self {
+            Wire::Tcp(s) => s.set_read_timeout(Some(wait)),
+            Wire::Quic(q) => {
+                q.set_read_timeout(wait);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Read for Wire {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Wire::Tcp(s) => s.read(buf),
+            Wire::Quic(q) => q.read(buf),
+        }
+    }
+}
+
+impl Write for Wire {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Wire::Tcp(s) => s.write(buf),
+            Wire::Quic(q) => q.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Wire::Tcp(s) => s.flush(),
+            Wire::Quic(q) => q.flush(),
+        }
+    }
+}
+
 /// A blocking test client over a real socket, driven by the protocol's client session.
 pub struct Client {
-    stream: TcpStream,
+    stream: Wire,
     session: Session,
     buf: Vec<u8>,
     eof: bool,
@@ -704,11 +768,12 @@ impl Client {
     /// Send `HELLO` over an already connected `stream` (see [`connect_from`]).
     pub fn over(stream: TcpStream, config: Config) -> Client {
         stream.set_nodelay(true).expect("nodelay");
-        let mut session = Session::new(config, Instant::now()).expect("valid client config");
-        session.connect(Instant::now());
-        let mut c = Client { stream, session, buf: vec![0; 64 * 1024], eof: false };
-        c.flush();
-        c
+        Client::start(Wire::Tcp(stream), config)
+    }
+
+    /// Send `HELLO` over a QUIC stream (see [`quic::login`]).
+    pub fn over_quic(wire: quic::QuicWire, config: Config) -> Client {
+        Client::start(Wire::Quic(Box::new(wire)), config)
     }
 
     /// Connect as `user` (platform Linux, device "dev") and expect `AUTH_OK`.
@@ -723,6 +788,22 @@ impl Client {
         c
     }
 
+    fn start(stream: Wire, config: Config) -> Client {
+        let mut session = Session::new(config, Instant::now()).expect("valid client config");
+        session.connect(Instant::now());
+        let mut c = Client { stream, session, buf: vec![0; 64 * 1024], eof: false };
+        c.flush();
+        c
+    }
+
+    /// The QUIC connection under a QUIC client (to migrate it, or watch it close).
+    pub fn quic(&mut self) -> Option<&mut quic::QuicWire> {
+        match &mut self.stream {
+            Wire::Quic(q) => Some(q),
+            Wire::Tcp(_) => None,
+        }
+    }
+
     /// The session (for its state, `AUTH_OK`, reconnect advice).
     pub fn session(&mut self) -> &mut Session {
         &mut self.session
@@ -730,7 +811,7 @@ impl Client {
 
     fn flush(&mut self) {
         while let Some(bytes) = self.session.poll_transmit() {
-            if self.stream.write_all(&bytes).is_err() {
+            if self.stream.write_all(&bytes).and_then(|()| self.stream.flush()).is_err() {
                 self.session.transport_closed(Instant::now());
             }
         }
@@ -755,7 +836,7 @@ impl Client {
                 continue;
             }
             let wait = (wake - now).max(Duration::from_millis(1));
-            self.stream.set_read_timeout(Some(wait)).expect("read timeout");
+            self.stream.set_read_timeout(wait).expect("read timeout");
             match self.stream.read(&mut self.buf) {
                 Ok(0) => {
                     self.eof = true;

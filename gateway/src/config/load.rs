@@ -18,6 +18,8 @@ pub(super) const OPTIONAL_FIELDS: &[(&str, &str)] = &[
     ("cluster", "secret"),
     ("scheduler", "secret"),
     ("health", "tcp_addr"),
+    ("quic", "cert_file"),
+    ("quic", "key_file"),
 ];
 
 impl Config {

@@ -46,11 +46,13 @@ pub const MIN_SECRET_BYTES: usize = 16;
 pub const MAX_LEEWAY_SECS: u64 = 3600;
 
 mod load;
+mod quic;
 mod sections;
 #[cfg(test)]
 mod tests;
 mod validate;
 
+pub use quic::QuicConfig;
 pub use sections::*;
 
 /// The whole gateway configuration, one field per TOML section.
@@ -93,6 +95,8 @@ pub struct Config {
     pub drain: DrainConfig,
     /// `[admission]`: accept rate, handshakes in flight, per-address limits.
     pub admission: AdmissionConfig,
+    /// `[quic]`: the QUIC listener (off by default).
+    pub quic: QuicConfig,
 }
 
 /// Why the configuration could not be loaded or is unusable.

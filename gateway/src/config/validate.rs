@@ -57,6 +57,12 @@ impl Config {
             );
         }
 
+        if self.quic.enabled {
+            for (field, why) in self.quic.problems() {
+                check(false, field, why);
+            }
+        }
+
         let adm = &self.admission;
         check(adm.max_handshakes > 0, "admission.max_handshakes", "must be > 0".to_owned());
         check(

@@ -6,20 +6,18 @@
 //! for them.
 
 use std::io;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Protocol, SockAddr, Socket, TcpKeepalive, Type};
 
-use super::commands::{Admit, Internal};
-use holdfast_scheduler::ratelimit::Gcra;
+use super::commands::Internal;
 
 use super::Stream;
+use super::admit::Admission;
 use super::proxy::{ProxyRefusal, Trusted};
 use crate::config::Config;
-use crate::metrics::Refusal;
 use crate::node::Node;
 
 /// The listener's token.
@@ -61,14 +59,9 @@ pub(crate) fn accept_loop(
 ) -> io::Result<()> {
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
     let mut events = Events::with_capacity(16);
-    let workers = node.all_workers();
+    let workers = node.tcp_workers();
     let mut next = 0usize;
-    let max = node.cfg.listen.max_connections;
-    let adm = &node.cfg.admission;
-    let accept_rate =
-        (adm.accepts_per_sec > 0).then(|| Gcra::new(adm.accepts_per_sec, adm.accept_burst));
-    // The accept-rate bucket: only this thread touches it.
-    let mut accept_tat = 0u64;
+    let mut admission = Admission::new(node);
     let proxy = node.cfg.listen.proxy_protocol;
     // Validated at start-up; an unparsable list trusts nobody.
     let trusted = Trusted::parse(&node.cfg.listen.proxy_trusted).unwrap_or_default();
@@ -90,49 +83,26 @@ pub(crate) fn accept_loop(
             match listener.accept() {
                 Ok((stream, peer)) => {
                     m.accepted.inc();
-                    if node.fence.is_fenced() {
-                        // No presence lease: take no client (see `fence.rs`).
-                        m.cluster.rejected_fenced.inc();
-                        drop(stream);
-                        continue;
-                    }
                     if proxy && !trusted.contains(peer.ip()) {
                         // Only a balancer may say who the client is.
                         m.proxy_refused(ProxyRefusal::Untrusted).inc();
                         drop(stream);
                         continue;
                     }
-                    if node.handshaking.load(Ordering::Relaxed) >= adm.max_handshakes {
-                        // The hard cap (refused ones count until they are gone): no frame.
-                        m.admission_refused(Refusal::HandshakesInFlight).inc();
+                    // Fenced, full or flooded: closed at once, no frame. Over the accept
+                    // rate the connection is still taken, to be told why (cheaply: its token
+                    // is never verified) rather than reset.
+                    let Ok(refusal) = admission.admit(node) else {
                         drop(stream);
                         continue;
-                    }
-                    // Full, or over the rate: the connection is still taken, to be told
-                    // where to go or why (cheaply: its token is never verified) rather than
-                    // reset. Such connections count as pending handshakes until they are
-                    // gone, so the cap above bounds them.
-                    let refusal = if node.open.load(Ordering::Relaxed) >= max {
-                        m.rejected_max_connections.inc();
-                        Some(Admit::Full)
-                    } else if accept_rate
-                        .is_some_and(|g| g.check(&mut accept_tat, node.mono_ns()).is_err())
-                    {
-                        m.admission_refused(Refusal::AcceptRate).inc();
-                        Some(Admit::Refused(Refusal::AcceptRate))
-                    } else {
-                        None
                     };
-                    node.open.fetch_add(1, Ordering::Relaxed);
-                    node.handshake_started();
                     let stream =
                         if proxy { Stream::proxied(stream) } else { Stream::plain(stream) };
                     let adopted = !workers.is_empty()
                         && workers[next % workers.len()]
                             .send_internal(Internal::Adopt(stream, peer, refusal));
                     if !adopted {
-                        node.open.fetch_sub(1, Ordering::Relaxed);
-                        node.handshake_ended();
+                        node.admission_dropped();
                     }
                     next = next.wrapping_add(1);
                 }

@@ -9,22 +9,65 @@
 use std::sync::Arc;
 
 use super::Stream;
+use super::transport::Transport;
 use crate::session::Session;
 
+/// What a loop keeps in a connection's transport besides the bytes: the record's one timer
+/// entry and its rare state, and how the transport arrives. [`Stream`] (TCP, from the
+/// acceptor) and the QUIC stream (`driver/quic/`) implement it; the loop's code is the same
+/// for both.
+pub(crate) trait Carrier: Transport + Sized {
+    /// The acceptor's socket as this transport; `None` for a loop the acceptor does not feed.
+    fn from_accepted(stream: Stream) -> Option<Self>;
+    /// The loop took the transport under `token` ([`Feed::token`](super::feed::Feed::token)):
+    /// a transport that wakes by `Waker` starts waking the loop now.
+    fn adopted(&mut self, _token: u64) {}
+    /// The wheel tick of the connection's live timer entry (0: none).
+    fn timer_tick(&self) -> u32;
+    /// Record the tick of the connection's timer entry.
+    fn set_timer_tick(&mut self, tick: u32);
+    /// The device id from `HELLO`, when kept (only the webhooks read it).
+    fn device(&self) -> Option<&Arc<str>>;
+    /// Keep the device id.
+    fn keep_device(&mut self, device: Arc<str>);
+}
+
+impl Carrier for Stream {
+    fn from_accepted(stream: Stream) -> Option<Stream> {
+        Some(stream)
+    }
+
+    fn timer_tick(&self) -> u32 {
+        self.timer_tick
+    }
+
+    fn set_timer_tick(&mut self, tick: u32) {
+        self.timer_tick = tick;
+    }
+
+    fn device(&self) -> Option<&Arc<str>> {
+        Stream::device(self)
+    }
+
+    fn keep_device(&mut self, device: Arc<str>) {
+        Stream::keep_device(self, device);
+    }
+}
+
 /// One client connection, owned by one event loop for its whole life.
-pub(crate) struct Conn {
+pub(crate) struct Conn<T = Stream> {
     /// The byte stream, with the connection's timer tick and rare state (device id, PROXY
     /// client address).
-    pub(crate) transport: Stream,
+    pub(crate) transport: T,
     /// The authenticated user id, interned by the registry.
     pub(crate) user: Option<Arc<str>>,
     /// The protocol state.
     pub(crate) session: Session,
 }
 
-impl Conn {
+impl<T> Conn<T> {
     /// A freshly accepted connection.
-    pub(crate) fn new(transport: Stream, session: Session) -> Conn {
+    pub(crate) fn new(transport: T, session: Session) -> Conn<T> {
         Conn { transport, user: None, session }
     }
 }
@@ -43,13 +86,17 @@ mod tests {
     /// same pointer.
     #[test]
     fn conn_record_size_is_pinned() {
-        let size = std::mem::size_of::<Conn>();
-        let entry = std::mem::size_of::<slab::Slab<Option<Conn>>>();
-        println!("Conn = {size} B, slot entry = {} B", std::mem::size_of::<Option<Conn>>());
+        let size = std::mem::size_of::<Conn<Stream>>();
+        let entry = std::mem::size_of::<slab::Slab<Option<Conn<Stream>>>>();
+        println!("Conn = {size} B, slot entry = {} B", std::mem::size_of::<Option<Conn<Stream>>>());
         // mio adds an 8-byte selector id to every socket in debug builds only.
         let bound = if cfg!(debug_assertions) { 80 } else { 64 };
         assert_eq!(size, bound, "Conn is {size} bytes");
-        assert_eq!(std::mem::size_of::<Option<Conn>>(), size, "the retired-slot marker is free");
+        assert_eq!(
+            std::mem::size_of::<Option<Conn<Stream>>>(),
+            size,
+            "the retired-slot marker is free"
+        );
         assert!(entry > 0);
     }
 }

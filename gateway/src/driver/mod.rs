@@ -10,17 +10,25 @@
 //! - [`accept`]: the acceptor thread: a `socket2` listener, `max_connections`, PROXY trust,
 //!   admission (pending handshakes, accept rate), round-robin hand-off of each new socket
 //!   to a loop.
+//! - `admit.rs`: admission at accept (fence, `max_connections`, pending handshakes, accept
+//!   rate), shared by the TCP acceptor and the QUIC listener.
 //! - [`worker`]: one event loop (mio): readiness, fair turns, timers, commands, broadcasts;
 //!   it carries out what sessions decide and does the node's bookkeeping for them.
 //! - [`commands`]: the loops' queues (a bounded control queue for the API, an internal one).
 //! - `conn.rs`: the compact per-connection record; `slots.rs`: the slot table with per-slot
 //!   generations; [`wheel`]: the timing wheel of per-connection deadlines.
 //! - [`supervise`]: what happens when a loop fails (the process aborts).
+//! - [`quic`]: the QUIC driver — a quinn endpoint on its own thread, and one more loop (the
+//!   same [`worker`] code) over QUIC streams, woken through `feed.rs` (readiness for
+//!   transports that wake by `Waker`, not by `mio`).
 
 pub mod accept;
+mod admit;
 pub mod commands;
 mod conn;
+mod feed;
 pub mod proxy;
+pub mod quic;
 mod slots;
 mod stream;
 pub mod supervise;

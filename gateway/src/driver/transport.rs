@@ -3,8 +3,9 @@
 //! The protocol lives in [`Session`](crate::session::Session) and never sees a socket; the
 //! event loop moves bytes between a [`Transport`] and a session. Plain TCP implements it
 //! here; a TLS stream (rustls over TCP, still a readiness-based `mio` source) implements the
-//! same trait. QUIC streams, which quinn drives from its own tasks, do not fit a `mio` loop:
-//! a QUIC driver pumps the same `Session` from quinn's stream API instead (see
+//! same trait. QUIC streams, which quinn drives from its own tasks, cannot be registered with
+//! a `mio` poll: the QUIC stream implements this trait too, by polling quinn with a waker
+//! that wakes the loop through its feed (`driver/quic/stream.rs`, `driver/feed.rs`; see
 //! `docs/ARCHITECTURE.md` § The transport seam).
 
 use std::io::{self, Read, Write};

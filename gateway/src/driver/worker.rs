@@ -14,6 +14,9 @@
 //!    (readable) and feed the bytes to its session, which handles at most
 //!    `limits.frames_per_turn` frames; a connection with more to do (a full read, or frames
 //!    left over) is resumed next turn, after every other ready connection had its turn.
+//!    On the QUIC loop (`driver/quic/`), whose transports wake it through its feed
+//!    (`driver/feed.rs`) instead of `poll`, the same for each woken connection, after
+//!    adopting the ones that arrived.
 //! 3. Connections resumed from the last turn.
 //! 4. Commands, at most [`COMMAND_BUDGET`] at a time (also after every [`SLICE`] connections
 //!    of a busy turn, so pushes are not kept waiting behind pipelining clients); broadcasts,
@@ -46,10 +49,11 @@ use super::commands::{
     Admit, COMMAND_BUDGET, Command, Internal, PushMsg, PushReport, Queues, Sweep, SweepReason,
     Targets,
 };
-use super::conn::Conn;
+use super::conn::{Carrier, Conn};
+use super::feed::Feed;
 use super::proxy::ProxyRefusal;
 use super::slots::Slots;
-use super::transport::{Transport, write_some};
+use super::transport::write_some;
 use super::wheel::Wheel;
 use crate::events::{Event as NodeEvent, UnackedPush};
 use crate::ids::ConnId;
@@ -113,13 +117,16 @@ struct ActiveSweep {
 /// How often a loop wakes to go on with a sweep spread over time, in ms.
 const SWEEP_PACE_MS: u64 = 10;
 
-/// One event loop and the connections it owns.
-pub(crate) struct Worker {
+/// One event loop and the connections it owns, over transport `T` (a TCP [`Stream`] for
+/// the accepting loops; a QUIC stream for the QUIC loop, `driver/quic/`).
+pub(crate) struct Worker<T: Carrier> {
     index: u8,
     node: Arc<Node>,
     poll: Poll,
     queues: Queues<Stream>,
-    conns: Slots<Conn>,
+    /// Readiness and arrivals of transports that wake by `Waker` instead of by `mio`.
+    feed: Option<Feed<T>>,
+    conns: Slots<Conn<T>>,
     wheel: Wheel,
     origin: Instant,
     now: Now,
@@ -142,9 +149,26 @@ pub(crate) struct Worker {
     stopping: Option<u64>,
 }
 
-impl Worker {
-    /// A worker with its own poll, ready to [`run`](Self::run).
-    pub(crate) fn new(index: u8, node: Arc<Node>, poll: Poll, queues: Queues<Stream>) -> Worker {
+impl Worker<Stream> {
+    /// A TCP loop with its own poll, ready to [`run`](Self::run).
+    pub(crate) fn new(
+        index: u8,
+        node: Arc<Node>,
+        poll: Poll,
+        queues: Queues<Stream>,
+    ) -> Worker<Stream> {
+        Worker::build(index, node, poll, queues)
+    }
+}
+
+impl<T: Carrier> Worker<T> {
+    /// A loop over transport `T` with its own poll, ready to [`run`](Self::run).
+    pub(crate) fn build(
+        index: u8,
+        node: Arc<Node>,
+        poll: Poll,
+        queues: Queues<Stream>,
+    ) -> Worker<T> {
         let cfg = &node.cfg;
         let limits = Limits::from_config(cfg);
         let tick = Duration::from_millis(cfg.heartbeat.wheel_tick_ms.max(1));
@@ -181,10 +205,40 @@ impl Worker {
             fired: Vec::new(),
             sweeps: VecDeque::new(),
             stopping: None,
+            feed: None,
             limits,
             node,
             poll,
             queues,
+        }
+    }
+
+    /// The same loop, also woken for `feed`'s transports (the QUIC loop).
+    pub(crate) fn with_feed(mut self, feed: Feed<T>) -> Worker<T> {
+        self.feed = Some(feed);
+        self
+    }
+
+    /// Adopt the transports that arrived on the feed, then serve the ones that woke: what
+    /// a readiness event does for a socket (write what is queued, read once).
+    fn drain_feed(&mut self) {
+        let Some(feed) = self.feed.as_mut() else { return };
+        let (arrivals, ready) = feed.take();
+        for a in arrivals {
+            self.adopt(a.transport, a.peer, a.refusal);
+        }
+        for (i, &token) in ready.iter().enumerate() {
+            if i % SLICE == SLICE - 1 {
+                self.drain_commands();
+            }
+            let (key, generation) = Feed::<T>::untoken(token);
+            if self.conns.find(key, generation).is_some() {
+                self.on_writable(key);
+                self.on_readable(key, false);
+            }
+        }
+        if let Some(feed) = self.feed.as_mut() {
+            feed.give_back(ready);
         }
     }
 
@@ -217,6 +271,9 @@ impl Worker {
                 if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                     self.on_readable(key, ev.is_read_closed() || ev.is_error());
                 }
+            }
+            if woken {
+                self.drain_feed();
             }
             self.resume_connections();
             if woken || self.commands_pending {
@@ -278,7 +335,11 @@ impl Worker {
     // ----- driving a session ------------------------------------------------------------
 
     /// Call into a connection's session with the loop's context, without settling.
-    fn with<R>(&mut self, key: usize, f: impl FnOnce(&mut Conn, &mut Ctx<'_>) -> R) -> Option<R> {
+    fn with<R>(
+        &mut self,
+        key: usize,
+        f: impl FnOnce(&mut Conn<T>, &mut Ctx<'_>) -> R,
+    ) -> Option<R> {
         let conn_id = self.conn_id(key).0;
         let conn = self.conns.get_mut(key)?;
         let before = conn.session.queued();
@@ -296,7 +357,11 @@ impl Worker {
     }
 
     /// Call into a session, then carry out everything it decided ([`Worker::settle`]).
-    fn call<R>(&mut self, key: usize, f: impl FnOnce(&mut Conn, &mut Ctx<'_>) -> R) -> Option<R> {
+    fn call<R>(
+        &mut self,
+        key: usize,
+        f: impl FnOnce(&mut Conn<T>, &mut Ctx<'_>) -> R,
+    ) -> Option<R> {
         let r = self.with(key, f);
         self.settle(key);
         r
@@ -720,7 +785,11 @@ impl Worker {
 
     fn on_internal(&mut self, msg: Internal<Stream>) {
         match msg {
-            Internal::Adopt(transport, peer, refusal) => self.adopt(transport, peer, refusal),
+            Internal::Adopt(stream, peer, refusal) => match T::from_accepted(stream) {
+                Some(transport) => self.adopt(transport, peer, refusal),
+                // Not a loop the acceptor feeds: give the socket back to the counts.
+                None => self.forget_arrival(),
+            },
             Internal::Upstream(result) => self.on_upstream_result(result),
             Internal::Displaced(id) => self.displace(id),
             Internal::Redirect(mut sweep) => {
@@ -759,18 +828,21 @@ impl Worker {
         }
     }
 
-    fn adopt(&mut self, mut transport: Stream, peer: SocketAddr, refusal: Option<Admit>) {
+    /// A transport that will not be adopted after all: the node's counts forget it.
+    fn forget_arrival(&self) {
+        self.node.admission_dropped();
+    }
+
+    fn adopt(&mut self, mut transport: T, peer: SocketAddr, refusal: Option<Admit>) {
         let m = &self.node.metrics;
         if self.stopping.is_some() {
-            self.node.open.fetch_sub(1, Ordering::Relaxed);
-            self.node.handshake_ended();
+            self.forget_arrival();
             return;
         }
         let conn = Conn::new(transport, Session::new(self.now));
-        let Some((key, _)) = self.conns.insert(conn) else {
+        let Some((key, generation)) = self.conns.insert(conn) else {
             tracing::warn!(%peer, "worker connection table full; connection refused");
-            self.node.open.fetch_sub(1, Ordering::Relaxed);
-            self.node.handshake_ended();
+            self.forget_arrival();
             m.rejected_max_connections.inc();
             return;
         };
@@ -783,10 +855,10 @@ impl Worker {
                 transport = c.transport;
                 drop(transport);
             }
-            self.node.open.fetch_sub(1, Ordering::Relaxed);
-            self.node.handshake_ended();
+            self.forget_arrival();
             return;
         }
+        conn.transport.adopted(Feed::<T>::token(key, generation));
         m.connections.inc();
         if let Some(r) = refusal {
             // Told at once: the client reads it as the answer to its HELLO, and the close
@@ -797,7 +869,15 @@ impl Worker {
                     code: Code::SERVER_FULL,
                     delay_ms: 0,
                     jitter_ms: FULL_JITTER_MS,
-                    addresses: self.node.alternatives(),
+                    // A loop's clients came over its transport: TCP, or QUIC for the QUIC
+                    // loop after the TCP ones.
+                    addresses: self.node.alternatives(
+                        if usize::from(self.index) < self.node.worker_count {
+                            holdfast_scheduler::model::Transport::Tcp
+                        } else {
+                            holdfast_scheduler::model::Transport::Quic
+                        },
+                    ),
                     overlap: false,
                 }),
                 Admit::Refused(r) => Close::AuthFail(Code::OVERLOADED, r.message().to_owned()),
@@ -1027,14 +1107,13 @@ impl Worker {
         let Some(due_ms) = conn.session.poll_timeout(&self.limits, self.now) else { return };
         let at = self.origin + Duration::from_millis(due_ms);
         let due = self.wheel.due_tick(at);
-        if conn.transport.timer_tick != 0
-            && (due.wrapping_sub(conn.transport.timer_tick) as i32) >= 0
-        {
+        let live = conn.transport.timer_tick();
+        if live != 0 && (due.wrapping_sub(live) as i32) >= 0 {
             return; // the live entry fires first and reschedules
         }
         let tick = self.wheel.schedule(key as u32, at);
         if let Some(conn) = self.conns.get_mut(key) {
-            conn.transport.timer_tick = tick;
+            conn.transport.set_timer_tick(tick);
         }
     }
 
@@ -1044,10 +1123,10 @@ impl Worker {
         for (key, tick) in fired.drain(..) {
             let key = key as usize;
             let Some(conn) = self.conns.get_mut(key) else { continue };
-            if conn.transport.timer_tick != tick {
+            if conn.transport.timer_tick() != tick {
                 continue; // stale: the connection rescheduled, or the slot was reused
             }
-            conn.transport.timer_tick = 0;
+            conn.transport.set_timer_tick(0);
             self.call(key, |c, ctx| c.session.handle_timeout(ctx));
         }
         self.fired = fired;

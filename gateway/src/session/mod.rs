@@ -2,7 +2,7 @@
 //!
 //! A [`Session`] is the mirror of `holdfast_codec::client::Session`: it speaks
 //! `docs/PROTOCOL.md` for one client connection and owns no socket, clock or thread. The
-//! driver that holds the transport (the mio loop for TCP today; TLS and QUIC next) feeds it
+//! driver that holds the transport (the mio loops, over TCP or a QUIC stream) feeds it
 //! what happened and carries out what it decides:
 //!
 //! - **in**: bytes read ([`Session::handle_input`]), the end of the stream
