@@ -61,6 +61,7 @@ pub mod presence;
 pub mod registry;
 pub mod server;
 pub mod session;
+pub mod tls;
 pub mod upstream;
 mod webhook;
 

@@ -18,6 +18,9 @@ pub(super) const OPTIONAL_FIELDS: &[(&str, &str)] = &[
     ("cluster", "secret"),
     ("scheduler", "secret"),
     ("health", "tcp_addr"),
+    ("tls", "addr"),
+    ("tls", "cert"),
+    ("tls", "key"),
 ];
 
 impl Config {

@@ -89,6 +89,29 @@ impl Default for ListenConfig {
     }
 }
 
+/// `[tls]`: the client-facing TLS listener, beside `[listen]`'s plain TCP one (off unless
+/// `addr` is set). Clients speak the same frames inside TLS 1.3; socket options, limits and
+/// the handshake deadline (`listen.handshake_timeout_ms`, which covers the TLS handshake and
+/// `HELLO` together) are `[listen]`'s.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Address TLS clients connect to (default none: no TLS listener).
+    pub addr: Option<SocketAddr>,
+    /// PEM file with the certificate chain, leaf first (required with `addr`). Read at start
+    /// and on `SIGHUP`; a file that does not load on `SIGHUP` keeps the old certificate.
+    pub cert: Option<PathBuf>,
+    /// PEM file with the certificate's private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC)
+    /// (required with `addr`). Read at start and on `SIGHUP`, with `cert`.
+    pub key: Option<PathBuf>,
+    /// Expect a PROXY protocol header before the TLS `ClientHello` (default false), as
+    /// `listen.proxy_protocol` does for plain TCP.
+    pub proxy_protocol: bool,
+    /// Networks the balancers in front of the TLS listener connect from (default none;
+    /// required with `proxy_protocol`).
+    pub proxy_trusted: Vec<String>,
+}
+
 /// `[http]`: the internal HTTP API (push, kick, health, metrics).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]

@@ -48,6 +48,7 @@ use super::commands::{
 use super::conn::Conn;
 use super::proxy::ProxyRefusal;
 use super::slots::Slots;
+use super::tls::TlsFailure;
 use super::transport::{Transport, write_some};
 use super::wheel::Wheel;
 use crate::events::{Event as NodeEvent, UnackedPush};
@@ -55,7 +56,7 @@ use crate::ids::ConnId;
 use crate::metrics::Refusal;
 use crate::node::Node;
 use crate::session::{
-    Close, Closed, Ctx, Event, Input, Limits, Now, Phase, PushFailure, Session, Stats,
+    Close, CloseReason, Closed, Ctx, Event, Input, Limits, Now, Phase, PushFailure, Session, Stats,
 };
 use crate::upstream::{SubmitError, UpstreamOutcome, UpstreamRequest, UpstreamResult};
 
@@ -324,7 +325,11 @@ impl Worker {
         let Some(conn) = self.conns.get_mut(key) else { return };
         if conn.session.poll_shutdown() {
             conn.transport.shutdown_write();
+            if conn.transport.pending_output() {
+                self.want_writable(key, true); // close_notify still to go
+            }
         }
+        let Some(conn) = self.conns.get_mut(key) else { return };
         if conn.session.is_closed() {
             self.release(key);
         } else {
@@ -351,6 +356,10 @@ impl Worker {
             }
         }
         if rest.is_empty() {
+            if was_empty && conn.transport.pending_output() {
+                // TLS took the bytes but the socket did not take all of the record.
+                self.want_writable(key, true);
+            }
             return Ok(());
         }
         let kernel = conn.transport.unsent_bytes();
@@ -382,14 +391,24 @@ impl Worker {
     /// Write what the session queued while the transport was full.
     fn on_writable(&mut self, key: usize) {
         let Some(conn) = self.conns.get_mut(key) else { return };
-        let Some(bytes) = conn.session.poll_transmit() else { return };
-        let written = write_some(&mut conn.transport, bytes);
-        let kernel = conn.transport.unsent_bytes();
-        self.call(key, |c, ctx| match written {
-            Ok(n) => c.session.handle_transmitted(ctx, n, kernel),
-            Err(_) => c.session.close(ctx, Close::IoError),
-        });
-        if self.conns.get(key).is_some_and(|c| c.session.queued() == 0) {
+        // Records the transport holds (TLS) go first: the session's bytes follow them.
+        if conn.transport.flush_output().is_err() {
+            self.call(key, |c, ctx| c.session.close(ctx, Close::IoError));
+            return;
+        }
+        if let Some(bytes) = conn.session.poll_transmit() {
+            let written = write_some(&mut conn.transport, bytes);
+            let kernel = conn.transport.unsent_bytes();
+            self.call(key, |c, ctx| match written {
+                Ok(n) => c.session.handle_transmitted(ctx, n, kernel),
+                Err(_) => c.session.close(ctx, Close::IoError),
+            });
+        }
+        if self
+            .conns
+            .get(key)
+            .is_some_and(|c| c.session.queued() == 0 && !c.transport.pending_output())
+        {
             self.want_writable(key, false);
         }
     }
@@ -432,6 +451,7 @@ impl Worker {
                             tracing::debug!(reason = refusal.as_str(), "PROXY header refused");
                             Close::ProxyRefused
                         }
+                        // TLS failures are counted when the connection departs.
                         None => Close::IoError,
                     };
                     self.call(key, |c, ctx| c.session.close(ctx, close));
@@ -440,6 +460,20 @@ impl Worker {
             }
         }
         self.buf = buf;
+        self.after_read_tls(key);
+    }
+
+    /// TLS, after a read: count a handshake that just completed, and keep writable interest
+    /// while records wait for the socket (a handshake flight, a key update). Plain
+    /// connections pass the first test (an established session) or the null pointer.
+    fn after_read_tls(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        if conn.session.phase() != Phase::Established && conn.transport.take_tls_established() {
+            self.node.metrics.tls_handshakes.inc();
+        }
+        if conn.transport.pending_output() {
+            self.want_writable(key, true);
+        }
     }
 
     /// Feed bytes to a session; true when it has frames left for another turn.
@@ -627,6 +661,14 @@ impl Worker {
         let _span = tracing::info_span!("conn", conn_id = %id).entered();
         tracing::debug!(reason = closed.reason.as_str(), "connection closing");
         m.close(closed.reason).inc();
+        if let Some(failure) = self.conns.get(key).and_then(|c| c.transport.tls_unfinished()) {
+            let failure = match (failure, closed.reason) {
+                (TlsFailure::Closed, CloseReason::HandshakeTimeout) => TlsFailure::Timeout,
+                (f, _) => f,
+            };
+            tracing::debug!(reason = failure.as_str(), "TLS handshake failed");
+            m.tls_handshake_failed(failure).inc();
+        }
         if !closed.established {
             node.handshake_ended();
             return;
