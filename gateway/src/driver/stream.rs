@@ -353,6 +353,36 @@ mod tests {
     }
 
     #[test]
+    fn a_proxy_header_then_a_tls_handshake_in_the_same_write() {
+        let (server, client) = crate::driver::tls::tests::configs();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let sock = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("c");
+        let (accepted, _) = listener.accept().expect("accept");
+        accepted.set_nonblocking(true).expect("nonblocking");
+        let mut s = Stream::tls(TcpStream::from_std(accepted), server, true).expect("stream");
+        let peer = std::thread::spawn(move || {
+            let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+            let mut conn = rustls::ClientConnection::new(client, name).expect("client");
+            let mut first = b"PROXY TCP4 203.0.113.5 10.0.0.1 44321 7443\r\n".to_vec();
+            conn.write_tls(&mut first).expect("ClientHello");
+            let mut sock = sock;
+            sock.write_all(&first).expect("write");
+            let mut tls = rustls::StreamOwned::new(conn, sock);
+            tls.write_all(b"inside").expect("write");
+            tls.flush().expect("flush");
+            let mut back = [0u8; 4];
+            std::io::Read::read_exact(&mut tls, &mut back).expect("read");
+            back
+        });
+        let got = read_all(&mut s, 6).expect("reads");
+        assert_eq!(got, b"inside");
+        assert_eq!(s.peer_addr(), Some("203.0.113.5:44321".parse().expect("addr")));
+        assert!(s.take_tls_established() && s.tls_unfinished().is_none());
+        assert_eq!(Transport::write(&mut s, b"back").expect("write"), 4);
+        assert_eq!(&peer.join().expect("client"), b"back");
+    }
+
+    #[test]
     fn a_plain_stream_is_the_socket() {
         let (mut s, mut client) = pair(false);
         client.write_all(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n").expect("write");

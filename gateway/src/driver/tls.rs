@@ -602,4 +602,4 @@ impl Tls {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

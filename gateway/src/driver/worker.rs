@@ -464,11 +464,11 @@ impl Worker {
     }
 
     /// TLS, after a read: count a handshake that just completed, and keep writable interest
-    /// while records wait for the socket (a handshake flight, a key update). Plain
-    /// connections pass the first test (an established session) or the null pointer.
+    /// while records wait for the socket (a handshake flight, a key update). For a plain
+    /// connection both are a look at a null pointer.
     fn after_read_tls(&mut self, key: usize) {
         let Some(conn) = self.conns.get_mut(key) else { return };
-        if conn.session.phase() != Phase::Established && conn.transport.take_tls_established() {
+        if conn.transport.take_tls_established() {
             self.node.metrics.tls_handshakes.inc();
         }
         if conn.transport.pending_output() {

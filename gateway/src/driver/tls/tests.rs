@@ -12,7 +12,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use super::*;
 
 /// A server config and a client config that trusts it.
-fn configs() -> (Arc<ServerConfig>, Arc<rustls::ClientConfig>) {
+pub(crate) fn configs() -> (Arc<ServerConfig>, Arc<rustls::ClientConfig>) {
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
     let cert = CertificateDer::from(ck.cert.der().to_vec());
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
