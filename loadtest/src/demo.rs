@@ -53,20 +53,22 @@ fn describe(event: &Event) -> String {
 }
 
 /// Connect as one user, print every push, acknowledge it; stop after `count` pushes.
+/// With `tls` (a CA file and the name to check), over TLS.
+#[allow(clippy::too_many_arguments)]
 pub async fn client(
     addr: SocketAddr,
+    tls: Option<(&std::path::Path, Option<&str>)>,
     user: &str,
     token: String,
     platform: Platform,
     device: &str,
     count: Option<u64>,
 ) -> Result<(), String> {
-    let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
     let cfg = client_config(token, device, platform, 0, std::process::id().into());
     let mut session = Session::new(cfg, Instant::now().into_std()).map_err(|e| e.to_string())?;
     let mut pushes = 0u64;
     let mut failure = None;
-    drive(stream, &mut session, |_, event| {
+    let on_event = |_: &mut Session, event: Event| {
         println!("{user}: {}", describe(&event));
         match event {
             Event::Push(_) => {
@@ -81,8 +83,19 @@ pub async fn client(
             _ => {}
         }
         Flow::Continue
-    })
-    .await
+    };
+    match tls {
+        Some((ca, name)) => {
+            let stream = crate::tls::connect(addr, ca, name).await?;
+            drive(stream, &mut session, on_event).await
+        }
+        None => {
+            let stream =
+                TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+            let _ = stream.set_nodelay(true);
+            drive(stream, &mut session, on_event).await
+        }
+    }
     .map_err(|e| e.to_string())?;
     match failure {
         Some(f) => Err(f),
@@ -121,6 +134,7 @@ pub async fn demo(addr: SocketAddr, http: SocketAddr, secret: &str) -> Result<()
             .map_err(|e| e.to_string())?;
         let ready = ready_tx.clone();
         let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+        let _ = stream.set_nodelay(true);
         tasks.push(tokio::spawn(async move {
             let cfg = client_config(token, &format!("demo-{i}"), platform(p), 0, i as u64);
             let mut session =

@@ -5,8 +5,7 @@
 use std::time::Duration;
 
 use holdfast_codec::client::{Event, Session};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 /// What the event callback of [`drive`] wants next.
@@ -26,22 +25,22 @@ pub enum DriveError {
     Io(#[from] std::io::Error),
 }
 
-/// Run one connection of `session` over `stream` until the session closes or `on_event`
-/// says stop. Returns when the connection is over; the session then holds the reconnect
-/// advice.
-pub async fn drive(
-    stream: TcpStream,
+/// Run one connection of `session` over `stream` (a TCP stream, or TLS over one) until the
+/// session closes or `on_event` says stop. Returns when the connection is over; the session
+/// then holds the reconnect advice.
+pub async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
     session: &mut Session,
     mut on_event: impl FnMut(&mut Session, Event) -> Flow,
 ) -> Result<(), DriveError> {
-    let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, mut wr) = tokio::io::split(stream);
     session.connect(Instant::now().into_std());
     let mut buf = vec![0u8; 4096];
     loop {
         while let Some(bytes) = session.poll_transmit() {
             wr.write_all(&bytes).await?;
         }
+        wr.flush().await?;
         let mut stop = false;
         while let Some(event) = session.poll_event() {
             let closed = matches!(event, Event::Closed { .. });
@@ -54,6 +53,7 @@ pub async fn drive(
             while let Some(bytes) = session.poll_transmit() {
                 wr.write_all(&bytes).await?;
             }
+            wr.flush().await?;
             let _ = wr.shutdown().await;
             return Ok(());
         }

@@ -26,7 +26,8 @@
 //!   view; [`report`]: the JSON result and the HTML report with inline SVG charts;
 //!   [`procfs`]: CPU and memory of processes.
 //! - [`token`] mints development JWTs; [`demo`] and [`drive`] run a few clients on tokio for the
-//!   `client` and `demo` subcommands.
+//!   `client` and `demo` subcommands; [`tls`] is `client --tls-ca` (TLS to the gateway's TLS
+//!   listener).
 //!
 //! # How a run flows
 //!
@@ -50,6 +51,7 @@ pub mod progress;
 pub mod report;
 pub mod scenario;
 pub mod stats;
+pub mod tls;
 pub mod token;
 pub mod worker;
 

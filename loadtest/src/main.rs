@@ -43,9 +43,15 @@ enum Cmd {
     },
     /// Connect as one user, print every push, acknowledge it.
     Client {
-        /// The gateway's client address.
+        /// The gateway's client address (its TLS listener's with `--tls-ca`).
         #[arg(long, default_value = "127.0.0.1:7100")]
         addr: SocketAddr,
+        /// Connect over TLS, trusting the CA certificates in this PEM file.
+        #[arg(long)]
+        tls_ca: Option<PathBuf>,
+        /// The name the gateway's certificate must carry (default: `--addr`'s IP).
+        #[arg(long, requires = "tls_ca")]
+        tls_name: Option<String>,
         /// The user id.
         #[arg(long)]
         user: String,
@@ -347,13 +353,26 @@ async fn run(cmd: Cmd) -> Result<(), String> {
             println!("{t}");
             Ok(())
         }
-        Cmd::Client { addr, user, token, secret, platform, device, count, timeout_secs } => {
+        Cmd::Client {
+            addr,
+            tls_ca,
+            tls_name,
+            user,
+            token,
+            secret,
+            platform,
+            device,
+            count,
+            timeout_secs,
+        } => {
             let token = match token {
                 Some(t) => t,
                 None => token::mint(&secret, &user, Duration::from_secs(86_400), None, None)
                     .map_err(|e| e.to_string())?,
             };
-            let work = demo::client(addr, &user, token, demo::platform(&platform), &device, count);
+            let tls = tls_ca.as_deref().map(|ca| (ca, tls_name.as_deref()));
+            let work =
+                demo::client(addr, tls, &user, token, demo::platform(&platform), &device, count);
             match timeout_secs {
                 Some(s) => tokio::time::timeout(Duration::from_secs(s), work)
                     .await

@@ -585,7 +585,14 @@ impl Tls {
                     let _ = self.flush(tcp);
                 }
             }
-            Phase::Handshake(_) => self.fin = true, // sent when it completes
+            Phase::Handshake(_) => {
+                self.fin = true;
+                if self.early.is_empty() {
+                    // Nothing to say (a deadline passed, the node stops): the end, now.
+                    let _ = tcp.shutdown(Shutdown::Write);
+                }
+                // Otherwise what the session wrote goes once the handshake completes.
+            }
             Phase::Failed => {
                 let _ = tcp.shutdown(Shutdown::Write);
             }
