@@ -18,7 +18,6 @@
 //! keeps writable interest until [`Tls::flush`] has written it.
 
 use std::io::{self, Read, Write};
-use std::net::Shutdown;
 use std::sync::Arc;
 
 use mio::net::TcpStream;
@@ -157,6 +156,19 @@ impl std::fmt::Debug for Tls {
     }
 }
 
+/// The byte stream under TLS: a non-blocking socket (a `mio` TCP stream; in tests, a
+/// scripted one).
+pub(crate) trait Socket: Read + Write {
+    /// Shut the write side (the peer sees the end).
+    fn shut_write(&mut self);
+}
+
+impl Socket for TcpStream {
+    fn shut_write(&mut self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+}
+
 /// An error that ends the connection, carrying what it was for the loop's metrics.
 fn fail(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
@@ -214,7 +226,7 @@ impl Tls {
     // ----- reading ----------------------------------------------------------------------
 
     /// Read plaintext: see the module doc for the readiness contract.
-    pub(crate) fn read(&mut self, tcp: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    pub(crate) fn read<S: Socket>(&mut self, tcp: &mut S, buf: &mut [u8]) -> io::Result<usize> {
         if matches!(self.phase, Phase::Failed) {
             return Err(io::ErrorKind::BrokenPipe.into());
         }
@@ -269,7 +281,7 @@ impl Tls {
 
     /// Read what the socket has (at least what the record in progress still needs) into
     /// `incoming`.
-    fn read_socket(&mut self, tcp: &mut TcpStream) -> io::Result<usize> {
+    fn read_socket<S: Socket>(&mut self, tcp: &mut S) -> io::Result<usize> {
         let have = self.incoming.len();
         let need = match self.phase {
             Phase::Open(_) if have >= record::HEADER => {
@@ -288,7 +300,7 @@ impl Tls {
     }
 
     /// Make progress with what `incoming` holds: the handshake's steps, or records.
-    fn process(&mut self, tcp: &mut TcpStream, buf: &mut [u8], n: &mut usize) -> io::Result<()> {
+    fn process<S: Socket>(&mut self, tcp: &mut S, buf: &mut [u8], n: &mut usize) -> io::Result<()> {
         if matches!(self.phase, Phase::Handshake(_)) {
             self.handshake(tcp, buf, n)?;
         }
@@ -300,7 +312,12 @@ impl Tls {
 
     /// Drive rustls's handshake as far as `incoming` allows; switch to the open phase once
     /// it may send application data.
-    fn handshake(&mut self, tcp: &mut TcpStream, buf: &mut [u8], n: &mut usize) -> io::Result<()> {
+    fn handshake<S: Socket>(
+        &mut self,
+        tcp: &mut S,
+        buf: &mut [u8],
+        n: &mut usize,
+    ) -> io::Result<()> {
         if !self.hello_seen && !self.incoming.is_empty() {
             if self.incoming[0] != HANDSHAKE_RECORD {
                 self.failure = Some(TlsFailure::NotTls);
@@ -375,7 +392,7 @@ impl Tls {
     }
 
     /// The handshake is complete: take the keys, send what the session wrote meanwhile.
-    fn establish(&mut self, tcp: &mut TcpStream) -> io::Result<()> {
+    fn establish<S: Socket>(&mut self, tcp: &mut S) -> io::Result<()> {
         let Phase::Handshake(conn) = std::mem::replace(&mut self.phase, Phase::Failed) else {
             return Ok(());
         };
@@ -407,7 +424,7 @@ impl Tls {
     }
 
     /// Open every complete record in `incoming`, as long as the caller's buffer has room.
-    fn records(&mut self, tcp: &mut TcpStream, buf: &mut [u8], n: &mut usize) -> io::Result<()> {
+    fn records<S: Socket>(&mut self, tcp: &mut S, buf: &mut [u8], n: &mut usize) -> io::Result<()> {
         let mut at = 0;
         let result = loop {
             if *n == buf.len() || self.eof {
@@ -516,7 +533,7 @@ impl Tls {
 
     /// Take plaintext from the session: at most one record per call, nothing while earlier
     /// ciphertext is unwritten.
-    pub(crate) fn write(&mut self, tcp: &mut TcpStream, data: &[u8]) -> io::Result<usize> {
+    pub(crate) fn write<S: Socket>(&mut self, tcp: &mut S, data: &[u8]) -> io::Result<usize> {
         if self.fin {
             return Err(io::ErrorKind::BrokenPipe.into());
         }
@@ -548,7 +565,7 @@ impl Tls {
     /// Write unwritten ciphertext as far as the socket takes it (`Ok` also when it would
     /// block: see [`Tls::pending_output`]); shut the write side once all is out after
     /// [`Tls::shutdown_write`].
-    pub(crate) fn flush(&mut self, tcp: &mut TcpStream) -> io::Result<()> {
+    pub(crate) fn flush<S: Socket>(&mut self, tcp: &mut S) -> io::Result<()> {
         let mut done = 0;
         let result = loop {
             if done == self.outgoing.len() {
@@ -566,7 +583,7 @@ impl Tls {
         if self.outgoing.is_empty() {
             self.outgoing = Vec::new();
             if self.fin && matches!(self.phase, Phase::Open(_)) {
-                let _ = tcp.shutdown(Shutdown::Write);
+                tcp.shut_write();
             }
         }
         result
@@ -574,7 +591,7 @@ impl Tls {
 
     /// Send `close_notify` and then shut the socket's write side, once everything before it
     /// is written (after the handshake, if it is still going on).
-    pub(crate) fn shutdown_write(&mut self, tcp: &mut TcpStream) {
+    pub(crate) fn shutdown_write<S: Socket>(&mut self, tcp: &mut S) {
         if self.fin {
             return;
         }
@@ -589,12 +606,12 @@ impl Tls {
                 self.fin = true;
                 if self.early.is_empty() {
                     // Nothing to say (a deadline passed, the node stops): the end, now.
-                    let _ = tcp.shutdown(Shutdown::Write);
+                    tcp.shut_write();
                 }
                 // Otherwise what the session wrote goes once the handshake completes.
             }
             Phase::Failed => {
-                let _ = tcp.shutdown(Shutdown::Write);
+                tcp.shut_write();
             }
         }
     }

@@ -1,5 +1,7 @@
-//! The TLS stream against a real rustls client over loopback: handshake, data both ways in
-//! records of every size, a key update, `close_notify`; and what the connection keeps.
+//! The TLS stream against a real rustls client: over loopback (handshake, data both ways in
+//! records of every size, a key update, `close_notify`), and over a scripted socket with the
+//! client's bytes split anywhere and the socket taking a few bytes at a time (property
+//! test); and what the connection keeps.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -170,4 +172,151 @@ fn the_session_may_write_before_the_handshake_and_shut_down_after_it() {
 fn tls_state_sizes_are_pinned() {
     assert_eq!(std::mem::size_of::<Tls>(), 128);
     assert_eq!(std::mem::size_of::<Open>(), 672);
+}
+
+/// A scripted socket: reads take what the test delivered (`WouldBlock` when nothing is),
+/// writes take at most `room` bytes per call (then `WouldBlock`).
+#[derive(Default)]
+struct Scripted {
+    inbox: std::collections::VecDeque<u8>,
+    sent: Vec<u8>,
+    room: usize,
+    shut: bool,
+}
+
+impl Read for Scripted {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.inbox.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = buf.len().min(self.inbox.len());
+        for (b, x) in buf.iter_mut().zip(self.inbox.drain(..n)) {
+            *b = x;
+        }
+        Ok(n)
+    }
+}
+
+impl Write for Scripted {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len().min(self.room);
+        if n == 0 && !buf.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        self.room -= n;
+        self.sent.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Socket for Scripted {
+    fn shut_write(&mut self) {
+        self.shut = true;
+    }
+}
+
+/// One exchange under a proptest's choices: the client's bytes reach the server in chunks of
+/// `splits` sizes, the server's socket takes `room` bytes per write turn, the server's send
+/// key is updated every `tx_limit` records, the client updates its keys mid-way.
+fn exchange(splits: &[usize], room: usize, payload: &[u8], client_update: bool, tx_limit: u64) {
+    let (server, client) = configs();
+    let mut tls = Tls::new(server, Vec::new()).expect("tls");
+    let mut sock = Scripted::default();
+    let name = ServerName::try_from("localhost").expect("name");
+    let mut client = rustls::ClientConnection::new(client, name).expect("client");
+    client.writer().write_all(payload).expect("queued until the handshake completes");
+    let mut received = Vec::new(); // by the server
+    let mut echoed = Vec::new(); // back at the client
+    let mut to_echo = 0; // of `received`
+    let mut split = splits.iter().cycle();
+    let mut updated = false;
+    let mut buf = vec![0u8; 64 * 1024];
+    for _ in 0..10_000 {
+        // Client → server, in chunks, the server reading between them.
+        let mut wire = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut wire).expect("client writes");
+        }
+        let mut rest = &wire[..];
+        while !rest.is_empty() {
+            let k = (*split.next().unwrap_or(&1)).clamp(1, rest.len());
+            sock.inbox.extend(&rest[..k]);
+            rest = &rest[k..];
+            loop {
+                match tls.read(&mut sock, &mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => received.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("server read: {e}"),
+                }
+            }
+        }
+        if let Phase::Open(open) = &mut tls.phase {
+            open.tx_limit = tx_limit;
+        }
+        // Server → client: echo what arrived, through a socket that takes `room` a turn.
+        sock.room = room;
+        if tls.flush(&mut sock).is_err() {
+            panic!("flush");
+        }
+        while to_echo < received.len() && !tls.pending_output() {
+            match tls.write(&mut sock, &received[to_echo..]) {
+                Ok(n) => to_echo += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("server write: {e}"),
+            }
+        }
+        let mut from_server = &std::mem::take(&mut sock.sent)[..];
+        while !from_server.is_empty() {
+            client.read_tls(&mut from_server).expect("client reads");
+            client.process_new_packets().expect("the client accepts every record");
+        }
+        let _ = client.reader().read_to_end(&mut echoed);
+        if client_update
+            && !updated
+            && echoed.len() >= payload.len() / 2
+            && !client.is_handshaking()
+        {
+            client.refresh_traffic_keys().expect("key update");
+            client.writer().write_all(b"+").expect("after the update");
+            updated = true;
+        }
+        let want = payload.len() + usize::from(updated);
+        if echoed.len() >= want && !tls.pending_output() && !client.wants_write() {
+            break;
+        }
+    }
+    let mut expected = payload.to_vec();
+    if updated {
+        expected.push(b'+');
+    }
+    assert_eq!(received, expected, "server got the client's bytes in order");
+    assert_eq!(echoed, expected, "client got them back");
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+
+    /// Any split of the client's bytes (handshake and records cut anywhere), any socket
+    /// send room, server and client key updates: the bytes arrive whole and in order.
+    #[test]
+    fn bytes_split_anywhere_arrive_whole_through_key_updates(
+        splits in proptest::collection::vec(1usize..700, 1..40),
+        room in 1usize..20_000,
+        len in 0usize..40_000,
+        client_update in proptest::bool::ANY,
+        tx_limit in 2u64..6,
+    ) {
+        let payload: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+        exchange(&splits, room, &payload, client_update, tx_limit);
+    }
+}
+
+#[test]
+fn byte_by_byte_with_a_one_byte_socket() {
+    exchange(&[1], 1, b"hello, byte by byte", true, 2);
 }
