@@ -48,6 +48,10 @@ pub(crate) enum RecordError {
     /// `unexpected_message` alert").
     #[error("TLS record without a content type")]
     NoContentType,
+    /// A turn's worth of ciphertext (64 KiB) without a byte of application data: empty
+    /// records, alerts or key updates in a loop.
+    #[error("TLS records without application data")]
+    Flood,
     /// The key has protected 2^64 - 1 records (§5.3: "MUST NOT wrap").
     #[error("TLS sequence numbers exhausted")]
     Exhausted,

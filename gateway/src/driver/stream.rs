@@ -237,6 +237,10 @@ impl Transport for Stream {
         self.tls_ref().is_some_and(Tls::pending_output)
     }
 
+    fn read_again(&mut self) -> bool {
+        self.tls_mut().is_some_and(Tls::read_again)
+    }
+
     fn flush_output(&mut self) -> io::Result<()> {
         let tcp = &mut self.tcp;
         match self.edge.as_mut().and_then(|e| e.layer.as_deref_mut()) {

@@ -12,7 +12,8 @@
 //!
 //! Readiness: [`Tls::read`] decrypts every complete record it has and reads the socket until
 //! it would block or the caller's buffer is full, so a short read still means "nothing more
-//! until the next readable event" — as for plain TCP. [`Tls::write`] takes at most one
+//! until the next readable event" — as for plain TCP — except when it stopped at its
+//! per-turn budget of ciphertext, which [`Tls::read_again`] tells. [`Tls::write`] takes at most one
 //! record's worth of plaintext per call and refuses more (`WouldBlock`) while earlier
 //! ciphertext is still unwritten; what is unwritten is [`Tls::pending_output`], and the loop
 //! keeps writable interest until [`Tls::flush`] has written it.
@@ -32,6 +33,10 @@ use super::record::{
 
 /// Bytes read from the socket at a time (more when a record in progress needs more).
 const READ_CHUNK: usize = 4096;
+/// Ciphertext one [`Tls::read`] takes from the socket at most: one turn's worth, as one plain
+/// read of the loop's buffer would be. What is left waits for the next turn
+/// ([`Tls::read_again`]); 64 KiB without a byte of plaintext is abuse and ends the connection.
+const READ_BUDGET: usize = 64 * 1024;
 /// The most plaintext the session may write before the handshake completes (its refusals
 /// are a few dozen bytes); beyond it writes wait.
 const EARLY_MAX: usize = 16 * 1024;
@@ -143,6 +148,8 @@ pub(crate) struct Tls {
     eof: bool,
     /// The first byte was looked at (a TLS handshake record, or the connection failed).
     hello_seen: bool,
+    /// The last read stopped at [`READ_BUDGET`], the socket not drained.
+    unread: bool,
 }
 
 impl std::fmt::Debug for Tls {
@@ -192,6 +199,7 @@ impl Tls {
             fin: false,
             eof: false,
             hello_seen: false,
+            unread: false,
         })
     }
 
@@ -231,6 +239,7 @@ impl Tls {
             return Err(io::ErrorKind::BrokenPipe.into());
         }
         let mut n = self.take_plain(buf);
+        let mut taken = 0;
         loop {
             if n < buf.len()
                 && let Err(e) = self.process(tcp, buf, &mut n)
@@ -242,6 +251,16 @@ impl Tls {
             if n == buf.len() || self.eof {
                 return Ok(n);
             }
+            if taken >= READ_BUDGET {
+                if n == 0 {
+                    self.failure.get_or_insert(TlsFailure::Malformed);
+                    self.phase = Phase::Failed;
+                    self.release();
+                    return Err(fail(RecordError::Flood));
+                }
+                self.unread = true;
+                return Ok(n);
+            }
             match self.read_socket(tcp) {
                 Ok(0) => {
                     self.eof = true;
@@ -250,12 +269,18 @@ impl Tls {
                     }
                     return Ok(n);
                 }
-                Ok(_) => {}
+                Ok(k) => taken += k,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && n > 0 => return Ok(n),
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Whether the last read stopped before the socket was drained: read again next turn
+    /// even though it returned less than the buffer (edge-triggered readiness will not say).
+    pub(crate) fn read_again(&mut self) -> bool {
+        std::mem::take(&mut self.unread)
     }
 
     /// Serve decrypted plaintext kept from an earlier read.

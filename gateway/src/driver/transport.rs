@@ -38,6 +38,11 @@ pub trait Transport: mio::event::Source + Send + 'static {
     fn flush_output(&mut self) -> io::Result<()> {
         Ok(())
     }
+    /// Whether the last read stopped before the socket was drained although it returned less
+    /// than the buffer (TLS's per-turn budget): the loop reads again next turn.
+    fn read_again(&mut self) -> bool {
+        false
+    }
 }
 
 impl Transport for TcpStream {

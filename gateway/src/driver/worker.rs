@@ -433,7 +433,8 @@ impl Worker {
                     break;
                 }
                 Ok(n) => {
-                    let more = self.feed(key, &buf[..n]);
+                    let more = self.feed(key, &buf[..n])
+                        || self.conns.get_mut(key).is_some_and(|c| c.transport.read_again());
                     if more || n == buf.len() {
                         self.resume.push(Resume { key, generation, read_closed });
                         break;

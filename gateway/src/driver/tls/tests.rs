@@ -320,3 +320,66 @@ proptest::proptest! {
 fn byte_by_byte_with_a_one_byte_socket() {
     exchange(&[1], 1, b"hello, byte by byte", true, 2);
 }
+
+/// A completed handshake over a scripted socket; the client's send keys, for crafting records.
+fn established_with_client_keys() -> (Tls, Scripted, Keys) {
+    let (server, client) = configs();
+    let mut client = (*client).clone();
+    client.enable_secret_extraction = true;
+    let mut tls = Tls::new(server, Vec::new()).expect("tls");
+    let mut sock = Scripted { room: usize::MAX, ..Scripted::default() };
+    let name = ServerName::try_from("localhost").expect("name");
+    let mut client = rustls::ClientConnection::new(Arc::new(client), name).expect("client");
+    let mut buf = vec![0u8; 1024];
+    while client.is_handshaking() || client.wants_write() {
+        let mut wire = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut wire).expect("client writes");
+        }
+        sock.inbox.extend(wire);
+        let _ = tls.read(&mut sock, &mut buf);
+        let mut back = &std::mem::take(&mut sock.sent)[..];
+        while !back.is_empty() {
+            client.read_tls(&mut back).expect("client reads");
+            client.process_new_packets().expect("client");
+        }
+    }
+    assert!(tls.established);
+    #[allow(deprecated)] // the client side of a test; the kernel API is for the server here
+    let secrets = client.dangerous_extract_secrets().expect("secrets");
+    (tls, sock, Keys::new(secrets.tx.0, &secrets.tx.1).expect("keys"))
+}
+
+#[test]
+fn a_flood_of_tiny_records_is_read_a_turn_at_a_time_and_empty_ones_end_the_connection() {
+    // 5,000 one-byte records (about 110 KB): more than one turn's budget of ciphertext.
+    let (mut tls, mut sock, mut keys) = established_with_client_keys();
+    let mut wire = Vec::new();
+    for i in 0..5000u32 {
+        keys.seal(APPLICATION_DATA, &[i as u8], &mut wire).expect("seal");
+    }
+    sock.inbox.extend(wire);
+    let mut buf = vec![0u8; 64 * 1024];
+    let first = tls.read(&mut sock, &mut buf).expect("first turn");
+    assert!(first > 0 && first < 5000, "{first}");
+    assert!(tls.read_again(), "the loop is told to come back");
+    let mut total = first;
+    while total < 5000 {
+        total += tls.read(&mut sock, &mut buf).expect("next turn");
+    }
+    assert_eq!(total, 5000);
+
+    // Empty records only: no plaintext in a turn's worth is abuse.
+    let (mut tls, mut sock, mut keys) = established_with_client_keys();
+    let mut wire = Vec::new();
+    for _ in 0..5000 {
+        keys.seal(APPLICATION_DATA, &[], &mut wire).expect("seal");
+    }
+    sock.inbox.extend(wire);
+    let e = tls.read(&mut sock, &mut buf).expect_err("flood");
+    assert_eq!(
+        e.get_ref().and_then(|i| i.downcast_ref::<RecordError>()),
+        Some(&RecordError::Flood)
+    );
+    assert_eq!(tls.unfinished(), None, "established: not a handshake failure");
+}
