@@ -40,6 +40,10 @@ const READ_BUDGET: usize = 64 * 1024;
 /// The most plaintext the session may write before the handshake completes (its refusals
 /// are a few dozen bytes); beyond it writes wait.
 const EARLY_MAX: usize = 16 * 1024;
+/// The most handshake bytes kept waiting for rustls (a `ClientHello` is a few hundred bytes
+/// to a few KiB; TLS allows one to span records): what a stalled or hostile handshake can
+/// hold until its deadline.
+const HANDSHAKE_MAX: usize = 64 * 1024;
 /// `HandshakeType.key_update` (§4.6.3).
 const KEY_UPDATE: u8 = 24;
 /// The first byte of a TLS handshake record: what a `ClientHello` starts with.
@@ -349,6 +353,10 @@ impl Tls {
                 return Err(fail(TlsFailure::NotTls));
             }
             self.hello_seen = true;
+        }
+        if self.incoming.len() > HANDSHAKE_MAX {
+            self.failure = Some(TlsFailure::Malformed);
+            return Err(fail(TlsFailure::Malformed));
         }
         loop {
             let Tls { phase, incoming, outgoing, plain, failure, eof, .. } = self;

@@ -140,6 +140,34 @@ fn bytes_that_are_not_a_client_hello_and_a_bad_handshake_fail_with_a_reason() {
     assert_eq!(e.get_ref().and_then(|i| i.downcast_ref::<TlsFailure>()), Some(&TlsFailure::NotTls));
     assert_eq!(tls.unfinished(), Some(TlsFailure::NotTls));
 
+    // A "ClientHello" that never ends (it claims 16 MiB, or 64 KiB of garbage), sent in
+    // full 16 KiB records: refused, never buffered past the bound.
+    for claimed in [[0xff, 0xff, 0xff], [0x00, 0xff, 0xff]] {
+        let mut tls = Tls::new(Arc::clone(&server), Vec::new()).expect("tls");
+        let mut sock = Scripted::default();
+        let mut buf = vec![0u8; 1024];
+        let mut record = vec![22, 3, 1, 0x40, 0, 1, claimed[0], claimed[1], claimed[2]];
+        record.resize(5 + 0x4000, 0x42);
+        let mut refused = None;
+        for i in 0..8 {
+            if i > 0 {
+                record[5..9].copy_from_slice(&[0x42; 4]); // continuation of the message
+            }
+            sock.inbox.extend(&record);
+            match tls.read(&mut sock, &mut buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+                Ok(n) => panic!("{n} bytes of plaintext"),
+            }
+        }
+        assert!(refused.is_some(), "a huge handshake is refused");
+        assert!(tls.incoming.capacity() <= HANDSHAKE_MAX + READ_CHUNK + MAX_CIPHERTEXT);
+        assert_eq!(tls.unfinished(), Some(TlsFailure::Malformed));
+    }
+
     let (mut tcp, mut tls, mut sock) = pair(server);
     // A handshake record header, then garbage.
     sock.write_all(&[22, 3, 1, 0, 8, 1, 0, 0, 4, 9, 9, 9, 9]).expect("write");
