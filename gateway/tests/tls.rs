@@ -8,8 +8,12 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use holdfast_codec::Platform;
 use holdfast_codec::client::Event;
-use holdfast_tests::{Client, GatewayProcess, TestCa, read_frames, tls_client_config};
+use holdfast_tests::{
+    Client, GatewayProcess, HaproxyProcess, TestCa, Webhook, client_config, connect_from,
+    read_frames, tls_client_config, token,
+};
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_holdfast-gateway");
@@ -203,4 +207,48 @@ fn a_client_that_does_not_trust_the_certificate_is_counted_and_a_bad_pair_does_n
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("tls.key:") && err.contains("is not the private key"), "{err}");
+}
+
+#[test]
+fn behind_haproxy_the_proxy_header_comes_before_the_client_hello() {
+    let ca = TestCa::new("proxied");
+    let (cert, key, _) = ca.issue("gw");
+    let hook = Webhook::start(|_| (200, json!({})));
+    let url = format!("events.webhook_url={}", hook.url());
+    let gw = gateway(
+        &cert,
+        &key,
+        &[
+            "tls.proxy_protocol=true",
+            "tls.proxy_trusted=[\"127.0.0.2/32\"]",
+            &url,
+            "events.flush_interval_ms=20",
+        ],
+    );
+    // HAProxy passes TLS through (mode tcp) from 127.0.0.2, with a v2 header in front.
+    let front =
+        HaproxyProcess::start(tls_addr(&gw), "127.0.0.2".parse().expect("ip"), "send-proxy-v2");
+    let stream = connect_from(front.front, "127.0.0.3".parse().expect("ip"));
+    let local = stream.local_addr().expect("local");
+    let mut carol =
+        Client::over_tls(stream, &ca.ca_pem, client_config(token("carol"), Platform::Linux, "p"));
+    carol.expect_auth();
+    let remote = hook
+        .wait_for(SECS, |bodies| bodies.iter().any(|b| b.to_string().contains(&local.to_string())));
+    assert!(
+        remote.iter().any(|b| b.to_string().contains(&local.to_string())),
+        "the connect event names the client behind the balancer: {remote:?}"
+    );
+    gw.post("/v1/push/user", json!({"user": "carol", "payload": "through haproxy"}));
+    assert_eq!(&carol.expect_push().payload[..], b"through haproxy");
+    // Straight to the TLS port from elsewhere: refused at accept; the plain port is not
+    // a PROXY listener and serves as before.
+    let direct = TcpStream::connect(tls_addr(&gw)).expect("connect");
+    let mut direct = direct;
+    assert!(closed_within(&mut direct, SECS).0);
+    let untrusted = "holdfast_gateway_proxy_refused_total{reason=\"untrusted\"}";
+    assert_eq!(gw.wait_metric(untrusted, 1.0, SECS), 1.0);
+    let mut plain = Client::login(gw.tcp, "plain");
+    gw.post("/v1/push/user", json!({"user": "plain", "payload": "plain"}));
+    assert_eq!(&plain.expect_push().payload[..], b"plain");
 }

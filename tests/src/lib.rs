@@ -765,7 +765,11 @@ impl Client {
     /// Connect to the TLS listener `addr` trusting the CA certificates in `ca`, as server
     /// `127.0.0.1`, and send `HELLO` inside TLS.
     pub fn connect_tls(addr: SocketAddr, ca: &std::path::Path, config: Config) -> Client {
-        let stream = TcpStream::connect(addr).expect("gateway accepts");
+        Client::over_tls(TcpStream::connect(addr).expect("gateway accepts"), ca, config)
+    }
+
+    /// [`Client::connect_tls`] over an already connected `stream` (see [`connect_from`]).
+    pub fn over_tls(stream: TcpStream, ca: &std::path::Path, config: Config) -> Client {
         stream.set_nodelay(true).expect("nodelay");
         let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
         let conn = rustls::ClientConnection::new(tls_client_config(ca), name).expect("client");
