@@ -10,8 +10,15 @@ reads VmRSS again, and prints one JSON line: (after - before) / N is the gateway
 user-space cost of one idle authenticated connection. The client sockets stay open, idle,
 until the measurement is taken.
 
+With `--hb-secs S` it then measures CPU per heartbeat: for S seconds the client sends a PING
+on each connection in turn (waiting for its PONG, at most `--hb-rate` per second), and the
+gateway's CPU time (utime + stime from /proc) over the window is divided by the PINGs
+answered. The figure includes everything the gateway does meanwhile (wheel ticks, metrics),
+so it is an upper bound; compare transports, not absolute numbers.
+
     cargo build --release -p holdfast-gateway
     python3 loadtest/scripts/tls_idle_memory.py --n 5000,15000
+    python3 loadtest/scripts/tls_idle_memory.py --n 5000 --hb-secs 30
 
 One client process holds N sockets: stay under the open-file limit (20,000 here).
 """
@@ -56,6 +63,36 @@ def metric(http, name):
             return float(line.split()[1])
     return 0.0
 
+def cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+
+PING = struct.pack(">IBBI", 0, 4, 0, 7)
+
+def heartbeats(pid, socks, secs, rate):
+    hz = os.sysconf("SC_CLK_TCK")
+    start_cpu, start = cpu_ticks(pid), time.time()
+    done, i = 0, 0
+    while time.time() - start < secs:
+        s = socks[i % len(socks)]
+        i += 1
+        s.sendall(PING)
+        head = read_exact(s, 10)
+        length, typ = struct.unpack(">IB", head[:5])
+        if length:
+            read_exact(s, length)
+        if typ != 5:
+            raise RuntimeError(f"frame type {typ}, not PONG")
+        done += 1
+        behind = done / rate - (time.time() - start)
+        if behind > 0:
+            time.sleep(behind)
+    took = time.time() - start
+    cpu_s = (cpu_ticks(pid) - start_cpu) / hz
+    return {"hb": done, "hb_per_s": round(done / took), "gateway_cpu_s": round(cpu_s, 2),
+            "cpu_us_per_hb": round(cpu_s * 1e6 / done, 1)}
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -85,7 +122,7 @@ def start_gateway(binary, cert, key):
         raise RuntimeError(f"gateway did not start: {line!r}")
     return p, tcp, tls, f"127.0.0.1:{http}"
 
-def run(binary, cert, transport, n, secret):
+def run(binary, cert, transport, n, secret, hb_secs, hb_rate):
     p, tcp, tls, http = start_gateway(binary, cert[0], cert[1])
     try:
         time.sleep(1)
@@ -114,12 +151,15 @@ def run(binary, cert, transport, n, secret):
         after = rss_kib(p.pid)
         established = metric(http, "holdfast_gateway_connections_established")
         handshakes = metric(http, "holdfast_gateway_tls_handshakes_total")
+        result = {"transport": transport, "n": n, "established": int(established),
+                  "tls_handshakes": int(handshakes), "connect_s": round(took, 1),
+                  "rss_before_kib": before, "rss_after_kib": after,
+                  "bytes_per_conn": round((after - before) * 1024 / n)}
+        if hb_secs > 0:
+            result.update(heartbeats(p.pid, socks, hb_secs, hb_rate))
         for s in socks:
             s.close()
-        return {"transport": transport, "n": n, "established": int(established),
-                "tls_handshakes": int(handshakes), "connect_s": round(took, 1),
-                "rss_before_kib": before, "rss_after_kib": after,
-                "bytes_per_conn": round((after - before) * 1024 / n)}
+        return result
     finally:
         p.kill()
         p.wait()
@@ -130,12 +170,15 @@ def main():
     a.add_argument("--n", default="5000,15000")
     a.add_argument("--transports", default="tcp,tls")
     a.add_argument("--secret", default="holdfast-dev-secret")
+    a.add_argument("--hb-secs", type=float, default=0)
+    a.add_argument("--hb-rate", type=float, default=2000)
     args = a.parse_args()
     with tempfile.TemporaryDirectory() as d:
         cert = make_cert(d)
         for n in [int(x) for x in args.n.split(",")]:
             for t in args.transports.split(","):
-                print(json.dumps(run(args.bin, cert, t, n, args.secret)), flush=True)
+                print(json.dumps(run(args.bin, cert, t, n, args.secret, args.hb_secs, args.hb_rate)),
+                      flush=True)
 
 if __name__ == "__main__":
     sys.exit(main())

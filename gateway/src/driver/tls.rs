@@ -244,6 +244,7 @@ impl Tls {
         }
         let mut n = self.take_plain(buf);
         let mut taken = 0;
+        let mut drained = false;
         loop {
             if n < buf.len()
                 && let Err(e) = self.process(tcp, buf, &mut n)
@@ -252,7 +253,10 @@ impl Tls {
                 self.release();
                 return Err(e);
             }
-            if n == buf.len() || self.eof {
+            // A short socket read emptied it: the next arrival is a new readiness event, so
+            // plaintext in hand goes now without another read (one syscall per heartbeat,
+            // as on plain TCP). With nothing in hand, read on to see the end or `WouldBlock`.
+            if n == buf.len() || self.eof || (drained && n > 0) {
                 return Ok(n);
             }
             if taken >= READ_BUDGET {
@@ -266,14 +270,17 @@ impl Tls {
                 return Ok(n);
             }
             match self.read_socket(tcp) {
-                Ok(0) => {
+                Ok((0, _)) => {
                     self.eof = true;
                     if matches!(self.phase, Phase::Handshake(_)) {
                         self.failure = Some(TlsFailure::Closed);
                     }
                     return Ok(n);
                 }
-                Ok(k) => taken += k,
+                Ok((k, short)) => {
+                    taken += k;
+                    drained = short;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && n > 0 => return Ok(n),
                 Err(e) => return Err(e),
@@ -310,7 +317,8 @@ impl Tls {
 
     /// Read what the socket has (at least what the record in progress still needs) into
     /// `incoming`.
-    fn read_socket<S: Socket>(&mut self, tcp: &mut S) -> io::Result<usize> {
+    /// Returns the count and whether it was short (the socket had no more for now).
+    fn read_socket<S: Socket>(&mut self, tcp: &mut S) -> io::Result<(usize, bool)> {
         let have = self.incoming.len();
         let need = match self.phase {
             Phase::Open(_) if have >= record::HEADER => {
@@ -319,13 +327,14 @@ impl Tls {
             }
             _ => 0,
         };
-        self.incoming.resize(have + need.max(READ_CHUNK), 0);
+        let asked = need.max(READ_CHUNK);
+        self.incoming.resize(have + asked, 0);
         let r = tcp.read(&mut self.incoming[have..]);
         self.incoming.truncate(have + *r.as_ref().unwrap_or(&0));
         if self.incoming.is_empty() {
             self.incoming = Vec::new();
         }
-        r
+        r.map(|k| (k, k < asked))
     }
 
     /// Make progress with what `incoming` holds: the handshake's steps, or records.
