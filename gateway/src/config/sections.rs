@@ -50,7 +50,8 @@ pub struct ListenConfig {
     /// Connections held at once across all workers (default 1,000,000); further accepts are
     /// closed at once. Each connection costs a few KiB of memory plus its queued bytes.
     pub max_connections: usize,
-    /// Time a new connection has to deliver a complete `HELLO`, in ms (default 10,000).
+    /// Time a new connection has to deliver a complete `HELLO`, in ms (default 10,000); on the
+    /// TLS listener the TLS handshake counts against it too.
     pub handshake_timeout_ms: u64,
     /// Largest frame (header + body) accepted from clients, in bytes (default 65,536; 1,024
     /// to 16 MiB). Sent to clients in `AUTH_OK.max_frame`. Before authentication the limit is
