@@ -107,6 +107,9 @@ codes! {
     REBALANCE = 402;
     /// The gateway is stopping now.
     SERVER_SHUTDOWN = 403;
+    /// The gateway holds its maximum of connections: connect to one of the addresses (less
+    /// loaded gateways) or ask the scheduler. Answers a `HELLO`.
+    SERVER_FULL = 404;
     /// The backend did not answer an `UPSTREAM` in time.
     UPSTREAM_TIMEOUT = 501;
     /// The backend could not be reached or failed.
@@ -119,6 +122,9 @@ codes! {
     INTERNAL_ERROR = 601;
     /// The server refuses new work for now; retry with backoff.
     OVERLOADED = 602;
+    /// This user and device connected more often than the server allows (a flapping
+    /// client): refused for a while; retry no sooner than a minute.
+    THROTTLED = 603;
 }
 
 impl Code {

@@ -166,8 +166,14 @@ fn ack() -> impl Strategy<Value = Ack> {
 }
 
 fn redirect() -> impl Strategy<Value = Redirect> {
-    (code(), any::<u32>(), any::<u32>(), vec(text(255), 0..=16)).prop_map(
-        |(code, delay_ms, jitter_ms, addresses)| Redirect { code, delay_ms, jitter_ms, addresses },
+    (code(), any::<u32>(), any::<u32>(), vec(text(255), 0..=16), any::<bool>()).prop_map(
+        |(code, delay_ms, jitter_ms, addresses, overlap)| Redirect {
+            code,
+            delay_ms,
+            jitter_ms,
+            addresses,
+            overlap,
+        },
     )
 }
 
@@ -446,7 +452,13 @@ fn sample_hello() -> Hello {
 }
 
 fn sample_redirect(addresses: Vec<String>) -> Redirect {
-    Redirect { code: Code::SERVER_DRAINING, delay_ms: 1_000, jitter_ms: 5_000, addresses }
+    Redirect {
+        code: Code::SERVER_DRAINING,
+        delay_ms: 1_000,
+        jitter_ms: 5_000,
+        addresses,
+        overlap: false,
+    }
 }
 
 /// The frame is refused with a `FieldLength` error naming `field`, and nothing is written

@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Mutex, Weak};
 use std::time::Instant;
 
-use holdfast_codec::{Code, Redirect};
+use holdfast_codec::Code;
 use holdfast_scheduler::agent::{Agent, AgentConfig, AgentError, GatewayHooks, LoadSample};
 use holdfast_scheduler::model::{Dims, Endpoint, Transport};
 use holdfast_scheduler::protocol::{Registration, ShedOrder};
@@ -76,6 +76,20 @@ fn proc_rss_bytes() -> Option<f64> {
 }
 
 impl GatewayHooks for Hooks {
+    fn alternatives(&self, endpoints: Vec<Endpoint>) {
+        let Some(node) = self.node.upgrade() else { return };
+        // Clients of this listener speak TCP: only TCP endpoints are of use to them.
+        let tcp: Vec<String> = endpoints
+            .into_iter()
+            .filter(|e| e.transport == Transport::Tcp)
+            .map(|e| e.addr)
+            .take(16)
+            .collect();
+        if let Ok(mut a) = node.alternatives.lock() {
+            *a = tcp;
+        }
+    }
+
     fn sample(&self) -> LoadSample {
         let Some(node) = self.node.upgrade() else {
             return LoadSample { draining: true, ..LoadSample::default() };
@@ -127,12 +141,9 @@ impl GatewayHooks for Hooks {
             .map(|e| e.addr.clone())
             .take(16)
             .collect();
-        let redirect = Redirect {
-            code: Code::REBALANCE,
-            delay_ms: 0,
-            jitter_ms: u32::try_from(order.jitter_ms).unwrap_or(u32::MAX),
-            addresses,
-        };
+        // Make-before-break, as for a drain (`drain.overlap_ms`).
+        let jitter_ms = u32::try_from(order.jitter_ms).unwrap_or(u32::MAX);
+        let (redirect, hold_ms) = node.cfg.drain.redirect(Code::REBALANCE, jitter_ms, addresses);
         let n = workers.len() as u64;
         for (i, w) in workers.iter().enumerate() {
             let share = order.connections / n + u64::from((i as u64) < order.connections % n);
@@ -144,6 +155,7 @@ impl GatewayHooks for Hooks {
                 count: Some(share),
                 over_ms: order.over_ms,
                 redirect: redirect.clone(),
+                hold_ms,
                 reason: SweepReason::Rebalance,
             };
             if !w.send_internal(Internal::Redirect(sweep)) {

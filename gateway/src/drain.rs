@@ -14,7 +14,9 @@
 //! 5. every event loop redirects its established clients with `REDIRECT`
 //!    `SERVER_DRAINING` (401, `drain.jitter_ms` of jitter), spread evenly over
 //!    `drain.window_ms` — the same paced [`Sweep`] as the scheduler's shed orders, so the
-//!    reconnects reach the rest of the fleet at a bounded rate.
+//!    reconnects reach the rest of the fleet at a bounded rate. The redirect carries
+//!    `OVERLAP` (make-before-break): each connection keeps delivering until its client is
+//!    established elsewhere and closes it, or `jitter_ms + drain.overlap_ms` passes.
 //!
 //! The process waits ([`Running::drain`](crate::Running::drain)) until no connection is
 //! left, or `window_ms + grace_ms`, then shuts down as usual: what is left gets `REDIRECT`
@@ -22,7 +24,7 @@
 
 use std::sync::atomic::Ordering;
 
-use holdfast_codec::{Code, Redirect};
+use holdfast_codec::Code;
 
 use crate::driver::{Internal, Sweep, SweepReason};
 use crate::node::Node;
@@ -45,15 +47,12 @@ pub(crate) fn begin(node: &Node) -> bool {
         let _ = acceptor.wake();
     }
     for w in node.all_workers() {
+        let (redirect, hold_ms) = cfg.redirect(Code::SERVER_DRAINING, cfg.jitter_ms, Vec::new());
         w.send_internal(Internal::Redirect(Sweep {
             count: None,
             over_ms: cfg.window_ms,
-            redirect: Redirect {
-                code: Code::SERVER_DRAINING,
-                delay_ms: 0,
-                jitter_ms: cfg.jitter_ms,
-                addresses: Vec::new(),
-            },
+            redirect,
+            hold_ms,
             reason: SweepReason::Drain,
         }));
     }

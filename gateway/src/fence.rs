@@ -96,7 +96,10 @@ impl Fence {
                     delay_ms: 0,
                     jitter_ms: FENCE_JITTER_MS,
                     addresses: Vec::new(),
+                    // No make-before-break: without a lease this node must stop serving.
+                    overlap: false,
                 },
+                hold_ms: 0,
                 reason: SweepReason::Fenced,
             }));
         }

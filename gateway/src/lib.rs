@@ -54,6 +54,7 @@ mod drain;
 pub mod driver;
 pub mod events;
 mod fence;
+mod flapping;
 mod health;
 pub mod ids;
 pub mod memory;

@@ -35,12 +35,19 @@ pub enum Refusal {
     AcceptRate = 2,
     /// Over `admission.per_source_per_sec` for the client's address (`AUTH_FAIL` 602).
     SourceRate = 3,
+    /// A flapping user and device (`admission.flap_*`): `AUTH_FAIL` `THROTTLED` (603).
+    Flapping = 4,
 }
 
 impl Refusal {
     /// Every reason, in label order.
-    pub const ALL: [Refusal; 4] =
-        [Refusal::Draining, Refusal::HandshakesInFlight, Refusal::AcceptRate, Refusal::SourceRate];
+    pub const ALL: [Refusal; 5] = [
+        Refusal::Draining,
+        Refusal::HandshakesInFlight,
+        Refusal::AcceptRate,
+        Refusal::SourceRate,
+        Refusal::Flapping,
+    ];
 
     /// The label value.
     pub fn as_str(self) -> &'static str {
@@ -49,6 +56,7 @@ impl Refusal {
             Refusal::HandshakesInFlight => "handshakes_in_flight",
             Refusal::AcceptRate => "accept_rate",
             Refusal::SourceRate => "source_rate",
+            Refusal::Flapping => "flapping",
         }
     }
 
@@ -60,6 +68,7 @@ impl Refusal {
                 "gateway busy with new connections; retry with backoff"
             }
             Refusal::SourceRate => "too many connections from your address; retry with backoff",
+            Refusal::Flapping => "reconnecting too often; refused for a while",
         }
     }
 }
@@ -148,7 +157,8 @@ pub struct Metrics {
     pub connections_established: IntGauge,
     /// Sockets accepted.
     pub accepted: IntCounter,
-    /// Sockets refused at accept because `listen.max_connections` was reached.
+    /// Connections refused because `listen.max_connections` was reached (`REDIRECT`
+    /// `SERVER_FULL`), or because a loop's table was full.
     pub rejected_max_connections: IntCounter,
     /// Handshakes that ended in `AUTH_OK`.
     pub handshakes_ok: IntCounter,
@@ -166,6 +176,9 @@ pub struct Metrics {
     pub kicks_logged_in_elsewhere: IntCounter,
     /// `KICK` frames sent on an operator's request.
     pub kicks_admin: IntCounter,
+    /// Newer logins that did not displace a connection because it was moving
+    /// (make-before-break: the newer login is the same client).
+    pub kicks_skipped_moving: IntCounter,
     /// Push targets accepted by the push API (one per connection or user addressed).
     pub pushes_in: IntCounter,
     /// `PUSH` frames written to connections.
@@ -401,7 +414,7 @@ impl Metrics {
             rejected_max_connections: counter(
                 r,
                 "holdfast_gateway_rejected_max_connections_total",
-                "Sockets closed at accept because listen.max_connections was reached.",
+                "Connections refused with REDIRECT SERVER_FULL because listen.max_connections was reached.",
             ),
             handshakes_ok: counter(
                 r,
@@ -431,6 +444,11 @@ impl Metrics {
             ),
             kicks_logged_in_elsewhere: kicks[0].clone(),
             kicks_admin: kicks[1].clone(),
+            kicks_skipped_moving: counter(
+                r,
+                "holdfast_gateway_kicks_skipped_moving_total",
+                "Newer logins that left a moving (redirected with OVERLAP) connection alone.",
+            ),
             pushes_in: counter(
                 r,
                 "holdfast_gateway_pushes_in_total",

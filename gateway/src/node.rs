@@ -69,6 +69,11 @@ pub(crate) struct Node {
     pub(crate) handshaking: AtomicUsize,
     /// Per-address handshake limits (`admission.per_source_per_sec`), if configured.
     pub(crate) sources: Option<SourceLimiter>,
+    /// The flapping detector (`admission.flap_max_logins`), if on.
+    pub(crate) flapping: Option<crate::flapping::Flapping>,
+    /// Client addresses of less loaded gateways, best first, from the scheduler's latest
+    /// answer: named in `REDIRECT` `SERVER_FULL`.
+    pub(crate) alternatives: std::sync::Mutex<Vec<String>>,
     /// The origin of [`Node::mono_ns`].
     pub(crate) origin: Instant,
 }
@@ -111,6 +116,11 @@ impl Node {
     pub(crate) fn handshake_ended(&self) {
         self.handshaking.fetch_sub(1, Ordering::Relaxed);
         self.metrics.handshakes_in_flight.dec();
+    }
+
+    /// The addresses a client this node has no room for is sent to (may be empty).
+    pub(crate) fn alternatives(&self) -> Vec<String> {
+        self.alternatives.lock().map(|a| a.clone()).unwrap_or_default()
     }
 
     /// Whether connections keep their device id (only the webhooks read it).

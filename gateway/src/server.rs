@@ -215,6 +215,8 @@ fn start_with(cfg: Config, presence: Option<Arc<dyn Presence>>) -> Result<Runnin
         |c| c.batcher.lease().generation,
     );
     let cfg_sources = (cfg.admission.per_source_per_sec, cfg.admission.per_source_burst);
+    let a = &cfg.admission;
+    let cfg_flap = (a.flap_max_logins, a.flap_window_secs, a.flap_ban_secs);
     let node = Arc::new(Node {
         registry: Registry::new(cfg.sessions.kick_policy, cfg.sessions.max_per_user),
         next_message_id: AtomicU64::new(crate::api::wall_ms().wrapping_mul(1000)),
@@ -241,6 +243,9 @@ fn start_with(cfg: Config, presence: Option<Arc<dyn Presence>>) -> Result<Runnin
         handshaking: AtomicUsize::new(0),
         sources: (cfg_sources.0 > 0)
             .then(|| SourceLimiter::new(cfg_sources.0, cfg_sources.1, MAX_SOURCES)),
+        flapping: (cfg_flap.0 > 0)
+            .then(|| crate::flapping::Flapping::new(cfg_flap.0, cfg_flap.1, cfg_flap.2)),
+        alternatives: std::sync::Mutex::new(Vec::new()),
         origin: std::time::Instant::now(),
     });
     let mut threads = Vec::new();

@@ -15,7 +15,7 @@ use holdfast_codec::client::Event;
 use holdfast_codec::{Code, Platform};
 use holdfast_tests::{
     Client, GatewayProcess, RedisProcess, STATUS_SECRET, StatusProcess, eventually, free_port,
-    status_cluster,
+    gateway_cluster, status_cluster, status_sets,
 };
 use serde_json::{Value, json};
 
@@ -25,40 +25,13 @@ const CLUSTER_SECRET: &str = "test-gateway-cluster-secret";
 const TTL: Duration = Duration::from_millis(1500);
 const MARGIN: Duration = Duration::from_secs(2);
 
-fn status_sets(nodes: &[StatusProcess]) -> Vec<String> {
-    let seeds: Vec<String> = nodes.iter().map(|n| format!("\"{}\"", n.data)).collect();
-    vec![
-        "presence.backend=status".to_owned(),
-        format!("presence.seeds=[{}]", seeds.join(", ")),
-        format!("presence.secret={STATUS_SECRET}"),
-    ]
-}
-
 fn short_lease() -> Vec<String> {
     vec![format!("presence.lease_ttl_ms={}", TTL.as_millis()), "presence.renew_ms=500".to_owned()]
 }
 
 /// `n` gateways (node ids 1..=n) on `backend`, each listing the others as peers.
 fn gateways(backend: &[String], n: u16, extra: &[String]) -> Vec<GatewayProcess> {
-    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
-    (1..=n)
-        .map(|id| {
-            let peers: Vec<String> = (1..=n)
-                .filter(|p| *p != id)
-                .map(|p| format!("{{id={p}, addr=\"127.0.0.1:{}\"}}", ports[usize::from(p - 1)]))
-                .collect();
-            let mut sets = vec![
-                format!("node.id={id}"),
-                format!("cluster.addr=127.0.0.1:{}", ports[usize::from(id - 1)]),
-                format!("cluster.peers=[{}]", peers.join(", ")),
-                format!("cluster.secret={CLUSTER_SECRET}"),
-            ];
-            sets.extend(backend.iter().cloned());
-            sets.extend(extra.iter().cloned());
-            let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
-            GatewayProcess::spawn(BIN, &sets)
-        })
-        .collect()
+    gateway_cluster(BIN, CLUSTER_SECRET, backend, n, extra)
 }
 
 /// `user`'s sessions as `gw`'s `GET /v1/presence` answers them.
@@ -299,12 +272,13 @@ fn a_gateway_paused_past_its_lease_fences_itself_and_never_resurrects_a_session(
     wait_sessions(a, "erin", &[2]);
 }
 
-#[test]
-fn the_redis_backend_routes_pushes_and_kicks_and_expires_a_killed_gateway() {
-    let redis = RedisProcess::start();
+/// Pushes and kicks across two gateways on a Redis presence `backend`; a killed gateway's
+/// user goes offline within the lease TTL + 2 s.
+fn redis_backend_routes_pushes_and_kicks(backend: &str, urls: &[String], label: &str) {
+    let urls: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
     let mut backend = vec![
-        "presence.backend=redis".to_owned(),
-        format!("presence.redis_urls=[\"{}\"]", redis.url()),
+        format!("presence.backend={backend}"),
+        format!("presence.redis_urls=[{}]", urls.join(", ")),
     ];
     backend.extend(short_lease());
     let mut gws = gateways(&backend, 2, &[]);
@@ -316,15 +290,27 @@ fn the_redis_backend_routes_pushes_and_kicks_and_expires_a_killed_gateway() {
     let _frank_a = Client::login_on(gws[0].tcp, "frank", Platform::Android);
     assert_eq!(expect_kick(&mut frank_b), Code::LOGGED_IN_ELSEWHERE);
     wait_sessions(&gws[1], "frank", &[1]);
-    assert!(
-        gws[0].metric(
-            "holdfast_status_client_ops_total{backend=\"redis\",op=\"apply\",outcome=\"ok\"}"
-        ) >= 1.0
+    let ops = format!(
+        "holdfast_status_client_ops_total{{backend=\"{label}\",op=\"apply\",outcome=\"ok\"}}"
     );
+    assert!(gws[0].metric(&ops) >= 1.0, "{ops}");
     gws[0].kill9();
     let killed = Instant::now();
     let gone = eventually(TTL + MARGIN, || sessions(&gws[1], "frank").is_empty().then_some(()));
     assert!(gone.is_some(), "frank still online after {:?}", killed.elapsed());
+}
+
+#[test]
+fn the_redis_backend_routes_pushes_and_kicks_and_expires_a_killed_gateway() {
+    let redis = RedisProcess::start();
+    redis_backend_routes_pushes_and_kicks("redis", &[redis.url()], "redis");
+}
+
+#[test]
+fn the_redis_cluster_backend_routes_pushes_and_kicks_and_expires_a_killed_gateway() {
+    let nodes = RedisProcess::cluster();
+    let urls: Vec<String> = nodes.iter().map(RedisProcess::url).collect();
+    redis_backend_routes_pushes_and_kicks("redis_cluster", &urls, "redis-cluster");
 }
 
 #[test]

@@ -72,7 +72,7 @@ fn drain_redirects_every_client_over_the_window_then_exits() {
     assert_eq!(gw.metric("holdfast_gateway_draining"), 0.0);
 
     let began = Instant::now();
-    gw.signal(libc::SIGUSR1);
+    gw.signal(libc::SIGTERM); // drains by default (`drain.on_sigterm`)
     let unhealthy =
         eventually(SECS, || (gw.get("/healthz") == (503, "draining\n".to_owned())).then_some(()));
     assert!(unhealthy.is_some(), "{:?}", gw.get("/healthz"));
@@ -116,6 +116,18 @@ fn drain_redirects_every_client_over_the_window_then_exits() {
 
 /// `POST /v1/admin/drain` drains too, and a connection that never leaves (no `HELLO`, so no
 /// redirect) does not hold the process past `window_ms + grace_ms`.
+/// `SIGUSR1` drains too (whatever `drain.on_sigterm` says).
+#[test]
+fn sigusr1_drains() {
+    let gw = GatewayProcess::spawn(BIN, &["drain.on_sigterm=false", "drain.overlap_ms=30000"]);
+    // A client held (moving) keeps the drained process up while the test looks.
+    let _held = Client::login(gw.tcp, "held");
+    gw.signal(libc::SIGUSR1);
+    let draining =
+        eventually(SECS, || (gw.get("/healthz") == (503, "draining\n".to_owned())).then_some(()));
+    assert!(draining.is_some(), "SIGUSR1 began a drain");
+}
+
 #[test]
 fn admin_drain_ends_at_the_deadline() {
     let mut gw = GatewayProcess::spawn(
@@ -210,4 +222,83 @@ fn handshakes_in_flight_are_bounded() {
     assert!(matches!(frames.first(), Some(Frame::AuthOk(_))), "{frames:?}");
     assert_eq!(gw.wait_metric_below(gauge, 1.0, SECS), 1.0);
     let _fourth = Client::login(gw.tcp, "room-again");
+}
+
+/// At `listen.max_connections` a new client is answered `REDIRECT` `SERVER_FULL` (404) at
+/// once, naming a less loaded gateway of its group that the scheduler's latest answer
+/// named; the client follows it and authenticates there.
+#[test]
+fn a_full_gateway_redirects_new_clients_to_a_less_loaded_one() {
+    let scheduler = SchedulerProcess::spawn(&["fleet.report_interval_ms=100", "fleet.ttl_ms=600"]);
+    let spawn = |extra: &[&str]| {
+        let addrs = format!("scheduler.addrs=[\"{}\"]", scheduler.control);
+        let secret = format!("scheduler.secret={SCHEDULER_SECRET}");
+        let mut sets = vec![addrs.as_str(), secret.as_str(), "scheduler.report_interval_ms=100"];
+        sets.extend_from_slice(extra);
+        GatewayProcess::spawn(BIN, &sets)
+    };
+    let full = spawn(&["node.id=1", "listen.max_connections=2"]);
+    let roomy = spawn(&["node.id=2"]);
+    let _kept: Vec<Client> =
+        (0..2).map(|i| Client::login(full.tcp, &format!("full-{i}"))).collect();
+    // Until the scheduler has seen both, the redirect may name nobody ("ask the
+    // scheduler"); within a few report intervals it names the other gateway.
+    let named = eventually(SECS, || {
+        let mut c = Client::connect(full.tcp, client_config(token("late"), Platform::Linux, "d"));
+        let (code, reconnect) = c.expect(SECS, "REDIRECT", |e| match e {
+            Event::Redirected { code, reconnect, .. } => Some((code, reconnect)),
+            Event::Authenticated(_) => panic!("a full gateway authenticated a client"),
+            _ => None,
+        });
+        assert_eq!(code, Code::SERVER_FULL);
+        match reconnect {
+            holdfast_codec::client::Reconnect::After { addresses, .. } if !addresses.is_empty() => {
+                Some(addresses)
+            }
+            _ => None,
+        }
+    })
+    .unwrap_or_else(|| {
+        panic!("the full gateway names no other gateway: {}", scheduler.control_get("/v1/gateways"))
+    });
+    assert_eq!(named, vec![roomy.tcp.to_string()]);
+    assert!(full.metric("holdfast_gateway_rejected_max_connections_total") >= 1.0);
+    let target: SocketAddr = named[0].parse().expect("host:port");
+    let _moved = Client::login(target, "late");
+    assert_eq!(full.metric("holdfast_gateway_connections_established"), 2.0);
+}
+
+/// A user and device that logs in more than `admission.flap_max_logins` times within the
+/// window is refused `AUTH_FAIL` `THROTTLED` (603) for `flap_ban_secs`; another device of
+/// the same user is not; after the ban (2 s here, checked with a 2 s margin) it is let in.
+#[test]
+fn a_flapping_client_is_refused_for_the_ban_time() {
+    let gw = GatewayProcess::spawn(
+        BIN,
+        &[
+            "admission.flap_max_logins=3",
+            "admission.flap_window_secs=60",
+            "admission.flap_ban_secs=2",
+        ],
+    );
+    let login = |device: &str| {
+        let mut c =
+            Client::connect(gw.tcp, client_config(token("flappy"), Platform::Linux, device));
+        c.expect(SECS, "an answer to HELLO", |e| match e {
+            Event::Authenticated(_) => Some(Ok(())),
+            Event::AuthFailed { code, reconnect, .. } => Some(Err((code, reconnect))),
+            _ => None,
+        })
+    };
+    for i in 0..3 {
+        assert_eq!(login("phone"), Ok(()), "login {i} within the limit");
+    }
+    let Err((code, reconnect)) = login("phone") else { panic!("the 4th login in a minute passed") };
+    assert_eq!(code, Code::THROTTLED);
+    assert!(reconnect.delay().is_some_and(|d| d >= holdfast_codec::client::THROTTLED_MIN_DELAY));
+    assert_eq!(login("tablet"), Ok(()), "another device of the same user is not flapping");
+    assert_eq!(gw.metric("holdfast_gateway_admission_refused_total{reason=\"flapping\"}"), 1.0);
+    let banned_at = Instant::now();
+    let back = eventually(Duration::from_secs(4), || login("phone").ok());
+    assert!(back.is_some(), "still refused {:?} after a 2 s ban", banned_at.elapsed());
 }

@@ -19,11 +19,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_holdfast-gateway");
 const SECS: Duration = Duration::from_secs(10);
 
 fn encode(frames: &[Frame]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for f in frames {
-        f.encode(&mut out).unwrap();
-    }
-    out
+    holdfast_tests::encode_frames(frames)
 }
 
 fn hello(user: &str) -> Frame {
@@ -330,13 +326,16 @@ fn verification_keys_rotate_by_kid_on_sighup() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// SIGTERM: every authenticated client gets `REDIRECT` `SERVER_SHUTDOWN` behind whatever was
+/// SIGTERM as a fast stop (`drain.on_sigterm = false`; by default it drains, `edge.rs`):
+/// every authenticated client gets `REDIRECT` `SERVER_SHUTDOWN` behind whatever was
 /// still queued for it (before the fix queued bytes were dropped right after the redirect),
 /// and the process exits cleanly.
 #[test]
 fn sigterm_redirects_every_client_after_what_was_queued() {
-    let mut gw =
-        GatewayProcess::spawn(BIN, &["listen.send_buffer_bytes=4096", "push.max_unacked=100000"]);
+    let mut gw = GatewayProcess::spawn(
+        BIN,
+        &["listen.send_buffer_bytes=4096", "push.max_unacked=100000", "drain.on_sigterm=false"],
+    );
     let mut idle = Client::login(gw.tcp, "idle");
     let mut behind = raw_login(&gw, "behind");
     let payload = "z".repeat(10_000);

@@ -241,6 +241,10 @@ impl Cluster {
             format!("node.workers={}", spec.gateway_workers),
             format!("listen.max_connections={}", spec.max_connections),
             "log.filter=warn".to_owned(),
+            // A graceful stop (`SIGTERM`) drains over 5 s rather than the default minute,
+            // so a scenario sees every client back within its wait.
+            "drain.window_ms=5000".to_owned(),
+            "drain.jitter_ms=1000".to_owned(),
         ];
         if let Some(s) = &self.scheduler {
             let secret = std::env::var("HOLDFAST_SCHEDULER_SECRET")
@@ -399,7 +403,8 @@ impl Cluster {
         self.gateways.iter().position(|g| g.child.is_some())
     }
 
-    /// Stop everything: SIGTERM to every process, SIGKILL after `grace`.
+    /// Stop everything: SIGINT to every process (a gateway's fast stop: `SIGTERM` would
+    /// drain it), SIGKILL after `grace`.
     pub async fn shutdown(&mut self, grace: Duration) {
         for p in self.pollers.drain(..) {
             p.abort();
@@ -412,7 +417,7 @@ impl Cluster {
             if let Some(pid) = c.id() {
                 // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
                 unsafe {
-                    libc::kill(pid as libc::pid_t, libc::SIGTERM);
+                    libc::kill(pid as libc::pid_t, libc::SIGINT);
                 }
             }
         }

@@ -31,6 +31,8 @@ pub fn client_config(
         platform,
         heartbeat_wish: Duration::from_millis(hb_ms),
         seed,
+        // `drive` holds one transport per session: follow redirects break-before-make.
+        make_before_break: false,
         ..Config::default()
     }
 }

@@ -76,6 +76,12 @@ pub trait GatewayHooks: Send + Sync + 'static {
     /// and `order.target` as addresses, and report the rest still to do in
     /// [`LoadSample::pending_shed`]. Each order is handed over once.
     fn shed(&self, order: ShedOrder);
+    /// The latest answer's less loaded gateways of the same group, best first
+    /// ([`ReportAnswer::alternatives`]): where to send a client this gateway has no room
+    /// for. Called after every report the coordinator answered. Ignored by default.
+    fn alternatives(&self, endpoints: Vec<crate::model::Endpoint>) {
+        let _ = endpoints;
+    }
 }
 
 /// The gateway's state at one moment.
@@ -313,6 +319,9 @@ async fn report_loop(state: Arc<AgentState>, index: usize) {
                 }
                 st.coordinator = choose_coordinator(&cfg.registration.id, &st.instances);
                 drop(st);
+                if from_coordinator {
+                    state.hooks.alternatives(answer.alternatives);
+                }
                 for order in to_apply {
                     tracing::info!(order = %order.id, connections = order.connections,
                         "shed order from the coordinator");

@@ -99,11 +99,15 @@ async fn report(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -
         }
     };
     m.rebalance_delivered.inc_by(orders.len() as u64);
+    let view = s.view();
+    let max = view.rules.file.answer.max_endpoints;
+    let alternatives = view.alternatives(id, &report.gateway.group, max);
     let answer = ReportAnswer {
         instance: s.instance.clone(),
         report_interval_ms: s.cfg.fleet.report_interval_ms,
         ttl_ms: s.cfg.fleet.ttl_ms,
         orders,
+        alternatives,
     };
     let Ok(body) = serde_json::to_vec(&answer) else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();

@@ -108,6 +108,11 @@ pub struct ReportAnswer {
     /// Shed orders for this gateway (only from its coordinator; usually empty).
     #[serde(default)]
     pub orders: Vec<ShedOrder>,
+    /// Endpoints of the least loaded other gateways of its group that take new clients now
+    /// (at most `answer.max_endpoints` gateways, best first): where the gateway may send a
+    /// client it cannot take (`REDIRECT` `SERVER_FULL`). Empty when there is none.
+    #[serde(default)]
+    pub alternatives: Vec<Endpoint>,
 }
 
 /// Why a report was refused; each maps to one HTTP status.

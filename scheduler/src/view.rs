@@ -300,6 +300,22 @@ fn sort_tier(t: &mut Tier) {
     }
 }
 
+impl View {
+    /// The endpoints of up to `max` other gateways of `group` that take new clients now,
+    /// best first (dispatch rank, then utilisation of the most important dimension): where
+    /// gateway `id` may send a client it has no room for.
+    pub fn alternatives(&self, id: &str, group: &str, max: usize) -> Vec<Endpoint> {
+        let first = self.rules.priorities[0];
+        let mut others: Vec<&GatewayView> = self
+            .gateways
+            .iter()
+            .filter(|g| g.eligible && &*g.id != id && &*g.group == group)
+            .collect();
+        others.sort_by(|a, b| a.rank.cmp(&b.rank).then(a.util[first].total_cmp(&b.util[first])));
+        others.iter().take(max).flat_map(|g| g.endpoints.iter().cloned()).collect()
+    }
+}
+
 /// The dispatch rank of a gateway with these zones under these priorities (dimension
 /// indices, most important first). Cold (active move-in on the most important dimension)
 /// comes first even when a less important dimension is hot: trading a lower-priority
@@ -399,6 +415,25 @@ mod tests {
         assert_eq!(e_of(&v, "drain"), Some(false));
         let pool = v.pools.values().next().expect("pool");
         assert_eq!(pool.members.len(), 4, "the draining gateway is not a pool member");
+    }
+
+    #[test]
+    fn alternatives_are_the_least_loaded_others_that_take_clients() {
+        let mut f = fleet(&[
+            ("me", 900.0, 1000.0),
+            ("full", 960.0, 1000.0),
+            ("half", 500.0, 1000.0),
+            ("cold", 100.0, 1000.0),
+        ]);
+        let mut d = report("drain", 0.0, 1000.0);
+        d.draining = true;
+        f.apply(d, 0).expect("accepted");
+        let v = View::build(Arc::new(Rules::default()), &f, 0, 1_000);
+        let addrs: Vec<String> =
+            v.alternatives("me", "default", 3).into_iter().map(|e| e.addr).collect();
+        assert_eq!(addrs, vec!["cold:7100".to_owned(), "half:7100".to_owned()]);
+        assert_eq!(v.alternatives("me", "default", 1).len(), 1);
+        assert!(v.alternatives("me", "other-group", 3).is_empty());
     }
 
     fn e_of(v: &View, id: &str) -> Option<bool> {

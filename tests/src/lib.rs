@@ -422,6 +422,46 @@ pub fn status_cluster(n: u16, extra: &[&str]) -> Vec<StatusProcess> {
         .collect()
 }
 
+/// The `presence.*` settings that put a gateway on the status ring `nodes`.
+pub fn status_sets(nodes: &[StatusProcess]) -> Vec<String> {
+    let seeds: Vec<String> = nodes.iter().map(|n| format!("\"{}\"", n.data)).collect();
+    vec![
+        "presence.backend=status".to_owned(),
+        format!("presence.seeds=[{}]", seeds.join(", ")),
+        format!("presence.secret={STATUS_SECRET}"),
+    ]
+}
+
+/// `n` gateways of binary `bin` (node ids 1..=n) on presence `backend`, each listing the
+/// others as `cluster.peers` with the internal channel's `secret`.
+pub fn gateway_cluster(
+    bin: &str,
+    secret: &str,
+    backend: &[String],
+    n: u16,
+    extra: &[String],
+) -> Vec<GatewayProcess> {
+    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    (1..=n)
+        .map(|id| {
+            let peers: Vec<String> = (1..=n)
+                .filter(|p| *p != id)
+                .map(|p| format!("{{id={p}, addr=\"127.0.0.1:{}\"}}", ports[usize::from(p - 1)]))
+                .collect();
+            let mut sets = vec![
+                format!("node.id={id}"),
+                format!("cluster.addr=127.0.0.1:{}", ports[usize::from(id - 1)]),
+                format!("cluster.peers=[{}]", peers.join(", ")),
+                format!("cluster.secret={secret}"),
+            ];
+            sets.extend(backend.iter().cloned());
+            sets.extend(extra.iter().cloned());
+            let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+            GatewayProcess::spawn(bin, &sets)
+        })
+        .collect()
+}
+
 /// The schedulers' shared secret in tests.
 pub const SCHEDULER_SECRET: &str = "test-scheduler-secret-long-enough";
 
@@ -482,23 +522,24 @@ pub struct RedisProcess {
 impl RedisProcess {
     /// Start one and wait (at most 20 s) until it answers `PING`.
     pub fn start() -> RedisProcess {
-        let port = free_port();
+        RedisProcess::start_on(free_port(), false)
+    }
+
+    /// Start one on `port`, as a Redis Cluster node when `cluster`, and wait (at most 20 s)
+    /// until it answers `PING`.
+    fn start_on(port: u16, cluster: bool) -> RedisProcess {
         let dir =
             std::env::temp_dir().join(format!("holdfast-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("scratch dir");
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
-            .arg(&dir)
+            .arg(&dir);
+        if cluster {
+            cmd.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"]);
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -506,26 +547,62 @@ impl RedisProcess {
             .expect("redis-server starts (scripts/test installs it)");
         let r = RedisProcess { child, port, dir };
         let until = Instant::now() + Duration::from_secs(20);
-        loop {
-            let pong = TcpStream::connect(("127.0.0.1", port)).ok().and_then(|mut s| {
-                s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
-                s.write_all(b"PING\r\n").ok()?;
-                let mut buf = [0u8; 16];
-                let n = s.read(&mut buf).ok()?;
-                Some(buf[..n].starts_with(b"+PONG"))
-            });
-            if pong == Some(true) {
-                return r;
-            }
+        while redis_cli(port, &["PING"]).trim() != "PONG" {
             assert!(Instant::now() < until, "redis-server did not answer PING within 20 s");
             std::thread::sleep(Duration::from_millis(25));
         }
+        r
+    }
+
+    /// A Redis Cluster of 3 masters and no replicas (`redis-cli --cluster create`), once
+    /// every node says `cluster_state:ok` (at most 30 s).
+    pub fn cluster() -> Vec<RedisProcess> {
+        let mut ports = Vec::new();
+        while ports.len() < 3 {
+            let p = free_port();
+            // The cluster bus listens on port + 10,000.
+            let bus_free =
+                p < 55_000 && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok();
+            if bus_free && !ports.contains(&p) {
+                ports.push(p);
+            }
+        }
+        let nodes: Vec<RedisProcess> =
+            ports.iter().map(|&p| RedisProcess::start_on(p, true)).collect();
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli --cluster create runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        let until = Instant::now() + Duration::from_secs(30);
+        for &p in &ports {
+            while !redis_cli(p, &["cluster", "info"]).contains("cluster_state:ok") {
+                assert!(Instant::now() < until, "Redis Cluster not ok within 30 s");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        nodes
     }
 
     /// Its URL.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
+}
+
+/// `redis-cli -p port args...`'s output ("" if it cannot run).
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
 }
 
 impl Drop for RedisProcess {
@@ -926,6 +1003,15 @@ impl Client {
         }
         events
     }
+}
+
+/// The wire bytes of `frames`, in order (for tests that speak the protocol by hand).
+pub fn encode_frames(frames: &[holdfast_codec::Frame]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for f in frames {
+        f.encode(&mut out).expect("a frame within the limits");
+    }
+    out
 }
 
 /// Read raw frames from a socket (for tests that speak the protocol by hand).

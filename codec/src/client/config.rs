@@ -51,6 +51,24 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Reconnect backoff parameters (default base 500 ms, cap 30 s).
     pub backoff: BackoffConfig,
+    /// How many of the latest pushes' message ids the session remembers to drop a push that
+    /// arrives again (default 4,096; 0 turns de-duplication off). A duplicate is still
+    /// acknowledged, never handed to the application. Message id 0 is never de-duplicated.
+    pub dedup_window: usize,
+    /// Follow a `REDIRECT` with `OVERLAP` make-before-break (default true): keep the
+    /// connection until the next one is established ([`Session::connect`] while
+    /// [`Session::is_moving`]). False treats it as a plain `REDIRECT`: [`Event::Closed`]
+    /// follows at once, for drivers that hold one transport per session.
+    ///
+    /// [`Session::connect`]: super::Session::connect
+    /// [`Session::is_moving`]: super::Session::is_moving
+    /// [`Event::Closed`]: super::Event::Closed
+    pub make_before_break: bool,
+    /// After a `REDIRECT` with `OVERLAP`, how long the previous connection stays open once
+    /// the new one is established (default 1 s): pushes routed to the old gateway before
+    /// the fleet saw the new connection still arrive. Longer is safer on slow backends;
+    /// the server holds the old connection for at least 10 s by default.
+    pub overlap_linger: Duration,
     /// Seed of the jitter generator (default 0). Give every client its own seed, or a whole
     /// fleet reconnects in lockstep; a fixed seed makes a test replay the same delays.
     pub seed: u64,
@@ -72,6 +90,9 @@ impl Default for Config {
             max_frame: DEFAULT_MAX_FRAME,
             handshake_timeout: Duration::from_secs(10),
             backoff: BackoffConfig::default(),
+            make_before_break: true,
+            dedup_window: 4_096,
+            overlap_linger: Duration::from_secs(1),
             seed: 0,
         }
     }

@@ -79,13 +79,24 @@ pub enum Event {
         /// What to do next.
         reconnect: Reconnect,
     },
-    /// `REDIRECT` arrived; a [`Event::Closed`] follows.
+    /// `REDIRECT` arrived. Without `overlap` a [`Event::Closed`] follows. With `overlap`
+    /// (make-before-break) the connection stays established: after `reconnect`'s delay open
+    /// a new transport and call [`Session::connect`](super::Session::connect); the old one
+    /// becomes the retiring connection until [`Event::Retired`].
     Redirected {
         /// Why (4xx).
         code: Code,
         /// When and where to reconnect: the server's delay plus drawn jitter.
         reconnect: Reconnect,
+        /// The `OVERLAP` flag: keep this connection until the next one is established.
+        overlap: bool,
     },
+    /// The retiring connection of a make-before-break move is done (the new one is
+    /// established and the linger passed, or the server ended the old one): write
+    /// [`Session::poll_transmit_retiring`](super::Session::poll_transmit_retiring) once
+    /// more, close that transport, then call
+    /// [`Session::retiring_closed`](super::Session::retiring_closed).
+    Retired,
     /// An `ERROR` not about a request; with `fatal` a [`Event::Closed`] follows.
     ServerError {
         /// What went wrong.

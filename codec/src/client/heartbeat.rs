@@ -71,6 +71,11 @@ impl Heartbeat {
     }
 
     /// The granted interval (at least [`MIN_HEARTBEAT`]), once authenticated.
+    /// The idle timeout granted by the server, if any.
+    pub(crate) fn idle_timeout(&self) -> Option<Duration> {
+        self.idle_timeout
+    }
+
     pub(crate) fn interval(&self) -> Option<Duration> {
         self.interval
     }

@@ -15,6 +15,11 @@
 //! - `ack.rs`: the acknowledgement window, cumulative by sequence plus selective message
 //!   ids for pushes processed out of order, and when a batched `ACK` is due (never later
 //!   than half the server's `AUTH_OK.max_unacked`).
+//! - `dedup.rs`: the message ids of the latest pushes, so a push that arrives twice (on
+//!   both connections of a move, or redelivered) reaches the application once.
+//! - `handover.rs`: make-before-break after a `REDIRECT` with `OVERLAP` — the previous
+//!   connection kept open and read ([`Session::receive_retiring`]) while the next one is
+//!   established, then retired ([`Event::Retired`]).
 //! - `reconnect.rs`: what a `KICK` or `AUTH_FAIL` code means for reconnecting
 //!   ([`Reconnect`]); `backoff.rs`: capped exponential backoff with full jitter
 //!   ([`Backoff`]); `rng.rs`: the seeded generator behind every jitter.
@@ -42,6 +47,14 @@
 //! }
 //! ```
 //!
+//! A driver that follows a `REDIRECT` with `OVERLAP` make-before-break (the default,
+//! [`Config::make_before_break`]) does not close the transport at
+//! [`Event::Redirected`] `{ overlap: true, .. }`: after the advised delay it opens the next
+//! transport and calls [`Session::connect`] while still reading the old one into
+//! [`Session::receive_retiring`] and writing [`Session::poll_transmit_retiring`] to it; at
+//! [`Event::Retired`] it closes the old transport and calls [`Session::retiring_closed`].
+//! `gateway/tests/moving.rs` is a complete tokio driver doing this.
+//!
 //! # Token lifetime
 //!
 //! `AUTH_OK.token_expires_ms` says when the server ends the session with `KICK`
@@ -60,8 +73,10 @@
 mod ack;
 mod backoff;
 mod config;
+mod dedup;
 mod error;
 mod event;
+mod handover;
 mod heartbeat;
 mod reconnect;
 mod rng;
@@ -73,7 +88,7 @@ pub use backoff::{Backoff, BackoffConfig};
 pub use config::{Config, ConfigError};
 pub use error::{SendError, SessionError};
 pub use event::{CloseReason, Event};
-pub use reconnect::Reconnect;
+pub use reconnect::{Reconnect, THROTTLED_MIN_DELAY};
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -86,6 +101,8 @@ use crate::{
     Refresh, RefreshOk, Upstream, decode,
 };
 use ack::AckWindow;
+use dedup::RecentIds;
+use handover::Retiring;
 use heartbeat::Heartbeat;
 use reconnect::Policy;
 use rng::SplitMix64;
@@ -160,6 +177,12 @@ pub struct Session {
     reconnect: Reconnect,
     /// The latest `now` any input was given; the time of sends that take no `now`.
     last_now: Instant,
+    /// Message ids of the latest pushes, across connections: duplicates are dropped.
+    seen: RecentIds,
+    /// A `REDIRECT` with `OVERLAP` arrived on the current connection.
+    moving: bool,
+    /// The previous connection during a make-before-break move (`handover.rs`).
+    retiring: Option<Box<Retiring>>,
 }
 
 impl Session {
@@ -186,6 +209,9 @@ impl Session {
             stable_at: None,
             reconnect: Reconnect::After { delay: Duration::ZERO, addresses: Vec::new() },
             last_now: now,
+            seen: RecentIds::new(config.dedup_window),
+            moving: false,
+            retiring: None,
             config,
         })
     }
@@ -199,12 +225,18 @@ impl Session {
     /// them as offline messages), refreshes awaiting an answer. `HELLO` announces
     /// [`Config::max_frame`] and carries the latest token ([`Session::set_token`],
     /// [`Session::refresh`]). Calling this while a connection is still open first ends that
-    /// one as [`CloseReason::TransportClosed`].
+    /// one as [`CloseReason::TransportClosed`] — unless a `REDIRECT` with `OVERLAP` moved it
+    /// ([`Session::is_moving`]): then it stays open as the *retiring* connection
+    /// (make-before-break, `handover.rs`), read through [`Session::receive_retiring`] until
+    /// [`Event::Retired`].
     pub fn connect(&mut self, now: Instant) {
         self.tick(now);
-        if self.is_open() {
+        if self.state == State::Established && self.moving {
+            self.begin_retiring(now);
+        } else if self.is_open() {
             self.close_with(CloseReason::TransportClosed, Policy::Backoff, now);
         }
+        self.moving = false;
         self.state = State::AwaitAuth;
         self.inbound.clear();
         self.outbound.clear();
@@ -259,6 +291,7 @@ impl Session {
     /// batched `ACK`, or close on a handshake or idle timeout.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.tick(now);
+        self.retiring_timeout(now);
         match self.state {
             State::AwaitAuth => {
                 if self.handshake_deadline().is_some_and(|d| d <= now) {
@@ -409,6 +442,7 @@ impl Session {
             self.stable_at = None;
             self.finish(CloseReason::Local, Reconnect::Never);
         }
+        self.retire();
     }
 
     /// Replace the token for the next `HELLO` (after [`Reconnect::NewToken`]).
@@ -437,7 +471,7 @@ impl Session {
     /// next `PING`, a batched `ACK` or the idle timeout, whichever is first; `None` when no
     /// connection is open.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match self.state {
+        let current = match self.state {
             State::AwaitAuth => self.handshake_deadline(),
             State::Established => [
                 self.heartbeat.ping_deadline(),
@@ -448,7 +482,9 @@ impl Session {
             .flatten()
             .min(),
             State::Idle | State::Closed => None,
-        }
+        };
+        let retiring = self.retiring.as_ref().and_then(|r| r.deadline());
+        [current, retiring].into_iter().flatten().min()
     }
 
     /// The current connection state.
@@ -539,7 +575,7 @@ impl Session {
                 });
                 self.finish(CloseReason::Kicked(kick.code), reconnect);
             }
-            (State::Established, Frame::Redirect(redirect)) => {
+            (State::AwaitAuth | State::Established, Frame::Redirect(redirect)) => {
                 // "A redirect is not a failure: the client's reconnect backoff is reset, not
                 // increased." Wait delay_ms + uniform(0, jitter_ms).
                 self.stable_at = None;
@@ -547,11 +583,24 @@ impl Session {
                 let jitter = self.rng.duration_up_to(ms(redirect.jitter_ms));
                 let delay = ms(redirect.delay_ms).saturating_add(jitter);
                 let reconnect = Reconnect::After { delay, addresses: redirect.addresses };
+                // Only an established connection can be kept while the client moves; a
+                // `REDIRECT` answering `HELLO` (`SERVER_FULL`) ends the attempt.
+                let overlap = redirect.overlap
+                    && self.config.make_before_break
+                    && self.state == State::Established;
                 self.events.push_back(Event::Redirected {
                     code: redirect.code,
                     reconnect: reconnect.clone(),
+                    overlap,
                 });
-                self.finish(CloseReason::Redirected(redirect.code), reconnect);
+                if overlap {
+                    // Make-before-break: the connection stays up until the next `connect`
+                    // has been established (or the server ends it).
+                    self.moving = true;
+                    self.reconnect = reconnect;
+                } else {
+                    self.finish(CloseReason::Redirected(redirect.code), reconnect);
+                }
             }
             // PING/PONG/PUSH/... before AUTH_OK, AUTH_OK twice, client-to-server types.
             (state, _) => return Err(unexpected(state)),
@@ -578,6 +627,7 @@ impl Session {
         self.state = State::Established;
         self.auth = Some(auth.clone());
         self.events.push_back(Event::Authenticated(auth));
+        self.schedule_retire(now);
         Ok(())
     }
 
@@ -587,9 +637,15 @@ impl Session {
         self.acks
             .on_push(seq, push.message_id, push.ack_required, now)
             .map_err(|e| SessionError::PushSequence { got: seq, expected: e.expected })?;
-        self.events.push_back(Event::Push(push));
-        if self.config.auto_ack {
+        if !self.seen.first_time(push.message_id) {
+            // A duplicate (it came on the other connection of a move, or again from the
+            // backend): acknowledged, never handed out twice.
             self.acks.processed(seq, now);
+        } else {
+            self.events.push_back(Event::Push(push));
+            if self.config.auto_ack {
+                self.acks.processed(seq, now);
+            }
         }
         self.send_due_acks(now);
         Ok(())
@@ -659,6 +715,10 @@ impl Session {
             Policy::NewToken => Reconnect::NewToken { delay: self.backoff.next_delay() },
             Policy::Backoff => {
                 Reconnect::After { delay: self.backoff.next_delay(), addresses: Vec::new() }
+            }
+            Policy::Throttled => {
+                let delay = self.backoff.next_delay().max(reconnect::THROTTLED_MIN_DELAY);
+                Reconnect::After { delay, addresses: Vec::new() }
             }
         }
     }

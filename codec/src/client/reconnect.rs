@@ -53,7 +53,13 @@ pub(crate) enum Policy {
     NewToken,
     /// [`Reconnect::After`] with a backoff delay and no addresses.
     Backoff,
+    /// [`Reconnect::After`] with a backoff delay of at least [`THROTTLED_MIN_DELAY`].
+    Throttled,
 }
+
+/// The least wait after `AUTH_FAIL` `THROTTLED` (603): the server refuses a flapping
+/// client for minutes, and every refused attempt costs it a token verification.
+pub const THROTTLED_MIN_DELAY: Duration = Duration::from_secs(60);
 
 /// After `KICK` with `code`.
 ///
@@ -81,8 +87,8 @@ pub(crate) fn after_kick(code: Code) -> Policy {
 /// `INVALID_TOKEN` is `Never` rather than `NewToken`: a backend that issued a token the
 /// gateway rejects will likely issue another, and only the application can tell.
 /// `TOKEN_MISSING`, `CLAIM_MISMATCH` and `UNSUPPORTED_VERSION` cannot succeed on a retry
-/// either, so they are `Never`. `TOKEN_NOT_YET_VALID` (clock skew), `OVERLOADED` and anything
-/// else retry with backoff.
+/// either, so they are `Never`. `THROTTLED` waits at least [`THROTTLED_MIN_DELAY`].
+/// `TOKEN_NOT_YET_VALID` (clock skew), `OVERLOADED` and anything else retry with backoff.
 pub(crate) fn after_auth_fail(code: Code) -> Policy {
     match code {
         Code::TOKEN_EXPIRED => Policy::NewToken,
@@ -91,6 +97,7 @@ pub(crate) fn after_auth_fail(code: Code) -> Policy {
         | Code::CLAIM_MISMATCH
         | Code::UNSUPPORTED_VERSION
         | Code::BANNED => Policy::Never,
+        Code::THROTTLED => Policy::Throttled,
         _ => Policy::Backoff,
     }
 }
@@ -121,6 +128,7 @@ mod tests {
         ] {
             assert_eq!(after_auth_fail(never), Policy::Never, "{never}");
         }
+        assert_eq!(after_auth_fail(Code::THROTTLED), Policy::Throttled);
         for retry in [Code::OVERLOADED, Code::TOKEN_NOT_YET_VALID, Code(299)] {
             assert_eq!(after_auth_fail(retry), Policy::Backoff, "{retry}");
         }

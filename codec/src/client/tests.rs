@@ -528,11 +528,14 @@ fn redirect_waits_delay_plus_bounded_jitter_and_resets_backoff() {
             delay_ms: 1_000,
             jitter_ms: 500,
             addresses: vec!["10.0.0.2:7100".into(), "[::1]:7100".into()],
+            overlap: false,
         };
         h.feed(&[Frame::Redirect(redirect.clone())], 100);
         let events = h.events();
-        let [Event::Redirected { code, reconnect }, Event::Closed { reason, reconnect: r2 }] =
-            events.as_slice()
+        let [
+            Event::Redirected { code, reconnect, overlap: false },
+            Event::Closed { reason, reconnect: r2 },
+        ] = events.as_slice()
         else {
             panic!("{events:?}");
         };
@@ -553,9 +556,274 @@ fn redirect_waits_delay_plus_bounded_jitter_and_resets_backoff() {
     assert!(delays.len() > 100, "jitter actually spreads clients");
     // Zero jitter is exactly the delay.
     let mut h = Harness::established();
-    let redirect = Redirect { code: Code::REBALANCE, delay_ms: 0, jitter_ms: 0, addresses: vec![] };
+    let redirect = Redirect {
+        code: Code::REBALANCE,
+        delay_ms: 0,
+        jitter_ms: 0,
+        addresses: vec![],
+        overlap: false,
+    };
     h.feed(&[Frame::Redirect(redirect)], 100);
     assert_eq!(h.s.reconnect(), Reconnect::After { delay: Duration::ZERO, addresses: vec![] });
+}
+
+// ----- make-before-break ------------------------------------------------------------------
+
+fn overlap_redirect() -> Frame {
+    Frame::Redirect(Redirect {
+        code: Code::SERVER_DRAINING,
+        delay_ms: 0,
+        jitter_ms: 0,
+        addresses: vec!["10.0.0.2:7100".into()],
+        overlap: true,
+    })
+}
+
+fn push_id(seq: u32, message_id: u64) -> Frame {
+    Frame::Push(Push {
+        seq,
+        ack_required: true,
+        message_id,
+        topic: "t".into(),
+        payload: Bytes::from_static(b"x"),
+    })
+}
+
+impl Harness {
+    /// Every frame queued for the retiring connection, decoded.
+    fn sent_retiring(&mut self) -> Vec<Frame> {
+        let mut buf = BytesMut::new();
+        while let Some(b) = self.s.poll_transmit_retiring() {
+            buf.extend_from_slice(&b);
+        }
+        std::iter::from_fn(|| decode(&mut buf, DEFAULT_MAX_FRAME).unwrap()).collect()
+    }
+
+    fn feed_retiring(&mut self, frames: &[Frame], ms: u64) {
+        let now = self.at(ms);
+        self.s.receive_retiring(&bytes_of(frames), now);
+    }
+
+    fn pushed_ids(events: &[Event]) -> Vec<u64> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Push(p) => Some(p.message_id),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn an_overlap_redirect_keeps_the_connection_until_the_next_one_is_established() {
+    let mut h = Harness::established();
+    h.feed(&[push_id(1, 500)], 50);
+    h.feed(&[overlap_redirect()], 100);
+    let events = h.events();
+    let [Event::Push(_), Event::Redirected { code, reconnect, overlap: true }] = events.as_slice()
+    else {
+        panic!("{events:?}")
+    };
+    assert_eq!(*code, Code::SERVER_DRAINING);
+    assert_eq!(h.s.reconnect(), *reconnect);
+    assert_eq!(h.s.state(), State::Established, "no Closed: the connection stays up");
+    assert!(h.s.is_moving());
+    // Pushes keep coming on it before the client moves.
+    h.feed(&[push_id(2, 501)], 150);
+    assert_eq!(Harness::pushed_ids(&h.events()), vec![501]);
+
+    // The new transport: the old connection becomes the retiring one.
+    h.s.connect(h.at(200));
+    assert!(h.s.has_retiring() && !h.s.is_moving());
+    assert_eq!(h.s.state(), State::AwaitAuth);
+    assert!(matches!(h.sent().as_slice(), [Frame::Hello(_)]), "HELLO on the new transport");
+    let acked: Vec<Frame> = h.sent_retiring();
+    assert!(
+        acked.iter().any(|f| matches!(f, Frame::Ack(a) if a.cumulative == 2)),
+        "what was processed is acknowledged on the old connection: {acked:?}"
+    );
+    assert!(h.events().is_empty(), "no Closed for the old connection");
+
+    // While the new one authenticates, the old one still delivers, acknowledged at once by id.
+    h.feed_retiring(&[push_id(3, 502), Frame::Ping(Ping { id: 4, timestamp: None })], 250);
+    assert_eq!(Harness::pushed_ids(&h.events()), vec![502]);
+    let out = h.sent_retiring();
+    assert!(out.contains(&Frame::Ack(Ack { cumulative: 0, message_ids: vec![502] })), "{out:?}");
+    assert!(out.iter().any(|f| matches!(f, Frame::Pong(p) if p.id == 4)), "{out:?}");
+
+    // Established on the new gateway: the same push on both connections is handed out once.
+    h.feed(&[Frame::AuthOk(auth_ok())], 300);
+    assert!(matches!(h.events().as_slice(), [Event::Authenticated(_)]));
+    h.feed(&[push_id(1, 503)], 310);
+    h.feed_retiring(&[push_id(4, 503), push_id(5, 504)], 320);
+    h.feed(&[push_id(2, 504), push_id(3, 502)], 330);
+    assert_eq!(Harness::pushed_ids(&h.events()), vec![503, 504], "duplicates dropped");
+    // ... and every copy is acknowledged on its own connection.
+    let old = h.sent_retiring();
+    assert_eq!(old.len(), 2, "{old:?}");
+    h.tick(330 + 200);
+    let new = h.sent();
+    assert!(new.iter().any(|f| matches!(f, Frame::Ack(a) if a.cumulative == 3)), "{new:?}");
+
+    // The linger (1 s by default) after AUTH_OK retires the old connection.
+    let at = h.s.poll_timeout().unwrap();
+    assert!(at <= h.at(300 + 1_000));
+    h.tick(300 + 999);
+    assert!(!h.events().contains(&Event::Retired));
+    h.tick(300 + 1_000);
+    assert!(h.events().contains(&Event::Retired));
+    h.feed_retiring(&[push_id(6, 505)], 1_400);
+    assert!(h.events().is_empty(), "input after Retired is ignored");
+    h.s.retiring_closed();
+    assert!(!h.s.has_retiring());
+    assert_eq!(h.s.state(), State::Established);
+}
+
+#[test]
+fn the_server_ending_the_retiring_connection_retires_it() {
+    for end in [
+        Frame::Redirect(Redirect {
+            code: Code::SERVER_DRAINING,
+            delay_ms: 0,
+            jitter_ms: 0,
+            addresses: vec![],
+            overlap: false,
+        }),
+        Frame::Kick(Kick { code: Code::KICKED_BY_ADMIN, reason: "x".into() }),
+        Frame::Error(ErrorFrame {
+            request_id: 0,
+            fatal: true,
+            code: Code::MALFORMED_FRAME,
+            message: String::new(),
+        }),
+    ] {
+        let mut h = Harness::established();
+        h.feed(&[overlap_redirect()], 100);
+        h.events();
+        h.s.connect(h.at(200));
+        h.feed_retiring(std::slice::from_ref(&end), 300);
+        assert_eq!(h.events(), vec![Event::Retired], "{end:?}");
+        assert_eq!(h.s.state(), State::AwaitAuth, "the new connection is untouched");
+    }
+    // Garbage on the old connection ends it too, quietly.
+    let mut h = Harness::established();
+    h.feed(&[overlap_redirect()], 100);
+    h.events();
+    h.s.connect(h.at(200));
+    h.s.receive_retiring(&[0xFF; 12], h.at(300));
+    assert_eq!(h.events(), vec![Event::Retired]);
+    // A silent old connection is given up after its idle timeout.
+    let mut h = Harness::established();
+    h.feed(&[overlap_redirect()], 100);
+    h.events();
+    h.s.connect(h.at(200));
+    h.tick(200 + 29_999);
+    assert!(!h.events().contains(&Event::Retired));
+    h.tick(200 + 30_000);
+    assert!(h.events().contains(&Event::Retired));
+}
+
+#[test]
+fn a_plain_client_without_a_new_transport_keeps_the_moving_connection() {
+    // The application never calls connect: the old connection keeps working until the
+    // server ends it (with a plain REDIRECT at its hold deadline).
+    let mut h = Harness::established();
+    h.feed(&[overlap_redirect()], 100);
+    h.events();
+    h.tick(10_100);
+    assert!(h.sent().iter().any(|f| matches!(f, Frame::Ping(_))), "heartbeats continue");
+    h.feed(&[push_id(1, 900)], 10_200);
+    assert_eq!(Harness::pushed_ids(&h.events()), vec![900]);
+    h.feed(
+        &[Frame::Redirect(Redirect {
+            code: Code::SERVER_DRAINING,
+            delay_ms: 0,
+            jitter_ms: 0,
+            addresses: vec![],
+            overlap: false,
+        })],
+        10_300,
+    );
+    let events = h.events();
+    assert!(matches!(events.last(), Some(Event::Closed { .. })), "{events:?}");
+}
+
+#[test]
+fn without_make_before_break_an_overlap_redirect_closes_at_once() {
+    let mut h =
+        Harness::established_with(Config { make_before_break: false, ..config() }, auth_ok());
+    h.feed(&[overlap_redirect()], 100);
+    let events = h.events();
+    assert!(
+        matches!(
+            events.as_slice(),
+            [
+                Event::Redirected { overlap: false, .. },
+                Event::Closed { reason: CloseReason::Redirected(_), .. }
+            ]
+        ),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn a_redirect_answering_hello_ends_the_attempt_with_its_addresses() {
+    let mut h = Harness::new(config());
+    h.s.connect(h.at(0));
+    h.sent();
+    let full = Redirect {
+        code: Code::SERVER_FULL,
+        delay_ms: 0,
+        jitter_ms: 0,
+        addresses: vec!["10.0.0.9:7100".into()],
+        overlap: true, // meaningless before AUTH_OK: ignored
+    };
+    h.feed(&[Frame::Redirect(full)], 10);
+    let events = h.events();
+    let [
+        Event::Redirected { code: Code::SERVER_FULL, overlap: false, .. },
+        Event::Closed { reason: CloseReason::Redirected(Code::SERVER_FULL), reconnect },
+    ] = events.as_slice()
+    else {
+        panic!("{events:?}")
+    };
+    assert_eq!(
+        *reconnect,
+        Reconnect::After { delay: Duration::ZERO, addresses: vec!["10.0.0.9:7100".into()] }
+    );
+}
+
+#[test]
+fn a_throttled_client_waits_at_least_a_minute() {
+    let mut h = Harness::new(config());
+    h.s.connect(h.at(0));
+    h.sent();
+    h.feed(&[Frame::AuthFail(AuthFail { code: Code::THROTTLED, reason: "flapping".into() })], 10);
+    let (reason, reconnect) = h.closed_reason();
+    assert_eq!(reason, CloseReason::AuthFailed(Code::THROTTLED));
+    assert!(reconnect.delay().unwrap() >= THROTTLED_MIN_DELAY, "{reconnect:?}");
+}
+
+#[test]
+fn a_redelivered_push_reaches_the_application_once_across_reconnects() {
+    let mut h = Harness::established();
+    h.feed(&[push_id(1, 77)], 10);
+    h.s.transport_closed(h.at(20));
+    h.events();
+    h.s.connect(h.at(30));
+    h.sent();
+    h.feed(&[Frame::AuthOk(auth_ok()), push_id(1, 77), push_id(2, 78)], 40);
+    assert_eq!(Harness::pushed_ids(&h.events()), vec![78]);
+    h.tick(40 + 200);
+    assert!(
+        h.sent().iter().any(|f| matches!(f, Frame::Ack(a) if a.cumulative == 2)),
+        "the duplicate is acknowledged too"
+    );
+    // With de-duplication off, both copies are handed out.
+    let mut h = Harness::established_with(Config { dedup_window: 0, ..config() }, auth_ok());
+    h.feed(&[push_id(1, 77), push_id(2, 77)], 10);
+    assert_eq!(Harness::pushed_ids(&h.events()), vec![77, 77]);
 }
 
 #[test]

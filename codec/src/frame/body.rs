@@ -5,7 +5,7 @@
 
 use bytes::BufMut;
 
-use super::head::{FLAG_ACK_REQUIRED, FLAG_FATAL};
+use super::head::{FLAG_ACK_REQUIRED, FLAG_FATAL, FLAG_OVERLAP};
 use super::wire::{Reader, STR8_MAX, STR16_MAX, check_len, invalid, put_str8, put_str16};
 use super::{
     Ack, AuthFail, AuthOk, ErrorFrame, FrameType, Hello, Kick, Ping, Platform, Push, Redirect,
@@ -324,6 +324,10 @@ impl Redirect {
         Ok(len)
     }
 
+    pub(crate) fn flags(&self) -> u8 {
+        if self.overlap { FLAG_OVERLAP } else { 0 }
+    }
+
     pub(crate) fn put_body<B: BufMut>(&self, dst: &mut B) {
         dst.put_u16(self.code.0);
         dst.put_u32(self.delay_ms);
@@ -334,7 +338,7 @@ impl Redirect {
         }
     }
 
-    pub(crate) fn read_body(mut r: Reader) -> Result<Redirect, DecodeError> {
+    pub(crate) fn read_body(flags: u8, mut r: Reader) -> Result<Redirect, DecodeError> {
         let code = Code(r.u16("code")?);
         let delay_ms = r.u32("delay_ms")?;
         let jitter_ms = r.u32("jitter_ms")?;
@@ -347,7 +351,7 @@ impl Redirect {
             addresses.push(r.str8("address")?);
         }
         r.finish()?;
-        Ok(Redirect { code, delay_ms, jitter_ms, addresses })
+        Ok(Redirect { code, delay_ms, jitter_ms, addresses, overlap: flags & FLAG_OVERLAP != 0 })
     }
 }
 

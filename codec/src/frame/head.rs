@@ -20,6 +20,9 @@ pub const HEADER_LEN: usize = 10;
 pub const FLAG_ACK_REQUIRED: u8 = 1;
 /// `ERROR` flag bit 0: the sender closes the connection after this frame.
 pub const FLAG_FATAL: u8 = 1;
+/// `REDIRECT` flag bit 0, `OVERLAP`: the server keeps delivering on this connection until
+/// the client has connected elsewhere and closes it (make-before-break).
+pub const FLAG_OVERLAP: u8 = 1;
 
 /// A decoded frame header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -289,6 +289,9 @@ pub struct Redirect {
     pub jitter_ms: u32,
     /// Suggested gateways as `host:port`, best first (at most 16); empty = ask the scheduler.
     pub addresses: Vec<String>,
+    /// Flag `OVERLAP`: make-before-break. The server keeps this connection open and keeps
+    /// delivering on it until the client, connected and authenticated elsewhere, closes it.
+    pub overlap: bool,
 }
 
 /// `ERROR`: a request failed, or (with `fatal`) the connection is about to close.
@@ -404,7 +407,7 @@ impl Frame {
             Frame::Upstream(u) => (u.check()?, 0, u.request_id),
             Frame::UpstreamReply(u) => (u.body_len(), 0, u.request_id),
             Frame::Kick(k) => (k.check()?, 0, 0),
-            Frame::Redirect(r) => (r.check()?, 0, 0),
+            Frame::Redirect(r) => (r.check()?, r.flags(), 0),
             Frame::Error(e) => (e.check()?, e.flags(), e.request_id),
             Frame::Refresh(r) => (r.check()?, 0, r.request_id),
             Frame::RefreshOk(r) => (RefreshOk::BODY_LEN, 0, r.request_id),
@@ -478,7 +481,7 @@ impl Frame {
             FrameType::Upstream => Frame::Upstream(Upstream::read_body(head.id, r)?),
             FrameType::UpstreamReply => Frame::UpstreamReply(UpstreamReply::read_body(head.id, r)?),
             FrameType::Kick => Frame::Kick(Kick::read_body(r)?),
-            FrameType::Redirect => Frame::Redirect(Redirect::read_body(r)?),
+            FrameType::Redirect => Frame::Redirect(Redirect::read_body(head.flags, r)?),
             FrameType::Error => Frame::Error(ErrorFrame::read_body(head.id, head.flags, r)?),
             FrameType::Refresh => Frame::Refresh(Refresh::read_body(head.id, r)?),
             FrameType::RefreshOk => Frame::RefreshOk(RefreshOk::read_body(head.id, r)?),

@@ -749,15 +749,45 @@ pub struct DrainConfig {
     /// Time after the window for the last clients to leave, in ms (default 15,000). At
     /// `window_ms + grace_ms` whatever is left is shut down (`REDIRECT` 403, linger).
     pub grace_ms: u64,
-    /// Whether `SIGTERM` drains (true) or shuts down at once (default false). `SIGUSR1` and
-    /// `POST /v1/admin/drain` always drain. Set it where the service manager only sends
-    /// `SIGTERM` (Kubernetes), with a termination grace above `window_ms + grace_ms`.
+    /// Make-before-break (`docs/PROTOCOL.md` § Moving without a gap): after a drain's or a
+    /// rebalance's `REDIRECT` (flag `OVERLAP`), how long a connection is held open and
+    /// delivering for its client to connect elsewhere, in ms, on top of the redirect's
+    /// jitter (default 10,000; at most 600,000). 0 sends a plain `REDIRECT` and closes at
+    /// once, as before make-before-break.
+    pub overlap_ms: u32,
+    /// Whether `SIGTERM` drains (default true) or shuts down at once (false). `SIGUSR1` and
+    /// `POST /v1/admin/drain` always drain; a second `SIGTERM`, or `SIGINT`, stops at once.
+    /// Service managers send `SIGTERM` to stop (systemd, Kubernetes): give them a stop
+    /// timeout or termination grace above `window_ms + grace_ms`.
     pub on_sigterm: bool,
 }
 
 impl Default for DrainConfig {
     fn default() -> Self {
-        DrainConfig { window_ms: 60_000, jitter_ms: 5_000, grace_ms: 15_000, on_sigterm: false }
+        DrainConfig {
+            window_ms: 60_000,
+            jitter_ms: 5_000,
+            grace_ms: 15_000,
+            overlap_ms: 10_000,
+            on_sigterm: true,
+        }
+    }
+}
+
+impl DrainConfig {
+    /// A redirect for a drain, rebalance or fence sweep, and how long each redirected
+    /// connection is held: `OVERLAP` unless `overlap_ms` is 0.
+    pub fn redirect(
+        &self,
+        code: holdfast_codec::Code,
+        jitter_ms: u32,
+        addresses: Vec<String>,
+    ) -> (holdfast_codec::Redirect, u32) {
+        let overlap = self.overlap_ms > 0;
+        let hold_ms = if overlap { jitter_ms.saturating_add(self.overlap_ms) } else { 0 };
+        let redirect =
+            holdfast_codec::Redirect { code, delay_ms: 0, jitter_ms, addresses, overlap };
+        (redirect, hold_ms)
     }
 }
 
@@ -783,6 +813,15 @@ pub struct AdmissionConfig {
     pub per_source_per_sec: u32,
     /// Handshakes one address may make at once above its sustained rate (default 20).
     pub per_source_burst: u32,
+    /// Flapping clients: a user and device that logs in more than this many times within
+    /// `flap_window_secs` is refused with `AUTH_FAIL` `THROTTLED` (603) for
+    /// `flap_ban_secs` (default 15; 0 = off). A client in a reconnect loop would otherwise
+    /// cost a token verification and presence writes every time round.
+    pub flap_max_logins: u32,
+    /// The window logins are counted in, in seconds (default 60, 1 to 3,600).
+    pub flap_window_secs: u32,
+    /// How long a flapping client is refused, in seconds (default 300, at most 86,400).
+    pub flap_ban_secs: u32,
 }
 
 impl Default for AdmissionConfig {
@@ -793,6 +832,9 @@ impl Default for AdmissionConfig {
             accept_burst: 20_000,
             per_source_per_sec: 0,
             per_source_burst: 20,
+            flap_max_logins: 15,
+            flap_window_secs: 60,
+            flap_ban_secs: 300,
         }
     }
 }

@@ -102,6 +102,22 @@ impl Config {
             "drain.jitter_ms",
             format!("{} exceeds 600000 (10 minutes)", d.jitter_ms),
         );
+        let a = &self.admission;
+        check(
+            (1..=3_600).contains(&a.flap_window_secs),
+            "admission.flap_window_secs",
+            format!("{} is not within 1 to 3600", a.flap_window_secs),
+        );
+        check(
+            a.flap_ban_secs <= 86_400,
+            "admission.flap_ban_secs",
+            format!("{} exceeds a day (86400)", a.flap_ban_secs),
+        );
+        check(
+            d.overlap_ms <= 600_000,
+            "drain.overlap_ms",
+            format!("{} exceeds 600000 (10 minutes)", d.overlap_ms),
+        );
 
         let hb = &self.heartbeat;
         if let Err(e) = hb.policy().validate() {

@@ -14,7 +14,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Protocol, SockAddr, Socket, TcpKeepalive, Type};
 
-use super::commands::Internal;
+use super::commands::{Admit, Internal};
 use holdfast_scheduler::ratelimit::Gcra;
 
 use super::Stream;
@@ -183,10 +183,6 @@ impl<'a> Acceptor<'a> {
             m.proxy_refused(ProxyRefusal::Untrusted).inc();
             return;
         }
-        if node.open.load(Ordering::Relaxed) >= node.cfg.listen.max_connections {
-            m.rejected_max_connections.inc();
-            return;
-        }
         if node.handshaking.load(Ordering::Relaxed) >= adm.max_handshakes {
             // The hard cap (refused ones count until they are gone): no frame.
             m.admission_refused(Refusal::HandshakesInFlight).inc();
@@ -206,15 +202,21 @@ impl<'a> Acceptor<'a> {
         } else {
             Stream::plain(stream)
         };
-        // Over the rate the connection is still taken, to be told why (cheaply: its token
-        // is never verified) rather than reset.
-        let refusal = self
+        // Full, or over the rate: the connection is still taken, to be told where to go or
+        // why (cheaply: its token is never verified) rather than reset. Such connections
+        // count as pending handshakes until they are gone, so the cap above bounds them.
+        let refusal = if node.open.load(Ordering::Relaxed) >= node.cfg.listen.max_connections {
+            m.rejected_max_connections.inc();
+            Some(Admit::Full)
+        } else if self
             .accept_rate
             .is_some_and(|g| g.check(&mut self.accept_tat, node.mono_ns()).is_err())
-            .then_some(Refusal::AcceptRate);
-        if let Some(r) = refusal {
-            m.admission_refused(r).inc();
-        }
+        {
+            m.admission_refused(Refusal::AcceptRate).inc();
+            Some(Admit::Refused(Refusal::AcceptRate))
+        } else {
+            None
+        };
         node.open.fetch_add(1, Ordering::Relaxed);
         node.handshake_started();
         let workers = self.workers;

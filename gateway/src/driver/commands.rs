@@ -121,17 +121,31 @@ pub struct Sweep {
     /// 1,024 per turn allow). With `count` `None`, the loop paces by the connections it
     /// holds when the sweep starts.
     pub over_ms: u64,
-    /// The frame each connection gets.
+    /// The frame each connection gets. With its `OVERLAP` flag each connection stays open,
+    /// delivering, until its client has moved (make-before-break) or `hold_ms` passes.
     pub redirect: Redirect,
+    /// With `OVERLAP`: how long a redirected connection is held at most, in ms (the
+    /// redirect's delay and jitter plus `drain.overlap_ms`).
+    pub hold_ms: u32,
     /// Why.
     pub reason: SweepReason,
 }
 
+/// Why an accepted connection is refused before its `HELLO` is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admit {
+    /// The node holds `listen.max_connections`: `REDIRECT` `SERVER_FULL` (404) naming less
+    /// loaded gateways when the scheduler named some.
+    Full,
+    /// An admission limit: `AUTH_FAIL` `OVERLOADED` (602) with the refusal's message.
+    Refused(Refusal),
+}
+
 /// A message from inside the node that must not be dropped.
 pub enum Internal<T> {
-    /// Own this freshly accepted transport; if refused admission, answer its `HELLO` with
-    /// `AUTH_FAIL` `OVERLOADED` and close.
-    Adopt(T, SocketAddr, Option<Refusal>),
+    /// Own this freshly accepted transport; if refused admission, answer its `HELLO` at
+    /// once ([`Admit`]) and close.
+    Adopt(T, SocketAddr, Option<Admit>),
     /// The backend's answer to an `UPSTREAM` request.
     Upstream(UpstreamResult),
     /// Another loop's (or another gateway's) login displaced this connection: `KICK` 301 it.

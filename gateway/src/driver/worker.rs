@@ -43,7 +43,8 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::Stream;
 use super::commands::{
-    COMMAND_BUDGET, Command, Internal, PushMsg, PushReport, Queues, Sweep, SweepReason, Targets,
+    Admit, COMMAND_BUDGET, Command, Internal, PushMsg, PushReport, Queues, Sweep, SweepReason,
+    Targets,
 };
 use super::conn::Conn;
 use super::proxy::ProxyRefusal;
@@ -76,6 +77,9 @@ const FLUSH_MS: u64 = 100;
 const MAX_WHEEL_SLOTS: u64 = 32_768;
 /// A shutdown waits at most this long past the linger for clients to take their redirect.
 const SHUTDOWN_GRACE_MS: u64 = 500;
+/// The jitter of `REDIRECT` `SERVER_FULL`: refused clients reach the next gateway spread
+/// over this many ms.
+const FULL_JITTER_MS: u32 = 2_000;
 
 /// A connection to come back to next turn.
 #[derive(Clone, Copy)]
@@ -568,6 +572,15 @@ impl Worker {
                 return;
             }
         };
+        if let Some(flapping) = &node.flapping
+            && let Err(left) = flapping.login(&claims.sub, &hello.device_id, now_secs)
+        {
+            m.admission_refused(Refusal::Flapping).inc();
+            tracing::debug!(user = %claims.sub, left_secs = left, "flapping client refused");
+            let reason = format!("{}: {left} s left", Refusal::Flapping.message());
+            self.with(key, |c, ctx| c.session.refuse(ctx, Code::THROTTLED, reason));
+            return;
+        }
         let registered = node.registry.register(&claims.sub, id, hello.platform);
         let keep_device = node.keeps_device() || claims.device.is_some();
         let expires = claims.exp.saturating_add(verifier.leeway_secs());
@@ -708,6 +721,12 @@ impl Worker {
     /// A login on this node displaced `id`: `KICK` 301, here or through its own loop.
     fn displace(&mut self, id: ConnId) {
         if let Some(key) = self.find(id) {
+            if self.conns.get(key).is_some_and(|c| c.session.phase() == Phase::Moving) {
+                // The newer login is this client moving (make-before-break): the old
+                // connection closes when the client has moved, or at its hold deadline.
+                self.node.metrics.kicks_skipped_moving.inc();
+                return;
+            }
             self.node.metrics.kicks_logged_in_elsewhere.inc();
             let reason = "logged in elsewhere".to_owned();
             self.call(key, |c, ctx| {
@@ -783,7 +802,7 @@ impl Worker {
         }
     }
 
-    fn adopt(&mut self, mut transport: Stream, peer: SocketAddr, refusal: Option<Refusal>) {
+    fn adopt(&mut self, mut transport: Stream, peer: SocketAddr, refusal: Option<Admit>) {
         let m = &self.node.metrics;
         if self.stopping.is_some() {
             self.node.open.fetch_sub(1, Ordering::Relaxed);
@@ -815,10 +834,18 @@ impl Worker {
         if let Some(r) = refusal {
             // Told at once: the client reads it as the answer to its HELLO, and the close
             // lingers until the client goes, so its HELLO is read, not answered with a reset.
-            let reason = r.message().to_owned();
-            self.call(key, |c, ctx| {
-                c.session.close(ctx, Close::AuthFail(Code::OVERLOADED, reason))
-            });
+            let close = match r {
+                // Full: go to a less loaded gateway (or ask the scheduler).
+                Admit::Full => Close::Redirect(Redirect {
+                    code: Code::SERVER_FULL,
+                    delay_ms: 0,
+                    jitter_ms: FULL_JITTER_MS,
+                    addresses: self.node.alternatives(),
+                    overlap: false,
+                }),
+                Admit::Refused(r) => Close::AuthFail(Code::OVERLOADED, r.message().to_owned()),
+            };
+            self.call(key, |c, ctx| c.session.close(ctx, close));
             return;
         }
         self.rearm(key);
@@ -842,14 +869,14 @@ impl Worker {
         let linger = u64::from(self.limits.linger_ms);
         self.stopping = Some(self.now.ms() + linger + SHUTDOWN_GRACE_MS);
         for key in self.conns.keys() {
-            let established =
-                self.conns.get(key).is_some_and(|c| c.session.phase() == Phase::Established);
+            let established = self.conns.get(key).is_some_and(|c| c.session.is_established());
             let close = if established {
                 Close::Redirect(Redirect {
                     code: Code::SERVER_SHUTDOWN,
                     delay_ms: 0,
                     jitter_ms: 5_000,
                     addresses: Vec::new(),
+                    overlap: false,
                 })
             } else {
                 Close::Shutdown
@@ -956,8 +983,7 @@ impl Worker {
         let Some(mut b) = self.broadcasts.pop_front() else { return };
         let end = (b.cursor + BROADCAST_CHUNK).min(self.conns.end());
         for key in b.cursor..end {
-            let established =
-                self.conns.get(key).is_some_and(|c| c.session.phase() == Phase::Established);
+            let established = self.conns.get(key).is_some_and(|c| c.session.is_established());
             if !established {
                 continue;
             }
@@ -1003,8 +1029,8 @@ impl Worker {
             if !established {
                 continue;
             }
-            let close = Close::Redirect(s.sweep.redirect.clone());
-            self.call(key, |c, ctx| c.session.close(ctx, close));
+            let (redirect, hold_ms) = (s.sweep.redirect.clone(), s.sweep.hold_ms);
+            self.call(key, |c, ctx| c.session.redirect(ctx, redirect, hold_ms));
             s.done += 1;
             budget -= 1;
             let m = &self.node.metrics.cluster;

@@ -84,6 +84,9 @@ impl CloseReason {
 pub enum Close {
     /// The peer closed or reset the stream, or sent a fatal `ERROR`; nothing is sent.
     PeerClosed,
+    /// The client closed a connection redirected with `OVERLAP`, having moved elsewhere;
+    /// nothing is sent (recorded as redirected).
+    Moved,
     /// No complete `HELLO` within the handshake deadline; nothing is sent ("the peer is
     /// presumed gone").
     HandshakeTimeout,
@@ -117,6 +120,7 @@ impl Close {
     pub fn reason(&self) -> CloseReason {
         match self {
             Close::PeerClosed => CloseReason::PeerClosed,
+            Close::Moved => CloseReason::Redirected,
             Close::HandshakeTimeout => CloseReason::HandshakeTimeout,
             Close::IdleTimeout => CloseReason::IdleTimeout,
             Close::IoError => CloseReason::IoError,
@@ -138,6 +142,7 @@ impl Close {
     pub(crate) fn into_frame(self) -> Option<Frame> {
         Some(match self {
             Close::PeerClosed
+            | Close::Moved
             | Close::HandshakeTimeout
             | Close::IdleTimeout
             | Close::IoError

@@ -116,17 +116,23 @@ impl Session {
 
     /// Whether inbound frames are still handled.
     fn accepts_input(&self) -> bool {
-        matches!(self.phase, Phase::AwaitHello | Phase::Authenticating | Phase::Established)
+        matches!(
+            self.phase,
+            Phase::AwaitHello | Phase::Authenticating | Phase::Established | Phase::Moving
+        )
     }
 
     /// Handle one whole inbound frame.
     fn on_frame(&mut self, ctx: &mut Ctx<'_>, head: Head, body: &[u8]) -> Next {
         ctx.stats.frames_in += 1;
-        // "Any complete inbound frame counts as liveness, not only PING."
-        self.last_rx = ctx.now.ms32();
+        // "Any complete inbound frame counts as liveness, not only PING." While moving,
+        // `last_rx` is the start of the hold instead, which input does not extend.
+        if self.phase != Phase::Moving {
+            self.last_rx = ctx.now.ms32();
+        }
         let state = match self.phase {
             Phase::AwaitHello => ConnState::AwaitHello,
-            Phase::Established => ConnState::Established,
+            Phase::Established | Phase::Moving => ConnState::Established,
             _ => return Next::Stop,
         };
         if state == ConnState::Established && !self.within_rate(ctx) {

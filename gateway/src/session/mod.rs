@@ -60,8 +60,8 @@ pub use limits::{DEFAULT_CLIENT_MAX_FRAME, Limits, MAX_HELLO_FRAME, RateLimit};
 pub use output::PushFailure;
 
 use holdfast_codec::{
-    AuthOk, Code, ErrorFrame, Frame, Hello, PROTOCOL_VERSION, Platform, RefreshOk, Upstream,
-    UpstreamReply,
+    AuthOk, Code, ErrorFrame, Frame, Hello, PROTOCOL_VERSION, Platform, Redirect, RefreshOk,
+    Upstream, UpstreamReply,
 };
 
 use output::Extra;
@@ -175,6 +175,10 @@ pub enum Phase {
     Authenticating,
     /// Authenticated (`AUTH_OK` sent).
     Established,
+    /// Authenticated and redirected with `OVERLAP` (make-before-break): delivering as when
+    /// established, until the client closes or the hold deadline, which ends it with a
+    /// plain `REDIRECT`.
+    Moving,
     /// A final frame is queued; input is discarded until the close.
     Closing,
     /// The final frame is written and the write side shut; waiting for the peer's close or
@@ -210,7 +214,9 @@ pub struct Session {
     idle_ms: u32,
     /// The sequence of the last `PUSH` sent (0 = none yet).
     push_seq: u32,
-    /// When the token stops being valid, seconds since the Unix epoch; 0 = never.
+    /// When the token stops being valid, seconds since the Unix epoch; 0 = never. While
+    /// [`Phase::Moving`], the redirect's code instead: the hold ends the session before any
+    /// token matters.
     token_exp: u32,
     /// The rate limiter's theoretical arrival time, wrapping 16 µs units.
     rate_tat: u32,
@@ -244,6 +250,12 @@ impl Session {
     /// The client platform from `HELLO` (unknown before).
     pub fn platform(&self) -> Platform {
         self.platform
+    }
+
+    /// True once authenticated and until the close begins (established or moving): the
+    /// connection takes pushes.
+    pub fn is_established(&self) -> bool {
+        matches!(self.phase, Phase::Established | Phase::Moving)
     }
 
     /// True once the transport can be released.
@@ -311,7 +323,21 @@ impl Session {
         request_id: u32,
         verdict: Result<u64, (Code, String)>,
     ) {
-        if self.phase != Phase::Established {
+        if !self.is_established() {
+            return;
+        }
+        if self.phase == Phase::Moving {
+            // The answer still goes out; the hold, not the token, ends this connection.
+            let frame = match verdict {
+                Ok(exp) => Frame::RefreshOk(RefreshOk {
+                    request_id,
+                    token_expires_ms: u64::from(clamp_secs(exp)) * 1000,
+                }),
+                Err((code, message)) => {
+                    Frame::Error(ErrorFrame { request_id, fatal: false, code, message })
+                }
+            };
+            self.send_frame(ctx, &frame);
             return;
         }
         let frame = match verdict {
@@ -340,7 +366,7 @@ impl Session {
     /// was fire-and-forget) and release its place.
     pub fn upstream_refused(&mut self, ctx: &mut Ctx<'_>, request_id: u32, code: Code) {
         self.upstream_finished();
-        if self.phase == Phase::Established && request_id != 0 {
+        if self.is_established() && request_id != 0 {
             let message = code.name().unwrap_or("refused").to_owned();
             self.send_frame(
                 ctx,
@@ -360,7 +386,7 @@ impl Session {
         outcome: Result<(u16, bytes::Bytes), Code>,
     ) {
         self.upstream_finished();
-        if self.phase != Phase::Established || request_id == 0 {
+        if !self.is_established() || request_id == 0 {
             return;
         }
         let error = |code: Code| {
@@ -400,6 +426,13 @@ impl Session {
                 }
                 Some(due)
             }
+            Phase::Moving => {
+                let mut due = since(self.last_rx) + u64::from(self.idle_ms);
+                if let Some(t) = self.extra.as_ref().and_then(|e| e.above_high_since) {
+                    due = due.min(t + u64::from(limits.slow_consumer_ms));
+                }
+                Some(due)
+            }
             Phase::Closing | Phase::Lingering => {
                 Some(since(self.last_rx) + u64::from(limits.linger_ms))
             }
@@ -434,14 +467,23 @@ impl Session {
                 } else if self.token_deadline(now).is_some_and(|t| now.ms() >= t) {
                     let reason = "token expired; refresh it or reconnect with a new one";
                     self.close(ctx, Close::Kick(Code::TOKEN_EXPIRED_KICK, reason.to_owned()));
-                } else if self
-                    .extra
-                    .as_ref()
-                    .and_then(|e| e.above_high_since)
-                    .is_some_and(|t| now.ms() >= t + u64::from(limits.slow_consumer_ms))
-                {
-                    let why = "outbound backlog above its high mark too long";
-                    self.close(ctx, Close::Violation(Code::SLOW_CONSUMER, why.to_owned()));
+                } else if self.slow_consumer_due(limits, now) {
+                    self.close_slow_consumer(ctx);
+                }
+            }
+            Phase::Moving => {
+                if passed(self.last_rx, self.idle_ms) {
+                    // The hold is over: the client did not move (or not in time).
+                    let redirect = Redirect {
+                        code: Code(self.token_exp as u16),
+                        delay_ms: 0,
+                        jitter_ms: 0,
+                        addresses: Vec::new(),
+                        overlap: false,
+                    };
+                    self.close(ctx, Close::Redirect(redirect));
+                } else if self.slow_consumer_due(limits, now) {
+                    self.close_slow_consumer(ctx);
                 }
             }
             Phase::Closing | Phase::Lingering => {
@@ -450,6 +492,40 @@ impl Session {
                 }
             }
             Phase::Closed => {}
+        }
+    }
+
+    /// Whether the outbound backlog has been above its high mark for the slow-consumer grace.
+    fn slow_consumer_due(&self, limits: &Limits, now: Now) -> bool {
+        let since = self.extra.as_ref().and_then(|e| e.above_high_since);
+        since.is_some_and(|t| now.ms() >= t + u64::from(limits.slow_consumer_ms))
+    }
+
+    /// Close as a slow consumer (`ERROR` 107, fatal).
+    fn close_slow_consumer(&mut self, ctx: &mut Ctx<'_>) {
+        let why = "outbound backlog above its high mark too long";
+        self.close(ctx, Close::Violation(Code::SLOW_CONSUMER, why.to_owned()));
+    }
+
+    /// Send `redirect`. With its `OVERLAP` flag, on an established connection, the session
+    /// keeps delivering for up to `hold_ms` ([`Phase::Moving`]: make-before-break, the
+    /// client closes once it is established elsewhere) and then ends with a plain
+    /// `REDIRECT` of the same code; otherwise this is [`Close::Redirect`]. A connection
+    /// already moving is left alone.
+    pub fn redirect(&mut self, ctx: &mut Ctx<'_>, redirect: Redirect, hold_ms: u32) {
+        match self.phase {
+            Phase::Moving => {}
+            Phase::Established if redirect.overlap => {
+                self.phase = Phase::Moving;
+                self.last_rx = ctx.now.ms32();
+                self.idle_ms = hold_ms;
+                self.token_exp = u32::from(redirect.code.0);
+                self.send_frame(ctx, &Frame::Redirect(redirect));
+            }
+            _ => {
+                let redirect = Redirect { overlap: false, ..redirect };
+                self.close(ctx, Close::Redirect(redirect));
+            }
         }
     }
 
@@ -463,7 +539,7 @@ impl Session {
         if matches!(self.phase, Phase::Closing | Phase::Lingering | Phase::Closed) {
             return;
         }
-        let established = self.phase == Phase::Established;
+        let established = self.is_established();
         let reason = close.reason();
         if reason == CloseReason::ProtocolError {
             ctx.stats.protocol_errors += 1;
@@ -490,6 +566,7 @@ impl Session {
         match self.phase {
             Phase::Closing | Phase::Lingering => self.phase = Phase::Closed,
             Phase::Closed => {}
+            Phase::Moving => self.close(ctx, Close::Moved),
             _ => self.close(ctx, Close::PeerClosed),
         }
     }

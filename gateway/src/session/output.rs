@@ -183,7 +183,7 @@ impl Session {
         ack_required: bool,
         message_id: u64,
     ) -> Result<u32, PushFailure> {
-        if self.phase != Phase::Established {
+        if !self.is_established() {
             return Err(PushFailure::Closed);
         }
         if frame_len > self.client_max_frame() {

@@ -634,6 +634,7 @@ fn every_close_reason_is_reachable() {
     let mut seen = HashSet::new();
     let closes = [
         Close::PeerClosed,
+        Close::Moved,
         Close::HandshakeTimeout,
         Close::IdleTimeout,
         Close::IoError,
@@ -646,12 +647,14 @@ fn every_close_reason_is_reachable() {
             delay_ms: 0,
             jitter_ms: 0,
             addresses: vec![],
+            overlap: false,
         }),
         Close::Redirect(holdfast_codec::Redirect {
             code: Code::REBALANCE,
             delay_ms: 0,
             jitter_ms: 0,
             addresses: vec![],
+            overlap: false,
         }),
         Close::Violation(Code::SLOW_CONSUMER, String::new()),
         Close::Violation(Code::RATE_LIMITED, String::new()),
@@ -666,4 +669,89 @@ fn every_close_reason_is_reachable() {
         seen.insert(p.closed().reason);
     }
     assert_eq!(seen.len(), CloseReason::ALL.len());
+}
+
+// ----- make-before-break ------------------------------------------------------------------
+
+fn overlap(code: Code) -> holdfast_codec::Redirect {
+    holdfast_codec::Redirect {
+        code,
+        delay_ms: 0,
+        jitter_ms: 2_000,
+        addresses: vec!["10.0.0.2:7100".into()],
+        overlap: true,
+    }
+}
+
+#[test]
+fn a_moving_connection_keeps_delivering_until_the_client_closes_it() {
+    let mut p = Peer::new(limits());
+    p.login(0);
+    p.call(|s, ctx| s.redirect(ctx, overlap(Code::SERVER_DRAINING), 12_000));
+    match p.frames().as_slice() {
+        [Frame::Redirect(r)] => assert!(r.overlap && r.code == Code::SERVER_DRAINING),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(p.s.phase(), Phase::Moving);
+    assert!(p.s.is_established() && p.events().is_empty(), "no close yet");
+    // Pushes, acks and pings work as when established.
+    assert_eq!(p.push(true, 41), Ok(1));
+    assert_eq!(p.s.unacked(), 1);
+    p.send(Frame::Ack(Ack { cumulative: 0, message_ids: vec![41] }));
+    assert_eq!(p.s.unacked(), 0);
+    p.send(Frame::Ping(Ping { id: 3, timestamp: None }));
+    assert!(matches!(p.frames().as_slice(), [Frame::Pong(_)]));
+    // A second redirect (another sweep) leaves it alone.
+    p.call(|s, ctx| s.redirect(ctx, overlap(Code::REBALANCE), 12_000));
+    assert!(p.frames().is_empty());
+    // The client, established elsewhere, closes it: recorded as redirected, nothing sent.
+    p.call(|s, ctx| s.handle_eof(ctx));
+    assert!(p.frames().is_empty());
+    let closed = p.closed();
+    assert_eq!((closed.reason, closed.established), (CloseReason::Redirected, true));
+    assert!(p.s.is_closed());
+}
+
+#[test]
+fn the_hold_deadline_ends_a_moving_connection_with_a_plain_redirect() {
+    let mut p = Peer::new(limits());
+    p.login(0);
+    p.call(|s, ctx| s.redirect(ctx, overlap(Code::REBALANCE), 12_000));
+    p.frames();
+    let start = p.now.ms();
+    // Input does not extend the hold, and the idle timeout no longer applies.
+    for _ in 0..11 {
+        p.advance_ms(1_000);
+        p.send(Frame::Ping(Ping { id: 1, timestamp: None }));
+        p.timeout();
+    }
+    assert_eq!(p.s.phase(), Phase::Moving);
+    assert_eq!(p.push(true, 7), Ok(1), "still delivering");
+    p.frames();
+    p.fire();
+    assert_eq!(p.now.ms(), start + 12_000, "the hold is measured from the redirect");
+    match p.frames().as_slice() {
+        [Frame::Redirect(r)] => {
+            assert_eq!((r.code, r.overlap, r.delay_ms, r.jitter_ms), (Code::REBALANCE, false, 0, 0))
+        }
+        other => panic!("{other:?}"),
+    }
+    let closed = p.closed();
+    assert_eq!(closed.reason, CloseReason::Redirected);
+    assert_eq!(closed.unacked, vec![(1, 7)], "unacknowledged pushes are reported");
+}
+
+#[test]
+fn a_redirect_without_overlap_or_before_authentication_closes_at_once() {
+    let mut p = Peer::new(limits());
+    p.login(0);
+    let plain = holdfast_codec::Redirect { overlap: false, ..overlap(Code::SERVER_DRAINING) };
+    p.call(|s, ctx| s.redirect(ctx, plain, 12_000));
+    assert!(matches!(p.frames().as_slice(), [Frame::Redirect(r)] if !r.overlap));
+    assert_eq!(p.s.phase(), Phase::Closing);
+    assert_eq!(p.closed().reason, CloseReason::Redirected);
+    // Before AUTH_OK there is nothing to move: a plain REDIRECT.
+    let mut p = Peer::new(limits());
+    p.call(|s, ctx| s.redirect(ctx, overlap(Code::SERVER_DRAINING), 12_000));
+    assert!(p.s.phase() != Phase::Moving);
 }

@@ -288,6 +288,9 @@ impl Engine {
                 cap: Duration::from_millis(self.plan.backoff_ms.1),
             },
             seed: (u64::from(self.plan.worker) << 32) ^ idx as u64,
+            // One socket per simulated client: a drain's or rebalance's redirect is followed
+            // break-before-make, as by a client that does not implement `OVERLAP`.
+            make_before_break: false,
             ..Config::default()
         };
         Session::new(cfg, now).map_err(|e| e.to_string())
@@ -576,7 +579,10 @@ impl Engine {
             Event::ServerError { fatal: true, .. } => self.counters.server_error += 1,
             Event::ProtocolViolation { .. } => self.counters.protocol_violation += 1,
             Event::Closed { reason, reconnect } => self.on_closed(idx, reason, reconnect, now),
-            Event::ServerError { .. } | Event::UpstreamReply(_) | Event::UpstreamError { .. } => {}
+            Event::ServerError { .. }
+            | Event::UpstreamReply(_)
+            | Event::UpstreamError { .. }
+            | Event::Retired => {}
         }
     }
 

@@ -1,0 +1,164 @@
+//! Make-before-break (`docs/PROTOCOL.md` § Kick and redirect, `REDIRECT` flag `OVERLAP`):
+//! the previous connection, kept open and read while the next one is opened and
+//! authenticated, then closed.
+//!
+//! After [`Event::Redirected`] with `overlap` the connection stays established. The next
+//! [`Session::connect`] makes it the *retiring* connection: its bytes go to
+//! [`Session::receive_retiring`], its output comes from [`Session::poll_transmit_retiring`].
+//! Pushes on it are handed out once (the session's de-duplication spans both connections)
+//! and acknowledged at once by message id. When the new connection is established, and
+//! [`Config::overlap_linger`](super::Config::overlap_linger) has passed, or when the server
+//! ends the old connection, the session emits [`Event::Retired`]: write
+//! [`Session::poll_transmit_retiring`] once more, close that transport and call
+//! [`Session::retiring_closed`].
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use super::{Event, Session};
+use crate::{Ack, ErrorFrame, Frame, decode};
+
+/// The previous connection during a make-before-break move.
+#[derive(Debug)]
+pub(super) struct Retiring {
+    /// Inbound bytes not yet decoded into a whole frame.
+    inbound: BytesMut,
+    /// Frames for the old transport (`ACK`, `PONG`).
+    outbound: BytesMut,
+    /// The old connection's idle timeout: with nothing from the server for this long it is
+    /// given up.
+    idle_timeout: Option<Duration>,
+    /// When the latest frame arrived on it.
+    last_rx: Instant,
+    /// When to retire it: set once the new connection is established.
+    retire_at: Option<Instant>,
+    /// [`Event::Retired`] was emitted: input is ignored, only the last bytes remain to write.
+    done: bool,
+}
+
+impl Retiring {
+    /// The next time something happens to it, unless it is done.
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        if self.done {
+            return None;
+        }
+        let idle = self.idle_timeout.and_then(|t| self.last_rx.checked_add(t));
+        [idle, self.retire_at].into_iter().flatten().min()
+    }
+}
+
+impl Session {
+    /// [`Session::connect`] while moving: the established connection becomes the retiring
+    /// one (a previous retiring connection is retired first).
+    pub(super) fn begin_retiring(&mut self, now: Instant) {
+        // Acknowledge what the application has processed, on the connection it came on.
+        while let Some(ack) = self.acks.flush(now) {
+            self.queue_own(&Frame::Ack(ack), now);
+        }
+        self.retire();
+        self.retiring = Some(Box::new(Retiring {
+            inbound: self.inbound.split(),
+            outbound: self.outbound.split(),
+            idle_timeout: self.heartbeat.idle_timeout(),
+            last_rx: now,
+            retire_at: None,
+            done: false,
+        }));
+    }
+
+    /// The new connection is established: retire the old one after the linger.
+    pub(super) fn schedule_retire(&mut self, now: Instant) {
+        let linger = self.config.overlap_linger;
+        if let Some(r) = self.retiring.as_mut().filter(|r| !r.done) {
+            r.retire_at = Some(now.checked_add(linger).unwrap_or(now));
+        }
+    }
+
+    /// Emit [`Event::Retired`] for the retiring connection, once.
+    pub(super) fn retire(&mut self) {
+        if let Some(r) = self.retiring.as_mut().filter(|r| !r.done) {
+            r.done = true;
+            r.inbound.clear();
+            self.events.push_back(Event::Retired);
+        }
+    }
+
+    /// Retire the old connection if its time has come.
+    pub(super) fn retiring_timeout(&mut self, now: Instant) {
+        if self.retiring.as_ref().and_then(|r| r.deadline()).is_some_and(|d| d <= now) {
+            self.retire();
+        }
+    }
+
+    /// Bytes read from the retiring connection's transport (after a make-before-break
+    /// [`Session::connect`]), in order and in any split.
+    ///
+    /// Pushes not seen before become [`Event::Push`] and are acknowledged at once; a `PING`
+    /// is answered; upstream answers become events. `KICK`, `REDIRECT`, a fatal `ERROR` or
+    /// bytes that are not a frame end it ([`Event::Retired`]). Ignored when there is no
+    /// retiring connection.
+    pub fn receive_retiring(&mut self, bytes: &[u8], now: Instant) {
+        self.tick(now);
+        let max_frame = self.config.max_frame;
+        let Some(r) = self.retiring.as_mut().filter(|r| !r.done) else { return };
+        r.inbound.extend_from_slice(bytes);
+        loop {
+            let Some(r) = self.retiring.as_mut().filter(|r| !r.done) else { return };
+            let frame = match decode(&mut r.inbound, max_frame) {
+                Ok(None) => return,
+                Ok(Some(frame)) => frame,
+                Err(_) => return self.retire(),
+            };
+            r.last_rx = now;
+            match frame {
+                Frame::Push(push) => {
+                    if push.ack_required {
+                        let ack = Ack { cumulative: 0, message_ids: vec![push.message_id] };
+                        let _ = Frame::Ack(ack).encode(&mut r.outbound);
+                    }
+                    if self.seen.first_time(push.message_id) {
+                        self.events.push_back(Event::Push(push));
+                    }
+                }
+                Frame::Ping(ping) => {
+                    let _ = Frame::Pong(ping).encode(&mut r.outbound);
+                }
+                Frame::UpstreamReply(reply) => self.events.push_back(Event::UpstreamReply(reply)),
+                Frame::Error(ErrorFrame { request_id, fatal: false, code, message })
+                    if request_id != 0 =>
+                {
+                    self.events.push_back(Event::UpstreamError { request_id, code, message });
+                }
+                Frame::Pong(_) | Frame::RefreshOk(_) | Frame::Extension(_) => {}
+                // KICK, REDIRECT, a fatal or connection-level ERROR, or a frame that has no
+                // place here: the old connection is over.
+                _ => return self.retire(),
+            }
+        }
+    }
+
+    /// Bytes queued for the retiring connection's transport, or `None`.
+    pub fn poll_transmit_retiring(&mut self) -> Option<Bytes> {
+        let r = self.retiring.as_mut()?;
+        if r.outbound.is_empty() { None } else { Some(r.outbound.split().freeze()) }
+    }
+
+    /// The retiring connection's transport is closed (after [`Event::Retired`], or because
+    /// it died): forget it. Idempotent.
+    pub fn retiring_closed(&mut self) {
+        self.retiring = None;
+    }
+
+    /// True while a previous connection is kept open for a make-before-break move (until
+    /// [`Session::retiring_closed`]).
+    pub fn has_retiring(&self) -> bool {
+        self.retiring.is_some()
+    }
+
+    /// True after a `REDIRECT` with `OVERLAP` on the current connection: it stays open, and
+    /// the next [`Session::connect`] keeps it as the retiring connection.
+    pub fn is_moving(&self) -> bool {
+        self.moving
+    }
+}
