@@ -327,14 +327,19 @@ impl Tls {
             }
             _ => 0,
         };
-        let asked = need.max(READ_CHUNK);
-        self.incoming.resize(have + asked, 0);
-        let r = tcp.read(&mut self.incoming[have..]);
-        self.incoming.truncate(have + *r.as_ref().unwrap_or(&0));
-        if self.incoming.is_empty() {
-            self.incoming = Vec::new();
+        if need > READ_CHUNK {
+            // The rest of a large record: straight into its buffer.
+            self.incoming.resize(have + need, 0);
+            let r = tcp.read(&mut self.incoming[have..]);
+            self.incoming.truncate(have + *r.as_ref().unwrap_or(&0));
+            return r.map(|k| (k, k < need));
         }
-        r.map(|k| (k, k < asked))
+        // Small reads go through the stack, so `incoming` holds only what is kept (a partial
+        // record: a stalled `ClientHello` costs its own bytes, not a 4 KiB buffer).
+        let mut chunk = [0u8; READ_CHUNK];
+        let k = tcp.read(&mut chunk)?;
+        self.incoming.extend_from_slice(&chunk[..k]);
+        Ok((k, k < READ_CHUNK))
     }
 
     /// Make progress with what `incoming` holds: the handshake's steps, or records.
