@@ -11,11 +11,13 @@
 //!   heartbeats and idle, token expiry and refresh, acknowledgements, upstream accounting,
 //!   backpressure decisions, rate limit, every close reason. No socket, clock or thread;
 //!   tested on a virtual clock.
-//! - [`driver`]: the I/O — the acceptor, N mio event loops that each own their connections
-//!   for life and pump one session per connection over a [`driver::Transport`] (the seam a
-//!   TLS stream implements next), the compact connection record, the timing wheel, the
-//!   loops' command queues; [`driver::quic`]: a quinn endpoint on its own thread feeding one
-//!   more loop of the same code over QUIC streams (`[quic]`, off by default).
+//! - [`driver`]: the I/O — the acceptor (plain and TLS listeners), N mio event loops that
+//!   each own their connections for life and pump one session per connection over a
+//!   [`driver::Transport`] (plain TCP, PROXY, TLS: rustls's handshake, then our TLS 1.3
+//!   record layer, behind the connection's rare-state pointer), the compact connection
+//!   record, the timing wheel, the loops' command queues; [`driver::quic`]: a quinn
+//!   endpoint on its own thread feeding one more loop of the same code over QUIC streams
+//!   (`[quic]`, off by default).
 //! - [`node`] (crate-private): the node's shared state — configuration, metrics, registry,
 //!   verifier, webhooks, presence, worker handles — so the API, the loops and the assembly
 //!   never import one another.
@@ -29,7 +31,8 @@
 //!   L4 balancers see them), `drain` (crate-private: the graceful drain), and `deliver`
 //!   (crate-private: delivery to this node's own connections, shared by the API and the
 //!   internal channel).
-//! - Shared pieces: [`auth`] (JWT), [`registry`] (user → connections, kick policy), [`ids`]
+//! - Shared pieces: [`auth`] (JWT), [`tls`] (the certificate chain and key, the live server
+//!   configuration `SIGHUP` replaces), [`registry`] (user → connections, kick policy), [`ids`]
 //!   (connection ids), [`metrics`], [`config`], [`memory`] (allocator tuning, trimming
 //!   after bursts); [`server`] assembles and stops a node.
 //!
@@ -63,6 +66,7 @@ pub mod presence;
 pub mod registry;
 pub mod server;
 pub mod session;
+pub mod tls;
 pub mod upstream;
 mod webhook;
 

@@ -78,10 +78,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // Tests and scripts wait for this line; keep its format (`cluster=` only with a shared
-    // presence backend, `health=` only with a TCP check port).
+    // Tests and scripts wait for this line; keep its format (`tls=` only with a TLS listener,
+    // `cluster=` only with a shared presence backend, `health=` only with a TCP check port).
     let mut ready =
         format!("holdfast-gateway ready: tcp={} http={}", running.tcp_addr, running.http_addr);
+    if let Some(tls) = running.tls_addr {
+        ready.push_str(&format!(" tls={tls}"));
+    }
     if let Some(cluster) = running.cluster_addr {
         ready.push_str(&format!(" cluster={cluster}"));
     }
@@ -102,15 +105,31 @@ fn main() -> ExitCode {
     println!("{ready}");
     tracing::info!(tcp = %running.tcp_addr, http = %running.http_addr, "gateway started");
     let reload = |running: &holdfast_gateway::Running| {
-        // SIGHUP: re-read the configuration and apply what can change live: [auth].
+        // SIGHUP: re-read the configuration and apply what can change live: [auth], and the
+        // TLS certificate and key. A configuration that does not load changes nothing.
         let reloaded = Config::load(args.config.as_deref(), &args.sets, std::env::vars())
             .and_then(|cfg| cfg.validate().map(|()| cfg));
-        match reloaded
-            .map_err(|e| e.to_string())
-            .and_then(|cfg| running.reload_auth(&cfg.auth).map_err(|e| e.to_string()))
-        {
+        let cfg = match reloaded {
+            Ok(cfg) => cfg,
+            Err(e) => {
+                running.tls_reload_refused();
+                tracing::error!(error = %e, "SIGHUP: reload refused; the old [auth] and TLS certificate stay");
+                return;
+            }
+        };
+        match running.reload_auth(&cfg.auth) {
             Ok(()) => tracing::info!("SIGHUP: [auth] reloaded"),
             Err(e) => tracing::error!(error = %e, "SIGHUP: reload refused; the old [auth] stays"),
+        }
+        if running.tls_addr.is_some() {
+            match running.reload_tls(&cfg.tls) {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    field = e.field(),
+                    "SIGHUP: TLS reload refused; the old certificate stays"
+                ),
+            }
         }
     };
     if running.wait_for_signal(reload) == holdfast_gateway::Stop::Drain {

@@ -9,6 +9,7 @@ use prometheus::{
 
 pub use crate::driver::SweepReason;
 pub use crate::driver::proxy::ProxyRefusal;
+pub use crate::driver::tls::TlsFailure;
 pub use crate::session::CloseReason;
 
 /// Labels of `auth_failures_total`.
@@ -297,6 +298,12 @@ pub struct Metrics {
     pub admission_refused: Vec<IntCounter>,
     /// The QUIC listener's metrics.
     pub quic: QuicMetrics,
+    /// TLS handshakes completed on the TLS listener.
+    pub tls_handshakes: IntCounter,
+    /// TLS handshakes that did not complete, by reason; index with `TlsFailure as usize`.
+    pub tls_handshake_failures: Vec<IntCounter>,
+    /// Certificate reloads (`SIGHUP`): `[ok, failed]`.
+    pub tls_reloads: Vec<IntCounter>,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -620,6 +627,25 @@ impl Metrics {
                 &Refusal::ALL.map(Refusal::as_str),
             ),
             quic: QuicMetrics::new(r),
+            tls_handshakes: counter(
+                r,
+                "holdfast_gateway_tls_handshakes_total",
+                "TLS handshakes completed on the TLS listener.",
+            ),
+            tls_handshake_failures: counter_family(
+                r,
+                "holdfast_gateway_tls_handshake_failures_total",
+                "TLS connections that ended before their handshake completed, by reason.",
+                "reason",
+                &TlsFailure::ALL.map(TlsFailure::as_str),
+            ),
+            tls_reloads: counter_family(
+                r,
+                "holdfast_gateway_tls_reloads_total",
+                "Certificate and key reloads on SIGHUP, by outcome (a failed one keeps the old).",
+                "outcome",
+                &["ok", "failed"],
+            ),
             registry,
         }
     }
@@ -637,6 +663,16 @@ impl Metrics {
     /// The counter for a PROXY refusal.
     pub fn proxy_refused(&self, reason: ProxyRefusal) -> &IntCounter {
         &self.proxy_refused[reason as usize]
+    }
+
+    /// The counter for a TLS handshake failure.
+    pub fn tls_handshake_failed(&self, reason: TlsFailure) -> &IntCounter {
+        &self.tls_handshake_failures[reason as usize]
+    }
+
+    /// The counter for a certificate reload outcome.
+    pub fn tls_reload(&self, ok: bool) -> &IntCounter {
+        &self.tls_reloads[usize::from(!ok)]
     }
 
     /// The counter for a token refresh outcome.

@@ -28,6 +28,9 @@ pub(crate) struct Node {
     pub(crate) registry: Registry,
     /// Token verification; replaced whole when `[auth]` is reloaded (`SIGHUP`).
     pub(crate) verifier: RwLock<Arc<Verifier>>,
+    /// The TLS listener's live server configuration (`None` without `tls.addr`); read once
+    /// per accepted TLS connection, replaced on `SIGHUP`.
+    pub(crate) tls: Option<crate::tls::LiveTls>,
     /// The upstream webhook.
     pub(crate) upstream: Upstream,
     /// The connect/disconnect event webhook.

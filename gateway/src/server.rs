@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  acceptor thread ──Adopt──▶ worker 0 ┐  (mio loops; each owns its connections and
-//!  (socket2 listener)         worker 1 ┤   pumps one sans-IO Session per connection)
+//!  (TCP and TLS listeners)    worker 1 ┤   pumps one sans-IO Session per connection)
 //!                             ...      ┘◀──Push/Kick (bounded)── tokio runtime:
 //!                                       ◀──Upstream replies────   push API, /metrics,
 //!                                                                 upstream + event webhooks
@@ -20,10 +20,10 @@ use mio::{Poll, Waker};
 
 use crate::auth::{AuthError, Verifier};
 use crate::cluster::{Cluster, ClusterError};
-use crate::config::{AuthConfig, Config, ConfigError};
+use crate::config::{AuthConfig, Config, ConfigError, TlsConfig};
 use holdfast_scheduler::ratelimit::SourceLimiter;
 
-use crate::driver::accept::{ACCEPT_STOP, accept_loop, listener};
+use crate::driver::accept::{ACCEPT_STOP, accept_loop, bind, listener};
 use crate::driver::commands::queues;
 use crate::driver::supervise::run_or_abort;
 use crate::driver::worker::{WAKER, Worker};
@@ -60,6 +60,9 @@ pub enum StartError {
     /// The QUIC listener could not start.
     #[error(transparent)]
     Quic(#[from] crate::driver::quic::QuicError),
+    /// The TLS certificate chain or key could not be loaded (the message names the field).
+    #[error("{field}: {source}", field = .0.field(), source = .0)]
+    Tls(#[from] crate::tls::TlsError),
     /// The scheduler agent could not start.
     #[error("scheduler agent: {0}")]
     Agent(#[from] holdfast_scheduler::agent::AgentError),
@@ -82,6 +85,8 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> StartError {
 pub struct Running {
     /// The client listener's address (useful with port 0).
     pub tcp_addr: SocketAddr,
+    /// The TLS listener's address, when `tls.addr` is set.
+    pub tls_addr: Option<SocketAddr>,
     /// The HTTP API's address.
     pub http_addr: SocketAddr,
     /// The internal listener's address, with a shared presence backend.
@@ -181,6 +186,18 @@ fn start_with(cfg: Config, presence: Option<Arc<dyn Presence>>) -> Result<Runnin
     let worker_count = worker_count(cfg.node.workers).min(255);
     let listener = listener(&cfg).map_err(io_err(format!("listen on {}", cfg.listen.addr)))?;
     let tcp_addr = listener.local_addr().map_err(io_err("read the listen address"))?;
+    let (tls, tls_listener) = match cfg.tls.addr {
+        Some(addr) => {
+            let config = crate::tls::server_config(&cfg.tls)?;
+            let l = bind(&cfg, addr).map_err(io_err(format!("listen on {addr} (tls.addr)")))?;
+            (Some(crate::tls::LiveTls::new(config)), Some(l))
+        }
+        None => (None, None),
+    };
+    let tls_addr = match &tls_listener {
+        Some(l) => Some(l.local_addr().map_err(io_err("read the TLS listen address"))?),
+        None => None,
+    };
     let fence = Arc::new(Fence::new(Arc::clone(&workers), metrics.cluster.clone()));
     let started = if cfg.presence.backend.is_shared() {
         Some(runtime.block_on(Cluster::start(&cfg, &metrics, Arc::clone(&fence)))?)
@@ -212,6 +229,7 @@ fn start_with(cfg: Config, presence: Option<Arc<dyn Presence>>) -> Result<Runnin
         cfg,
         metrics,
         verifier: std::sync::RwLock::new(Arc::new(verifier)),
+        tls,
         upstream,
         events,
         presence,
@@ -269,7 +287,9 @@ fn start_with(cfg: Config, presence: Option<Arc<dyn Presence>>) -> Result<Runnin
     let acceptor = std::thread::Builder::new()
         .name("holdfast-acceptor".into())
         .spawn(move || {
-            run_or_abort("holdfast-acceptor", || accept_loop(poll, listener, &acceptor_node))
+            run_or_abort("holdfast-acceptor", || {
+                accept_loop(poll, listener, tls_listener, &acceptor_node)
+            })
         })
         .map_err(io_err("spawn the acceptor thread"))?;
     let cluster_addr = match cluster_tasks {
@@ -324,6 +344,7 @@ fn start_with(cfg: Config, presence: Option<Arc<dyn Presence>>) -> Result<Runnin
     Ok(Running {
         signals: Some(signals),
         tcp_addr,
+        tls_addr,
         http_addr,
         cluster_addr,
         health_addr,
@@ -351,6 +372,27 @@ impl Running {
         let verifier = Arc::new(Verifier::from_config(auth)?);
         *self.node.verifier.write().unwrap_or_else(|p| p.into_inner()) = verifier;
         Ok(())
+    }
+
+    /// Re-read the TLS certificate chain and key named in `tls` (`SIGHUP`): handshakes from
+    /// now on use them; connections already open keep theirs. On error the old ones stay.
+    /// Counted in `holdfast_gateway_tls_reloads_total`. Without a TLS listener, nothing.
+    pub fn reload_tls(&self, tls: &TlsConfig) -> Result<(), crate::tls::TlsError> {
+        let Some(live) = self.node.tls.as_ref() else { return Ok(()) };
+        if tls.addr != self.node.cfg.tls.addr {
+            tracing::warn!("tls.addr changed: the listener moves only on a restart");
+        }
+        let result = crate::tls::server_config(tls).map(|config| live.replace(config));
+        self.node.metrics.tls_reload(result.is_ok()).inc();
+        result
+    }
+
+    /// Count a certificate reload that could not even be tried (the configuration did not
+    /// load), when there is a TLS listener.
+    pub fn tls_reload_refused(&self) {
+        if self.node.tls.is_some() {
+            self.node.metrics.tls_reload(false).inc();
+        }
     }
 
     /// Begin a drain (see `drain.rs`) without waiting for it; false if one had begun.

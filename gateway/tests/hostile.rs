@@ -1,7 +1,8 @@
 //! Hostile clients against a real gateway process (`docs/BENCHMARKS.md` § Hostile clients):
 //! sockets that never send `HELLO`, handshakes dribbled a byte at a time, random bytes,
 //! oversized length headers, `PING` floods, forged / expired / `alg: none` tokens, clients
-//! that never read, PROXY headers from untrusted sources. For each: the gateway stays up,
+//! that never read, PROXY headers from untrusted sources, TLS handshakes that stall (silent,
+//! a partial `ClientHello`) and random bytes on the TLS port. For each: the gateway stays up,
 //! a well-behaved client logged in before the attack still gets a push while the attackers
 //! are connected, every attacker is dealt with as documented, and the gateway's peak memory
 //! (`VmHWM`) stays within a stated bound. Each attack gets a fresh gateway, so its peak is
@@ -20,7 +21,8 @@ use std::time::{Duration, Instant};
 use holdfast_codec::client::Event;
 use holdfast_codec::{Frame, Hello, Ping};
 use holdfast_tests::{
-    Client, GatewayProcess, encode_frames, eventually, read_frames, token, token_with,
+    Client, GatewayProcess, TestCa, encode_frames, eventually, read_frames, tls_client_config,
+    token, token_with,
 };
 use serde_json::json;
 
@@ -310,4 +312,61 @@ fn proxy_headers_from_untrusted_sources_are_refused_at_accept() {
     eprintln!("hostile proxy-spoof: peak +{grew_mb} MB over 1,000 spoofed connections");
     assert!(grew_mb <= 16, "peak grew {grew_mb} MB");
     // No good client here: it could not pass an untrusted listener either.
+}
+
+#[test]
+fn stalled_tls_handshakes_and_garbage_on_the_tls_port_are_closed_at_the_deadline() {
+    let ca = TestCa::new("hostile");
+    let (cert, key, _) = ca.issue("gw");
+    let cert = format!("tls.cert={}", cert.display());
+    let key = format!("tls.key={}", key.display());
+    let sets = [
+        "tls.addr=127.0.0.1:0",
+        &cert,
+        &key,
+        "listen.handshake_timeout_ms=1000",
+        "heartbeat.wheel_tick_ms=10",
+    ];
+    attack("tls-stall", &sets, 64, |gw| {
+        let addr = gw.tls.expect("TLS listener");
+        // The first 100 bytes of a real ClientHello.
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+        let mut client =
+            rustls::ClientConnection::new(tls_client_config(&ca.ca_pem), name).expect("client");
+        let mut hello = Vec::new();
+        client.write_tls(&mut hello).expect("ClientHello");
+        hello.truncate(100);
+        let mut rng = XorShift(0x2545_F491_4F6C_DD1D);
+        let mut socks = Vec::new();
+        let opened = Instant::now();
+        for i in 0..3_000 {
+            let mut s = TcpStream::connect(addr).expect("connects");
+            match i % 3 {
+                0 => {} // silent
+                1 => s.write_all(&hello).expect("a partial ClientHello"),
+                _ => {
+                    let mut junk = vec![0u8; 512];
+                    rng.fill(&mut junk);
+                    junk[0] = 0x47; // not a TLS handshake record
+                    s.write_all(&junk).expect("random bytes");
+                }
+            }
+            socks.push(s);
+        }
+        let failures =
+            |r: &str| format!("holdfast_gateway_tls_handshake_failures_total{{reason=\"{r}\"}}");
+        let deadline = Duration::from_secs(1) + MARGIN + SECS;
+        assert_eq!(gw.wait_metric(&failures("not_tls"), 1_000.0, deadline), 1_000.0);
+        assert_eq!(gw.wait_metric(&failures("timeout"), 2_000.0, deadline), 2_000.0);
+        // The last was opened just before `opened.elapsed()` was small; all closed within
+        // the deadline plus the margin of the last one.
+        assert!(opened.elapsed() <= Duration::from_secs(1) + MARGIN + Duration::from_secs(3));
+        for s in socks.iter_mut().step_by(97) {
+            let (frames, closed) = read_frames(s, SECS);
+            assert!(frames.is_empty() && closed, "closed without a word");
+        }
+        assert_eq!(gw.metric("holdfast_gateway_tls_handshakes_total"), 0.0);
+        assert_eq!(gw.wait_metric_below("holdfast_gateway_handshakes_in_flight", 0.0, SECS), 0.0);
+        socks
+    });
 }

@@ -55,11 +55,22 @@ fn describe(event: &Event) -> String {
     }
 }
 
-/// Connect as one user (over QUIC with `quic` trust, else TCP), print every push,
-/// acknowledge it; stop after `count` pushes.
+/// How [`client`] reaches the gateway.
+#[derive(Clone, Copy)]
+pub enum Over<'a> {
+    /// Plain TCP.
+    Tcp,
+    /// TLS, trusting this CA file, checking this name (default: the address's IP).
+    Tls(&'a std::path::Path, Option<&'a str>),
+    /// QUIC, with this trust.
+    Quic(&'a Trust),
+}
+
+/// Connect as one user over `over`, print every push, acknowledge it; stop after `count`
+/// pushes.
 pub async fn client(
     addr: SocketAddr,
-    quic: Option<&Trust>,
+    over: Over<'_>,
     user: &str,
     token: String,
     platform: Platform,
@@ -70,7 +81,7 @@ pub async fn client(
     let mut session = Session::new(cfg, Instant::now().into_std()).map_err(|e| e.to_string())?;
     let mut pushes = 0u64;
     let mut failure = None;
-    let on_event = |_: &mut Session, event| {
+    let on_event = |_: &mut Session, event: Event| {
         println!("{user}: {}", describe(&event));
         match event {
             Event::Push(_) => {
@@ -86,12 +97,16 @@ pub async fn client(
         }
         Flow::Continue
     };
-    match quic {
-        Some(trust) => {
+    match over {
+        Over::Quic(trust) => {
             let c = quic::connect(addr, trust).await.map_err(|e| format!("connect {addr}: {e}"))?;
             quic::drive(c, &mut session, on_event).await
         }
-        None => {
+        Over::Tls(ca, name) => {
+            let stream = crate::tls::connect(addr, ca, name).await?;
+            drive(stream, &mut session, on_event).await
+        }
+        Over::Tcp => {
             let stream =
                 TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
             let _ = stream.set_nodelay(true);

@@ -25,9 +25,9 @@ pub enum DriveError {
     Io(#[from] std::io::Error),
 }
 
-/// Run one connection of `session` over `stream` (a TCP stream, or a QUIC stream's halves
-/// joined by `tokio::io::join`: [`crate::quic::drive`]) until the session closes or
-/// `on_event` says stop. Returns when the connection is over; the session
+/// Run one connection of `session` over `stream` (a TCP stream, TLS over one, or a QUIC
+/// stream's halves joined by `tokio::io::join`: [`crate::quic::drive`]) until the session
+/// closes or `on_event` says stop. Returns when the connection is over; the session
 /// then holds the reconnect advice.
 pub async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,

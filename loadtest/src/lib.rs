@@ -26,8 +26,8 @@
 //!   view; [`report`]: the JSON result and the HTML report with inline SVG charts;
 //!   [`procfs`]: CPU and memory of processes.
 //! - [`token`] mints development JWTs; [`demo`] and [`drive`] run a few clients on tokio for the
-//!   `client` and `demo` subcommands, over TCP or QUIC ([`quic`]: connect, trust by CA file
-//!   or pinned fingerprint).
+//!   `client` and `demo` subcommands, over TCP, TLS ([`tls`]: `client --tls-ca`) or QUIC
+//!   ([`quic`]: connect, trust by CA file or pinned fingerprint).
 //!
 //! # How a run flows
 //!
@@ -52,6 +52,7 @@ pub mod quic;
 pub mod report;
 pub mod scenario;
 pub mod stats;
+pub mod tls;
 pub mod token;
 pub mod worker;
 

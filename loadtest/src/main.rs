@@ -67,9 +67,15 @@ enum Cmd {
     },
     /// Connect as one user, print every push, acknowledge it.
     Client {
-        /// The gateway's client address.
+        /// The gateway's client address (its TLS listener's with `--tls-ca`).
         #[arg(long, default_value = "127.0.0.1:7100")]
         addr: SocketAddr,
+        /// Connect over TLS, trusting the CA certificates in this PEM file.
+        #[arg(long)]
+        tls_ca: Option<PathBuf>,
+        /// The name the gateway's certificate must carry (default: `--addr`'s IP).
+        #[arg(long, requires = "tls_ca")]
+        tls_name: Option<String>,
         /// The user id.
         #[arg(long)]
         user: String,
@@ -397,6 +403,8 @@ async fn run(cmd: Cmd) -> Result<(), String> {
         }
         Cmd::Client {
             addr,
+            tls_ca,
+            tls_name,
             user,
             token,
             secret,
@@ -413,15 +421,13 @@ async fn run(cmd: Cmd) -> Result<(), String> {
                 None => token::mint(&secret, &user, Duration::from_secs(86_400), None, None)
                     .map_err(|e| e.to_string())?,
             };
-            let work = demo::client(
-                addr,
-                trust.as_ref(),
-                &user,
-                token,
-                demo::platform(&platform),
-                &device,
-                count,
-            );
+            let over = match (&trust, tls_ca.as_deref()) {
+                (Some(t), _) => demo::Over::Quic(t),
+                (None, Some(ca)) => demo::Over::Tls(ca, tls_name.as_deref()),
+                (None, None) => demo::Over::Tcp,
+            };
+            let work =
+                demo::client(addr, over, &user, token, demo::platform(&platform), &device, count);
             match timeout_secs {
                 Some(s) => tokio::time::timeout(Duration::from_secs(s), work)
                     .await

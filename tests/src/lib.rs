@@ -3,8 +3,11 @@
 //!
 //! - [`GatewayProcess`] runs a `holdfast-gateway` process on loopback ports chosen by the
 //!   kernel, waits for its ready line, and kills it when dropped.
-//! - [`Client`] is a blocking test client: a real `TcpStream` (or a QUIC stream: [`quic`])
-//!   driven by `holdfast_codec::client::Session`, with every wait bounded by a timeout.
+//! - [`Client`] is a blocking test client: a real `TcpStream` (or TLS over one, trusting a
+//!   [`TestCa`]; or a QUIC stream: [`quic`]) driven by `holdfast_codec::client::Session`,
+//!   with every wait bounded by a timeout.
+//! - [`TestCa`] makes a certificate authority and server certificates for `127.0.0.1` and
+//!   `localhost` (rcgen), as PEM files in a temporary directory.
 //! - [`Webhook`] is a local HTTP server standing in for the business backend; it records
 //!   what it receives and answers with a function the test gives.
 //! - [`token`] and [`token_with`] mint tokens with the gateway's development secret.
@@ -89,6 +92,8 @@ pub struct GatewayProcess {
     child: Child,
     /// The client listener.
     pub tcp: SocketAddr,
+    /// The TLS client listener (with `tls.addr` set).
+    pub tls: Option<SocketAddr>,
     /// The HTTP API.
     pub http: SocketAddr,
     /// The internal gateway listener (with a shared presence backend).
@@ -163,6 +168,7 @@ impl GatewayProcess {
         let mut cluster = None;
         let mut health = None;
         let mut quic = None;
+        let mut tls = None;
         for part in ready.split_whitespace() {
             if let Some(a) = part.strip_prefix("tcp=") {
                 tcp = a.parse().ok();
@@ -174,6 +180,8 @@ impl GatewayProcess {
                 health = a.parse().ok();
             } else if let Some(a) = part.strip_prefix("quic=") {
                 quic = a.parse().ok();
+            } else if let Some(a) = part.strip_prefix("tls=") {
+                tls = a.parse().ok();
             }
         }
         GatewayProcess {
@@ -182,6 +190,7 @@ impl GatewayProcess {
             health,
             quic,
             quic_sha256,
+            tls,
             tcp: tcp.expect("ready line has tcp="),
             http: http.expect("ready line has http="),
             http_client: reqwest::blocking::Client::builder()
@@ -707,9 +716,11 @@ pub fn client_config(token: String, platform: Platform, device: &str) -> Config 
     Config { token, platform, device_id: device.to_owned(), ..Config::default() }
 }
 
-/// The byte stream under a [`Client`]: a socket, or a QUIC stream ([`quic::QuicWire`]).
+/// The byte stream under a [`Client`]: a socket, TLS over one, or a QUIC stream
+/// ([`quic::QuicWire`]).
 enum Wire {
     Tcp(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
     Quic(Box<quic::QuicWire>),
 }
 
@@ -718,6 +729,7 @@ impl Wire {
     fn set_read_timeout(&mut self, wait: Duration) -> std::io::Result<()> {
         match self {
             Wire::Tcp(s) => s.set_read_timeout(Some(wait)),
+            Wire::Tls(s) => s.sock.set_read_timeout(Some(wait)),
             Wire::Quic(q) => {
                 q.set_read_timeout(wait);
                 Ok(())
@@ -731,6 +743,7 @@ impl Read for Wire {
         match self {
             Wire::Tcp(s) => s.read(buf),
             Wire::Quic(q) => q.read(buf),
+            Wire::Tls(s) => s.read(buf),
         }
     }
 }
@@ -740,6 +753,7 @@ impl Write for Wire {
         match self {
             Wire::Tcp(s) => s.write(buf),
             Wire::Quic(q) => q.write(buf),
+            Wire::Tls(s) => s.write(buf),
         }
     }
 
@@ -747,10 +761,95 @@ impl Write for Wire {
         match self {
             Wire::Tcp(s) => s.flush(),
             Wire::Quic(q) => q.flush(),
+            Wire::Tls(s) => s.flush(),
         }
     }
 }
 
+/// A TLS client configuration trusting the CA certificates in `ca` (PEM), offering the
+/// gateway's ALPN protocol, TLS 1.3 only, as the gateway's own clients do.
+pub fn tls_client_config(ca: &std::path::Path) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).expect("CA file reads") {
+        roots.add(cert.expect("CA certificate parses")).expect("CA certificate is usable");
+    }
+    #[allow(deprecated)] // ring: see holdfast_gateway::tls::provider
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"holdfast/1".to_vec()];
+    Arc::new(config)
+}
+
+/// A test certificate authority: its certificate and the server certificates it issues,
+/// as PEM files in a temporary directory removed on drop.
+pub struct TestCa {
+    dir: std::path::PathBuf,
+    params: rcgen::CertificateParams,
+    key: rcgen::KeyPair,
+    /// The CA certificate (what clients trust).
+    pub ca_pem: std::path::PathBuf,
+}
+
+impl TestCa {
+    /// A new CA whose files live in a fresh temporary directory named after `name`.
+    pub fn new(name: &str) -> TestCa {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("holdfast-ca-{name}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("Holdfast test CA {name}"));
+        params.key_usages =
+            vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let cert = params.self_signed(&key).expect("CA certificate");
+        let ca_pem = dir.join("ca.pem");
+        std::fs::write(&ca_pem, cert.pem()).expect("write CA");
+        TestCa { dir, params, key, ca_pem }
+    }
+
+    /// Issue a server certificate for `127.0.0.1` and `localhost` with common name `name`,
+    /// written to `<name>.pem` (chain) and `<name>.key`; their paths and the certificate's
+    /// DER (to tell which one a client was shown).
+    pub fn issue(&self, name: &str) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>) {
+        let mut params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+                .expect("leaf params");
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().expect("leaf key");
+        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
+        let cert = params.signed_by(&key, &issuer).expect("leaf certificate");
+        let (chain, key_path) =
+            (self.dir.join(format!("{name}.pem")), self.dir.join(format!("{name}.key")));
+        std::fs::write(&chain, cert.pem()).expect("write chain");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+        (chain, key_path, cert.der().to_vec())
+    }
+
+    /// The temporary directory the files are in.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+}
+
+impl Drop for TestCa {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A blocking test client over a real socket (plain or TLS), driven by the protocol's
+/// client session.
 /// A blocking test client over a real socket, driven by the protocol's client session.
 pub struct Client {
     stream: Wire,
@@ -774,6 +873,36 @@ impl Client {
     /// Send `HELLO` over a QUIC stream (see [`quic::login`]).
     pub fn over_quic(wire: quic::QuicWire, config: Config) -> Client {
         Client::start(Wire::Quic(Box::new(wire)), config)
+    }
+
+    /// Connect to the TLS listener `addr` trusting the CA certificates in `ca`, as server
+    /// `127.0.0.1`, and send `HELLO` inside TLS.
+    pub fn connect_tls(addr: SocketAddr, ca: &std::path::Path, config: Config) -> Client {
+        Client::over_tls(TcpStream::connect(addr).expect("gateway accepts"), ca, config)
+    }
+
+    /// [`Client::connect_tls`] over an already connected `stream` (see [`connect_from`]).
+    pub fn over_tls(stream: TcpStream, ca: &std::path::Path, config: Config) -> Client {
+        stream.set_nodelay(true).expect("nodelay");
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+        let conn = rustls::ClientConnection::new(tls_client_config(ca), name).expect("client");
+        Client::start(Wire::Tls(Box::new(rustls::StreamOwned::new(conn, stream))), config)
+    }
+
+    /// [`Client::connect_tls`] as `user` (platform Linux, device "dev"), expecting `AUTH_OK`.
+    pub fn login_tls(addr: SocketAddr, ca: &std::path::Path, user: &str) -> Client {
+        let mut c =
+            Client::connect_tls(addr, ca, client_config(token(user), Platform::Linux, "dev"));
+        c.expect_auth();
+        c
+    }
+
+    /// Over TLS, the certificate the server presented (DER), once the handshake is done.
+    pub fn peer_certificate(&self) -> Option<Vec<u8>> {
+        match &self.stream {
+            Wire::Tcp(_) | Wire::Quic(_) => None,
+            Wire::Tls(s) => s.conn.peer_certificates()?.first().map(|c| c.to_vec()),
+        }
     }
 
     /// Connect as `user` (platform Linux, device "dev") and expect `AUTH_OK`.
@@ -800,7 +929,7 @@ impl Client {
     pub fn quic(&mut self) -> Option<&mut quic::QuicWire> {
         match &mut self.stream {
             Wire::Quic(q) => Some(q),
-            Wire::Tcp(_) => None,
+            Wire::Tcp(_) | Wire::Tls(_) => None,
         }
     }
 

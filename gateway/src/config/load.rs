@@ -20,6 +20,9 @@ pub(super) const OPTIONAL_FIELDS: &[(&str, &str)] = &[
     ("health", "tcp_addr"),
     ("quic", "cert_file"),
     ("quic", "key_file"),
+    ("tls", "addr"),
+    ("tls", "cert"),
+    ("tls", "key"),
 ];
 
 impl Config {

@@ -63,6 +63,8 @@ pub struct Config {
     pub node: NodeConfig,
     /// `[listen]`: the client-facing TCP listener.
     pub listen: ListenConfig,
+    /// `[tls]`: the client-facing TLS listener (off unless `tls.addr` is set).
+    pub tls: TlsConfig,
     /// `[http]`: the internal HTTP API (push, kick, health, metrics).
     pub http: HttpConfig,
     /// `[heartbeat]`: the heartbeat range granted to clients and the idle rule.

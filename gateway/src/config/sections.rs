@@ -50,7 +50,8 @@ pub struct ListenConfig {
     /// Connections held at once across all workers (default 1,000,000); further accepts are
     /// closed at once. Each connection costs a few KiB of memory plus its queued bytes.
     pub max_connections: usize,
-    /// Time a new connection has to deliver a complete `HELLO`, in ms (default 10,000).
+    /// Time a new connection has to deliver a complete `HELLO`, in ms (default 10,000); on the
+    /// TLS listener the TLS handshake counts against it too.
     pub handshake_timeout_ms: u64,
     /// Largest frame (header + body) accepted from clients, in bytes (default 65,536; 1,024
     /// to 16 MiB). Sent to clients in `AUTH_OK.max_frame`. Before authentication the limit is
@@ -87,6 +88,29 @@ impl Default for ListenConfig {
             proxy_trusted: Vec::new(),
         }
     }
+}
+
+/// `[tls]`: the client-facing TLS listener, beside `[listen]`'s plain TCP one (off unless
+/// `addr` is set). Clients speak the same frames inside TLS 1.3; socket options, limits and
+/// the handshake deadline (`listen.handshake_timeout_ms`, which covers the TLS handshake and
+/// `HELLO` together) are `[listen]`'s.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Address TLS clients connect to (default none: no TLS listener).
+    pub addr: Option<SocketAddr>,
+    /// PEM file with the certificate chain, leaf first (required with `addr`). Read at start
+    /// and on `SIGHUP`; a file that does not load on `SIGHUP` keeps the old certificate.
+    pub cert: Option<PathBuf>,
+    /// PEM file with the certificate's private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC)
+    /// (required with `addr`). Read at start and on `SIGHUP`, with `cert`.
+    pub key: Option<PathBuf>,
+    /// Expect a PROXY protocol header before the TLS `ClientHello` (default false), as
+    /// `listen.proxy_protocol` does for plain TCP.
+    pub proxy_protocol: bool,
+    /// Networks the balancers in front of the TLS listener connect from (default none;
+    /// required with `proxy_protocol`).
+    pub proxy_trusted: Vec<String>,
 }
 
 /// `[http]`: the internal HTTP API (push, kick, health, metrics).

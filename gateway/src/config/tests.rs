@@ -254,7 +254,7 @@ fn precedence_file_then_env_then_set() {
 #[test]
 fn all_optional_fields_are_real() {
     // Text fields take any string; address fields need an address.
-    let value = |field: &str| if field.ends_with("_addr") { "127.0.0.1:1" } else { "x" };
+    let value = |field: &str| if field.ends_with("addr") { "127.0.0.1:1" } else { "x" };
     let sets: Vec<String> =
         OPTIONAL_FIELDS.iter().map(|(s, f)| format!("{s}.{f}={}", value(f))).collect();
     Config::load(None, &sets, Vec::new()).expect("every optional field exists");
@@ -456,6 +456,25 @@ fn validate_urls_and_limits() {
     let mut c = Config::default();
     c.events.queue_max = c.events.batch_max - 1;
     assert_problem(&c, "events.queue_max");
+}
+
+#[test]
+fn a_tls_listener_needs_a_chain_and_key_that_load() {
+    let mut c = Config::default();
+    c.tls.addr = Some("127.0.0.1:0".parse().expect("addr"));
+    assert_problem(&c, "tls.cert");
+    assert_problem(&c, "tls.key");
+    c.tls.cert = Some("/nonexistent/chain.pem".into());
+    c.tls.key = Some("/nonexistent/key.pem".into());
+    let e = c.validate().expect_err("unreadable").to_string();
+    assert!(e.contains("tls.cert: /nonexistent/chain.pem: cannot read"), "{e}");
+    c.tls.proxy_protocol = true;
+    assert_problem(&c, "tls.proxy_trusted");
+    // The section is off by default and loads from --set like any other.
+    let c =
+        load_sets(&["tls.addr=127.0.0.1:7443", "tls.cert=a.pem", "tls.key=a.key"]).expect("loads");
+    assert_eq!(c.tls.cert.as_deref(), Some(std::path::Path::new("a.pem")));
+    assert!(Config::default().validate().is_ok());
 }
 
 #[test]

@@ -49,6 +49,32 @@ impl Config {
         if let Err(e) = crate::driver::proxy::Trusted::parse(&l.proxy_trusted) {
             check(false, "listen.proxy_trusted", e);
         }
+        let t = &self.tls;
+        if let Some(addr) = t.addr {
+            check(t.cert.is_some(), "tls.cert", "required with tls.addr (a PEM chain)".to_owned());
+            check(t.key.is_some(), "tls.key", "required with tls.addr (a PEM key)".to_owned());
+            check(
+                addr.port() == 0 || (addr != l.addr && addr != self.http.addr),
+                "tls.addr",
+                format!("{addr} is also listen.addr or http.addr"),
+            );
+            if t.cert.is_some() && t.key.is_some() {
+                // The files are read now, so `--check-config` fails where starting would.
+                if let Err(e) = crate::tls::server_config(t) {
+                    check(false, e.field(), e.to_string());
+                }
+            }
+        }
+        if t.proxy_protocol {
+            check(
+                !t.proxy_trusted.is_empty(),
+                "tls.proxy_trusted",
+                "required with tls.proxy_protocol (the balancers' networks)".to_owned(),
+            );
+        }
+        if let Err(e) = crate::driver::proxy::Trusted::parse(&t.proxy_trusted) {
+            check(false, "tls.proxy_trusted", e);
+        }
         if let Some(h) = self.health.tcp_addr {
             check(
                 h.port() == 0 || (h != l.addr && h != self.http.addr),

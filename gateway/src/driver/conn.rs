@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use super::Stream;
+use super::tls::TlsFailure;
 use super::transport::Transport;
 use crate::session::Session;
 
@@ -30,6 +31,15 @@ pub(crate) trait Carrier: Transport + Sized {
     fn device(&self) -> Option<&Arc<str>>;
     /// Keep the device id.
     fn keep_device(&mut self, device: Arc<str>);
+    /// True once, after a TLS handshake on this transport completed (counted by the loop);
+    /// never for transports that run no TLS handshake of ours.
+    fn take_tls_established(&mut self) -> bool {
+        false
+    }
+    /// For a TLS connection that ends before its handshake completed: why.
+    fn tls_unfinished(&self) -> Option<TlsFailure> {
+        None
+    }
 }
 
 impl Carrier for Stream {
@@ -51,6 +61,14 @@ impl Carrier for Stream {
 
     fn keep_device(&mut self, device: Arc<str>) {
         Stream::keep_device(self, device);
+    }
+
+    fn take_tls_established(&mut self) -> bool {
+        Stream::take_tls_established(self)
+    }
+
+    fn tls_unfinished(&self) -> Option<TlsFailure> {
+        Stream::tls_unfinished(self)
     }
 }
 

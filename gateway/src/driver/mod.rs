@@ -4,9 +4,11 @@
 //! # Layout
 //!
 //! - [`transport`]: the seam — the [`Transport`] trait a stream must implement to be driven
-//!   by a loop (plain TCP today; TLS next), and socket tuning.
-//! - `stream.rs`: [`Stream`], the transport the loops drive — the socket, and on a PROXY
-//!   listener the header in front of the session's bytes; [`proxy`]: the PROXY protocol.
+//!   by a loop, and socket tuning.
+//! - `stream.rs`: [`Stream`], the transport the loops drive — the socket, and on a PROXY or
+//!   TLS listener the layer in front of the session's bytes; [`proxy`]: the PROXY protocol;
+//!   [`tls`]: a TLS server connection (rustls's handshake, then `record.rs`, our TLS 1.3
+//!   record protection with the keys rustls hands over).
 //! - [`accept`]: the acceptor thread: a `socket2` listener, `max_connections`, PROXY trust,
 //!   admission (pending handshakes, accept rate), round-robin hand-off of each new socket
 //!   to a loop.
@@ -29,9 +31,11 @@ mod conn;
 mod feed;
 pub mod proxy;
 pub mod quic;
+mod record;
 mod slots;
 mod stream;
 pub mod supervise;
+pub mod tls;
 pub mod transport;
 pub mod wheel;
 pub(crate) mod worker;

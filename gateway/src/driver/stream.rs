@@ -1,10 +1,10 @@
 //! [`Stream`]: the transport the event loops drive — a TCP socket, plus, on listeners that
-//! need it, the edge state in front of the session's bytes (today a PROXY protocol header
-//! and the client address it names).
+//! need it, the edge state in front of the session's bytes: a PROXY protocol header and the
+//! client address it names, and TLS.
 //!
 //! A plain connection is the socket and an empty pointer (16 bytes in the connection
-//! record); the edge state is boxed and present only on PROXY listeners, so plain TCP pays
-//! nothing for it.
+//! record); the edge state is boxed and present only on PROXY and TLS listeners, so plain
+//! TCP pays nothing for it.
 
 use std::io::{self, Read};
 use std::net::SocketAddr;
@@ -13,8 +13,10 @@ use std::sync::Arc;
 use mio::event::Source;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
+use rustls::ServerConfig;
 
 use super::proxy::{Header, MAX_HEADER, ProxyRefusal};
+use super::tls::{Tls, TlsFailure};
 use super::transport::Transport;
 
 /// A client connection's byte stream, and the event loop's per-connection odds and ends that
@@ -32,15 +34,24 @@ pub struct Stream {
 }
 
 /// What only some connections have: a client address learned from a PROXY header, a
-/// device id kept for the webhooks, and, while a PROXY header is being read, its bytes.
+/// device id kept for the webhooks, and the layer between the socket and the session.
 #[derive(Debug, Default)]
 struct Edge {
     /// The client's address from the PROXY header (`None`: the socket's peer).
     client: Option<SocketAddr>,
     /// The device id from `HELLO`, kept only when a webhook or a refresh check needs it.
     device: Option<Arc<str>>,
-    /// The PROXY header in progress; freed once it is read.
-    pending: Option<Box<Pending>>,
+    /// A PROXY header in progress (freed once it is read) or TLS (for the connection's life).
+    layer: Option<Box<Layer>>,
+}
+
+/// What sits between the socket and the session's bytes.
+#[derive(Debug)]
+enum Layer {
+    /// A PROXY header being read (then TLS, on a TLS listener).
+    Proxy(Pending),
+    /// TLS: the handshake, then protected records.
+    Tls(Tls),
 }
 
 /// A PROXY header being read.
@@ -50,6 +61,8 @@ struct Pending {
     header: Option<Vec<u8>>,
     /// Bytes that came in the same read as the header's end: the session's, served first.
     rest: Vec<u8>,
+    /// On a TLS listener, the configuration the handshake after the header uses.
+    tls: Option<Arc<ServerConfig>>,
 }
 
 impl Stream {
@@ -60,8 +73,29 @@ impl Stream {
 
     /// A connection on a PROXY listener: the first bytes must be a PROXY header.
     pub fn proxied(tcp: TcpStream) -> Stream {
-        let pending = Pending { header: Some(Vec::new()), rest: Vec::new() };
-        let edge = Edge { pending: Some(Box::new(pending)), ..Edge::default() };
+        Stream::with_layer(
+            tcp,
+            Layer::Proxy(Pending { header: Some(Vec::new()), ..Pending::default() }),
+        )
+    }
+
+    /// A connection on a TLS listener (after a PROXY header if `proxied`), handshaking with
+    /// `config`.
+    pub fn tls(
+        tcp: TcpStream,
+        config: Arc<ServerConfig>,
+        proxied: bool,
+    ) -> Result<Stream, rustls::Error> {
+        let layer = if proxied {
+            Layer::Proxy(Pending { header: Some(Vec::new()), rest: Vec::new(), tls: Some(config) })
+        } else {
+            Layer::Tls(Tls::new(config, Vec::new())?)
+        };
+        Ok(Stream::with_layer(tcp, layer))
+    }
+
+    fn with_layer(tcp: TcpStream, layer: Layer) -> Stream {
+        let edge = Edge { layer: Some(Box::new(layer)), ..Edge::default() };
         Stream { tcp, timer_tick: 0, edge: Some(Box::new(edge)) }
     }
 
@@ -75,11 +109,40 @@ impl Stream {
         self.edge.get_or_insert_with(Box::default).device = Some(device);
     }
 
+    fn tls_ref(&self) -> Option<&Tls> {
+        match self.edge.as_ref()?.layer.as_deref()? {
+            Layer::Tls(t) => Some(t),
+            Layer::Proxy(_) => None,
+        }
+    }
+
+    fn tls_mut(&mut self) -> Option<&mut Tls> {
+        match self.edge.as_mut()?.layer.as_deref_mut()? {
+            Layer::Tls(t) => Some(t),
+            Layer::Proxy(_) => None,
+        }
+    }
+
+    /// For a TLS connection that ends before its handshake completed: why (see
+    /// [`TlsFailure`]); `None` for plain TCP and established TLS.
+    pub(crate) fn tls_unfinished(&self) -> Option<TlsFailure> {
+        match self.edge.as_ref().and_then(|e| e.layer.as_deref()) {
+            Some(Layer::Tls(t)) => t.unfinished(),
+            Some(Layer::Proxy(p)) if p.tls.is_some() => Some(TlsFailure::Closed),
+            _ => None,
+        }
+    }
+
+    /// True once, after a TLS handshake completed.
+    pub(crate) fn take_tls_established(&mut self) -> bool {
+        self.tls_mut().is_some_and(Tls::take_established)
+    }
+
     /// Read the PROXY header as far as the socket has it: `Ok` once it is complete (and
     /// the client address and any bytes after it are kept), `WouldBlock` until then, an
     /// error carrying a [`ProxyRefusal`] if it is refused, or the socket's error.
     fn read_header(tcp: &mut TcpStream, edge: &mut Edge) -> io::Result<()> {
-        let Some(pending) = edge.pending.as_mut() else { return Ok(()) };
+        let Some(Layer::Proxy(pending)) = edge.layer.as_deref_mut() else { return Ok(()) };
         let Some(header) = pending.header.as_mut() else { return Ok(()) };
         let mut chunk = [0u8; 512];
         loop {
@@ -95,8 +158,12 @@ impl Stream {
                 Ok(Some(h)) => {
                     edge.client = h.client;
                     let rest = header.split_off(h.len);
-                    if rest.is_empty() {
-                        edge.pending = None;
+                    if let Some(config) = pending.tls.take() {
+                        let tls = Tls::new(config, rest)
+                            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                        edge.layer = Some(Box::new(Layer::Tls(tls)));
+                    } else if rest.is_empty() {
+                        edge.layer = None;
                     } else {
                         pending.rest = rest;
                         pending.header = None;
@@ -112,9 +179,10 @@ impl Stream {
 impl Transport for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let Some(edge) = self.edge.as_mut() else { return Read::read(&mut self.tcp, buf) };
-        if edge.pending.as_ref().is_some_and(|p| p.header.is_some()) {
+        if let Some(Layer::Proxy(Pending { header: Some(_), .. })) = edge.layer.as_deref() {
             Stream::read_header(&mut self.tcp, edge)?;
-            if let Some(header) = edge.pending.as_ref().and_then(|p| p.header.as_ref()) {
+            if let Some(Layer::Proxy(Pending { header: Some(header), .. })) = edge.layer.as_deref()
+            {
                 // The socket ended before the header did.
                 if !header.is_empty() {
                     return Err(io::Error::new(io::ErrorKind::InvalidData, ProxyRefusal::Missing));
@@ -122,24 +190,39 @@ impl Transport for Stream {
                 return Ok(0);
             }
         }
-        if let Some(pending) = edge.pending.as_mut() {
-            let n = pending.rest.len().min(buf.len());
-            buf[..n].copy_from_slice(&pending.rest[..n]);
-            pending.rest.drain(..n);
-            if pending.rest.is_empty() {
-                edge.pending = None; // give the allocations back
+        match edge.layer.as_deref_mut() {
+            None => Read::read(&mut self.tcp, buf),
+            Some(Layer::Tls(tls)) => tls.read(&mut self.tcp, buf),
+            Some(Layer::Proxy(pending)) => {
+                let n = pending.rest.len().min(buf.len());
+                buf[..n].copy_from_slice(&pending.rest[..n]);
+                pending.rest.drain(..n);
+                if pending.rest.is_empty() {
+                    edge.layer = None; // give the allocations back
+                }
+                Ok(n)
             }
-            return Ok(n);
         }
-        Read::read(&mut self.tcp, buf)
     }
 
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        std::io::Write::write(&mut self.tcp, buf)
+        let tcp = &mut self.tcp;
+        match self.edge.as_mut().and_then(|e| e.layer.as_deref_mut()) {
+            Some(Layer::Tls(tls)) => tls.write(tcp, buf),
+            // Nothing is written before the PROXY header is read; TLS needs its handshake.
+            Some(Layer::Proxy(Pending { tls: Some(_), .. })) => {
+                Err(io::ErrorKind::WouldBlock.into())
+            }
+            _ => std::io::Write::write(tcp, buf),
+        }
     }
 
     fn shutdown_write(&mut self) {
-        Transport::shutdown_write(&mut self.tcp);
+        let tcp = &mut self.tcp;
+        match self.edge.as_mut().and_then(|e| e.layer.as_deref_mut()) {
+            Some(Layer::Tls(tls)) => tls.shutdown_write(tcp),
+            _ => Transport::shutdown_write(tcp),
+        }
     }
 
     fn peer_addr(&self) -> Option<SocketAddr> {
@@ -147,7 +230,23 @@ impl Transport for Stream {
     }
 
     fn unsent_bytes(&self) -> usize {
-        Transport::unsent_bytes(&self.tcp)
+        Transport::unsent_bytes(&self.tcp) + self.tls_ref().map_or(0, Tls::unsent)
+    }
+
+    fn pending_output(&self) -> bool {
+        self.tls_ref().is_some_and(Tls::pending_output)
+    }
+
+    fn read_again(&mut self) -> bool {
+        self.tls_mut().is_some_and(Tls::read_again)
+    }
+
+    fn flush_output(&mut self) -> io::Result<()> {
+        let tcp = &mut self.tcp;
+        match self.edge.as_mut().and_then(|e| e.layer.as_deref_mut()) {
+            Some(Layer::Tls(tls)) => tls.flush(tcp),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -225,7 +324,7 @@ mod tests {
         let got = read_all(&mut s, 14).expect("reads");
         assert_eq!(got, b"hello, session");
         assert_eq!(s.peer_addr(), Some("203.0.113.5:44321".parse().expect("addr")));
-        assert!(s.edge.as_ref().is_some_and(|e| e.pending.is_none()), "header and rest released");
+        assert!(s.edge.as_ref().is_some_and(|e| e.layer.is_none()), "header and rest released");
     }
 
     #[test]
@@ -255,6 +354,36 @@ mod tests {
         // 8-byte selector id to every socket in debug builds.)
         let size = if cfg!(debug_assertions) { 32 } else { 16 };
         assert_eq!(std::mem::size_of::<Stream>(), size);
+    }
+
+    #[test]
+    fn a_proxy_header_then_a_tls_handshake_in_the_same_write() {
+        let (server, client) = crate::driver::tls::tests::configs();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let sock = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("c");
+        let (accepted, _) = listener.accept().expect("accept");
+        accepted.set_nonblocking(true).expect("nonblocking");
+        let mut s = Stream::tls(TcpStream::from_std(accepted), server, true).expect("stream");
+        let peer = std::thread::spawn(move || {
+            let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+            let mut conn = rustls::ClientConnection::new(client, name).expect("client");
+            let mut first = b"PROXY TCP4 203.0.113.5 10.0.0.1 44321 7443\r\n".to_vec();
+            conn.write_tls(&mut first).expect("ClientHello");
+            let mut sock = sock;
+            sock.write_all(&first).expect("write");
+            let mut tls = rustls::StreamOwned::new(conn, sock);
+            tls.write_all(b"inside").expect("write");
+            tls.flush().expect("flush");
+            let mut back = [0u8; 4];
+            std::io::Read::read_exact(&mut tls, &mut back).expect("read");
+            back
+        });
+        let got = read_all(&mut s, 6).expect("reads");
+        assert_eq!(got, b"inside");
+        assert_eq!(s.peer_addr(), Some("203.0.113.5:44321".parse().expect("addr")));
+        assert!(s.take_tls_established() && s.tls_unfinished().is_none());
+        assert_eq!(Transport::write(&mut s, b"back").expect("write"), 4);
+        assert_eq!(&peer.join().expect("client"), b"back");
     }
 
     #[test]

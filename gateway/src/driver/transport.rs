@@ -2,10 +2,14 @@
 //!
 //! The protocol lives in [`Session`](crate::session::Session) and never sees a socket; the
 //! event loop moves bytes between a [`Transport`] and a session. Plain TCP implements it
-//! here; a TLS stream (rustls over TCP, still a readiness-based `mio` source) implements the
-//! same trait. QUIC streams, which quinn drives from its own tasks, cannot be registered with
-//! a `mio` poll: the QUIC stream implements this trait too, by polling quinn with a waker
-//! that wakes the loop through its feed (`driver/quic/stream.rs`, `driver/feed.rs`; see
+//! here, and [`Stream`](super::Stream) implements it for PROXY and TLS connections (rustls's
+//! handshake, then our record layer; still a readiness-based `mio` source). With TLS,
+//! socket readiness is not plaintext readiness: the stream reads until the socket would block
+//! or the caller's buffer is full (so a short read still means "wait for the next event"),
+//! and it may hold ciphertext the socket did not take ([`Transport::pending_output`]). QUIC
+//! streams, which quinn drives from its own tasks, cannot be registered with a `mio` poll:
+//! the QUIC stream implements this trait too, by polling quinn with a waker that wakes the
+//! loop through its feed (`driver/quic/stream.rs`, `driver/feed.rs`; see
 //! `docs/ARCHITECTURE.md` § The transport seam).
 
 use std::io::{self, Read, Write};
@@ -26,6 +30,21 @@ pub trait Transport: mio::event::Source + Send + 'static {
     /// Bytes accepted by [`Transport::write`] that the kernel has not sent yet (0 if
     /// unknown): counted in the slow-consumer decision.
     fn unsent_bytes(&self) -> usize;
+    /// Whether bytes accepted by [`Transport::write`] wait for the socket to be writable
+    /// inside the transport itself (TLS records): the loop keeps writable interest and calls
+    /// [`Transport::flush_output`] until they are out.
+    fn pending_output(&self) -> bool {
+        false
+    }
+    /// Write what [`Transport::pending_output`] holds, as far as the socket takes it.
+    fn flush_output(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    /// Whether the last read stopped before the socket was drained although it returned less
+    /// than the buffer (TLS's per-turn budget): the loop reads again next turn.
+    fn read_again(&mut self) -> bool {
+        false
+    }
 }
 
 impl Transport for TcpStream {

@@ -53,6 +53,7 @@ use super::conn::{Carrier, Conn};
 use super::feed::Feed;
 use super::proxy::ProxyRefusal;
 use super::slots::Slots;
+use super::tls::TlsFailure;
 use super::transport::write_some;
 use super::wheel::Wheel;
 use crate::events::{Event as NodeEvent, UnackedPush};
@@ -60,7 +61,7 @@ use crate::ids::ConnId;
 use crate::metrics::Refusal;
 use crate::node::Node;
 use crate::session::{
-    Close, Closed, Ctx, Event, Input, Limits, Now, Phase, PushFailure, Session, Stats,
+    Close, CloseReason, Closed, Ctx, Event, Input, Limits, Now, Phase, PushFailure, Session, Stats,
 };
 use crate::upstream::{SubmitError, UpstreamOutcome, UpstreamRequest, UpstreamResult};
 
@@ -393,7 +394,11 @@ impl<T: Carrier> Worker<T> {
         let Some(conn) = self.conns.get_mut(key) else { return };
         if conn.session.poll_shutdown() {
             conn.transport.shutdown_write();
+            if conn.transport.pending_output() {
+                self.want_writable(key, true); // close_notify still to go
+            }
         }
+        let Some(conn) = self.conns.get_mut(key) else { return };
         if conn.session.is_closed() {
             self.release(key);
         } else {
@@ -420,6 +425,10 @@ impl<T: Carrier> Worker<T> {
             }
         }
         if rest.is_empty() {
+            if was_empty && conn.transport.pending_output() {
+                // TLS took the bytes but the socket did not take all of the record.
+                self.want_writable(key, true);
+            }
             return Ok(());
         }
         let kernel = conn.transport.unsent_bytes();
@@ -451,14 +460,24 @@ impl<T: Carrier> Worker<T> {
     /// Write what the session queued while the transport was full.
     fn on_writable(&mut self, key: usize) {
         let Some(conn) = self.conns.get_mut(key) else { return };
-        let Some(bytes) = conn.session.poll_transmit() else { return };
-        let written = write_some(&mut conn.transport, bytes);
-        let kernel = conn.transport.unsent_bytes();
-        self.call(key, |c, ctx| match written {
-            Ok(n) => c.session.handle_transmitted(ctx, n, kernel),
-            Err(_) => c.session.close(ctx, Close::IoError),
-        });
-        if self.conns.get(key).is_some_and(|c| c.session.queued() == 0) {
+        // Records the transport holds (TLS) go first: the session's bytes follow them.
+        if conn.transport.flush_output().is_err() {
+            self.call(key, |c, ctx| c.session.close(ctx, Close::IoError));
+            return;
+        }
+        if let Some(bytes) = conn.session.poll_transmit() {
+            let written = write_some(&mut conn.transport, bytes);
+            let kernel = conn.transport.unsent_bytes();
+            self.call(key, |c, ctx| match written {
+                Ok(n) => c.session.handle_transmitted(ctx, n, kernel),
+                Err(_) => c.session.close(ctx, Close::IoError),
+            });
+        }
+        if self
+            .conns
+            .get(key)
+            .is_some_and(|c| c.session.queued() == 0 && !c.transport.pending_output())
+        {
             self.want_writable(key, false);
         }
     }
@@ -483,7 +502,8 @@ impl<T: Carrier> Worker<T> {
                     break;
                 }
                 Ok(n) => {
-                    let more = self.feed(key, &buf[..n]);
+                    let more = self.feed(key, &buf[..n])
+                        || self.conns.get_mut(key).is_some_and(|c| c.transport.read_again());
                     if more || n == buf.len() {
                         self.resume.push(Resume { key, generation, read_closed });
                         break;
@@ -501,6 +521,7 @@ impl<T: Carrier> Worker<T> {
                             tracing::debug!(reason = refusal.as_str(), "PROXY header refused");
                             Close::ProxyRefused
                         }
+                        // TLS failures are counted when the connection departs.
                         None => Close::IoError,
                     };
                     self.call(key, |c, ctx| c.session.close(ctx, close));
@@ -509,6 +530,20 @@ impl<T: Carrier> Worker<T> {
             }
         }
         self.buf = buf;
+        self.after_read_tls(key);
+    }
+
+    /// TLS, after a read: count a handshake that just completed, and keep writable interest
+    /// while records wait for the socket (a handshake flight, a key update). For a plain
+    /// connection both are a look at a null pointer.
+    fn after_read_tls(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        if conn.transport.take_tls_established() {
+            self.node.metrics.tls_handshakes.inc();
+        }
+        if conn.transport.pending_output() {
+            self.want_writable(key, true);
+        }
     }
 
     /// Feed bytes to a session; true when it has frames left for another turn.
@@ -705,6 +740,14 @@ impl<T: Carrier> Worker<T> {
         let _span = tracing::info_span!("conn", conn_id = %id).entered();
         tracing::debug!(reason = closed.reason.as_str(), "connection closing");
         m.close(closed.reason).inc();
+        if let Some(failure) = self.conns.get(key).and_then(|c| c.transport.tls_unfinished()) {
+            let failure = match (failure, closed.reason) {
+                (TlsFailure::Closed, CloseReason::HandshakeTimeout) => TlsFailure::Timeout,
+                (f, _) => f,
+            };
+            tracing::debug!(reason = failure.as_str(), "TLS handshake failed");
+            m.tls_handshake_failed(failure).inc();
+        }
         if !closed.established {
             node.handshake_ended();
             return;
