@@ -6,9 +6,12 @@
 //!
 //! Checked after the token is verified (only then is the user known), so a banned client
 //! still costs one verification per attempt; the client session waits at least a minute
-//! after 603 (`codec::client::THROTTLED_MIN_DELAY`). The table is sharded by key, bounded
-//! in size (beyond it new keys are not tracked: fail open), and forgets an entry once its
-//! window and ban are over.
+//! after 603 (`codec::client::THROTTLED_MIN_DELAY`). The table is sharded by key and
+//! bounded in size (beyond it new keys are not tracked: fail open). An entry (about 40-60
+//! bytes with the table's slack) lives while its window or ban lasts: [`Flapping::sweep`],
+//! run every window, forgets the rest and gives the memory back, and a shard that doubled
+//! since its last pruning prunes itself at the next login. Off by default (as in EMQX): a
+//! node that just took N logins holds N entries for a window.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -30,10 +33,20 @@ struct Entry {
     banned_until: u64,
 }
 
+/// One shard: its entries, and the size at which it prunes itself at the next login.
+#[derive(Debug, Default)]
+struct Shard {
+    map: HashMap<u64, Entry>,
+    prune_at: usize,
+}
+
+/// The least [`Shard::prune_at`].
+const MIN_PRUNE_AT: usize = 1_024;
+
 /// The flapping detector of one node.
 #[derive(Debug)]
 pub(crate) struct Flapping {
-    shards: Box<[Mutex<HashMap<u64, Entry>>]>,
+    shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
     max_logins: u32,
     window_secs: u64,
@@ -45,7 +58,9 @@ impl Flapping {
     /// More than `max_logins` in `window_secs` bans for `ban_secs`.
     pub(crate) fn new(max_logins: u32, window_secs: u32, ban_secs: u32) -> Flapping {
         Flapping {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(Shard { map: HashMap::new(), prune_at: MIN_PRUNE_AT }))
+                .collect(),
             hasher: RandomState::new(),
             max_logins,
             window_secs: u64::from(window_secs.max(1)),
@@ -60,15 +75,16 @@ impl Flapping {
     pub(crate) fn login(&self, user: &str, device: &str, now_secs: u64) -> Result<(), u64> {
         let key = self.hasher.hash_one((user, device));
         let shard = &self.shards[(key as usize) & (SHARDS - 1)];
-        let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
-        if !map.contains_key(&key) && map.len() >= self.shard_cap {
-            self.prune(&mut map, now_secs);
-            if map.len() >= self.shard_cap {
+        let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+        let full = shard.map.len() >= shard.prune_at.min(self.shard_cap);
+        if full && !shard.map.contains_key(&key) {
+            self.prune(&mut shard, now_secs);
+            if shard.map.len() >= self.shard_cap {
                 return Ok(()); // full of live entries: fail open
             }
         }
-        let e =
-            map.entry(key).or_insert(Entry { window_start: now_secs, count: 0, banned_until: 0 });
+        let fresh = Entry { window_start: now_secs, count: 0, banned_until: 0 };
+        let e = shard.map.entry(key).or_insert(fresh);
         if e.banned_until > now_secs {
             return Err(e.banned_until - now_secs);
         }
@@ -85,16 +101,45 @@ impl Flapping {
         Ok(())
     }
 
-    /// Forget entries whose window and ban are over.
-    fn prune(&self, map: &mut HashMap<u64, Entry>, now_secs: u64) {
+    /// Forget a shard's entries whose window and ban are over, give the memory back, and
+    /// prune again when it has doubled.
+    fn prune(&self, shard: &mut Shard, now_secs: u64) {
         let window = self.window_secs;
-        map.retain(|_, e| e.banned_until > now_secs || now_secs < e.window_start + window);
+        shard.map.retain(|_, e| e.banned_until > now_secs || now_secs < e.window_start + window);
+        shard.map.shrink_to_fit();
+        shard.prune_at = (shard.map.len() * 2).max(MIN_PRUNE_AT);
+    }
+
+    /// Forget every entry whose window and ban are over (run every window).
+    pub(crate) fn sweep(&self, now_secs: u64) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            self.prune(&mut shard, now_secs);
+        }
+    }
+
+    /// How often [`Flapping::sweep`] should run.
+    pub(crate) fn sweep_every(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.window_secs)
     }
 
     /// Entries tracked now (for tests).
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().map_or(0, |m| m.len())).sum()
+        self.shards.iter().map(|s| s.lock().map_or(0, |s| s.map.len())).sum()
+    }
+}
+
+/// Sweep `node`'s flapping table every window, until the runtime stops.
+pub(crate) async fn sweeper(node: std::sync::Arc<crate::node::Node>) {
+    let Some(every) = node.flapping.as_ref().map(Flapping::sweep_every) else { return };
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await; // the first tick is immediate
+    loop {
+        tick.tick().await;
+        if let Some(f) = &node.flapping {
+            f.sweep(crate::api::wall_ms() / 1000);
+        }
     }
 }
 
@@ -137,6 +182,12 @@ mod tests {
             assert_eq!(f.login(&format!("late-{i}"), "d", 10_061), Ok(()));
         }
         assert!(f.len() <= SHARDS * 100);
+        // A sweep a window later forgets everything that is over.
+        f.sweep(10_061 + 61);
+        assert_eq!(f.len(), 0);
+        for i in 0..1_000 {
+            assert_eq!(f.login(&format!("late-{i}"), "d", 10_061), Ok(()));
+        }
         // Tracked again: a new client flapping now is caught (one login above, two here).
         for _ in 0..2 {
             assert_eq!(f.login("late-1", "d", 10_062), Ok(()));

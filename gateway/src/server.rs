@@ -325,6 +325,9 @@ fn start_with(cfg: Config, presence: Option<Arc<dyn Presence>>) -> Result<Runnin
     let (http_stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let app = crate::api::router(Arc::clone(&node));
     runtime.spawn(crate::memory::reclaim(Arc::clone(&node)));
+    if node.flapping.is_some() {
+        runtime.spawn(crate::flapping::sweeper(Arc::clone(&node)));
+    }
     let header_timeout = Duration::from_millis(node.cfg.http.header_timeout_ms);
     runtime.spawn(crate::api::serve(http, app, header_timeout, async move {
         let _ = stopped.await;
