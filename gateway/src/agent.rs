@@ -106,7 +106,10 @@ impl GatewayHooks for Hooks {
         let m = &node.metrics;
         LoadSample {
             load: Dims {
-                connections: m.connections_established.get().max(0) as f64,
+                // Moving connections are leaving (their clients are connecting elsewhere):
+                // counting them would make the scheduler order more sheds than needed.
+                connections: (m.connections_established.get() - m.connections_moving.get()).max(0)
+                    as f64,
                 cpu,
                 bandwidth,
                 memory: proc_rss_bytes().unwrap_or(0.0),

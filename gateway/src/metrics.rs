@@ -236,6 +236,8 @@ pub struct Metrics {
     pub connections: IntGauge,
     /// Authenticated connections.
     pub connections_established: IntGauge,
+    /// Authenticated connections redirected with `OVERLAP` and not yet closed: leaving.
+    pub connections_moving: IntGauge,
     /// Sockets accepted.
     pub accepted: IntCounter,
     /// Connections refused because `listen.max_connections` was reached (`REDIRECT`
@@ -492,6 +494,11 @@ impl Metrics {
                 r,
                 "holdfast_gateway_connections_established",
                 "Authenticated client connections.",
+            ),
+            connections_moving: gauge(
+                r,
+                "holdfast_gateway_connections_moving",
+                "Authenticated connections redirected with OVERLAP, held until their client moved.",
             ),
             accepted: counter(r, "holdfast_gateway_accepted_total", "Sockets accepted."),
             rejected_max_connections: counter(

@@ -753,6 +753,9 @@ impl<T: Carrier> Worker<T> {
             return;
         }
         m.connections_established.dec();
+        if closed.moving {
+            m.connections_moving.dec();
+        }
         let Some(conn) = self.conns.get(key) else { return };
         let Some(user) = conn.user.clone() else { return };
         let unacked: Vec<UnackedPush> = closed
@@ -1111,6 +1114,9 @@ impl<T: Carrier> Worker<T> {
             }
             let (redirect, hold_ms) = (s.sweep.redirect.clone(), s.sweep.hold_ms);
             self.call(key, |c, ctx| c.session.redirect(ctx, redirect, hold_ms));
+            if self.conns.get(key).is_some_and(|c| c.session.phase() == Phase::Moving) {
+                self.node.metrics.connections_moving.inc();
+            }
             s.done += 1;
             budget -= 1;
             let m = &self.node.metrics.cluster;

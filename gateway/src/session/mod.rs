@@ -146,6 +146,8 @@ pub struct Closed {
     pub reason: CloseReason,
     /// Whether it had authenticated (and so is registered and announced online).
     pub established: bool,
+    /// Whether it was moving (redirected with `OVERLAP`, [`Phase::Moving`]) when it closed.
+    pub moving: bool,
     /// Pushes still unacknowledged: (sequence, message id), in sequence order.
     pub unacked: Vec<(u32, u64)>,
 }
@@ -540,12 +542,13 @@ impl Session {
             return;
         }
         let established = self.is_established();
+        let moving = self.phase == Phase::Moving;
         let reason = close.reason();
         if reason == CloseReason::ProtocolError {
             ctx.stats.protocol_errors += 1;
         }
         let unacked = self.extra.as_mut().map(|e| e.take_unacked()).unwrap_or_default();
-        ctx.events.push(Event::Closed(Closed { reason, established, unacked }));
+        ctx.events.push(Event::Closed(Closed { reason, established, moving, unacked }));
         let frame = close.into_frame();
         // The phase changes first: sending the final frame may overflow the queue, and that
         // must not close the connection a second time.

@@ -221,7 +221,12 @@ fn handshake_deadline_closes_silently_and_partial_frames_are_not_liveness() {
     assert!(p.frames().is_empty(), "nothing is sent on a handshake timeout");
     assert_eq!(
         p.closed(),
-        Closed { reason: CloseReason::HandshakeTimeout, established: false, unacked: vec![] }
+        Closed {
+            reason: CloseReason::HandshakeTimeout,
+            established: false,
+            moving: false,
+            unacked: vec![]
+        }
     );
 }
 
@@ -307,7 +312,7 @@ fn a_closing_connection_is_dropped_after_the_linger_even_if_the_peer_stays() {
     assert!(matches!(p.frames().as_slice(), [Frame::Kick(k)] if k.code == Code::KICKED_BY_ADMIN));
     assert_eq!(
         p.closed(),
-        Closed { reason: CloseReason::Kicked, established: true, unacked: vec![] }
+        Closed { reason: CloseReason::Kicked, established: true, moving: false, unacked: vec![] }
     );
     p.advance_ms(999);
     p.timeout();
@@ -607,7 +612,12 @@ fn a_fatal_error_from_the_client_is_a_peer_close() {
     assert!(p.s.is_closed());
     assert_eq!(
         p.closed(),
-        Closed { reason: CloseReason::PeerClosed, established: true, unacked: vec![(1, 77)] }
+        Closed {
+            reason: CloseReason::PeerClosed,
+            established: true,
+            moving: false,
+            unacked: vec![(1, 77)]
+        }
     );
 }
 
@@ -624,7 +634,12 @@ fn eof_closes_once_with_the_pending_pushes() {
     assert!(p.s.is_closed());
     assert_eq!(
         p.closed(),
-        Closed { reason: CloseReason::PeerClosed, established: true, unacked: vec![(2, 2)] }
+        Closed {
+            reason: CloseReason::PeerClosed,
+            established: true,
+            moving: false,
+            unacked: vec![(2, 2)]
+        }
     );
 }
 
@@ -709,6 +724,7 @@ fn a_moving_connection_keeps_delivering_until_the_client_closes_it() {
     assert!(p.frames().is_empty());
     let closed = p.closed();
     assert_eq!((closed.reason, closed.established), (CloseReason::Redirected, true));
+    assert!(closed.moving, "recorded as a moving connection's close");
     assert!(p.s.is_closed());
 }
 
