@@ -1,4 +1,5 @@
-//! Make-before-break with real processes: 5,000 clients on gateway A, A drains, and every
+//! Make-before-break with real processes: 5,000 clients on gateway A, A drains (or a
+//! scheduler rebalances 2,000 of them between A and B), and every moved
 //! client ends on gateway B while pushes go through the API the whole time — each push
 //! reaches each of its users exactly once (none lost, none duplicated after the client
 //! session's de-duplication). `docs/PROTOCOL.md` § Moving without a gap.
@@ -16,14 +17,14 @@ use std::time::{Duration, Instant};
 use holdfast_codec::Platform;
 use holdfast_codec::client::{Event, Reconnect, Session};
 use holdfast_tests::{
-    client_config, eventually, gateway_cluster, status_cluster, status_sets, token,
+    GatewayProcess, SCHEDULER_SECRET, SchedulerProcess, client_config, eventually, gateway_cluster,
+    status_cluster, status_sets, token,
 };
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const BIN: &str = env!("CARGO_BIN_EXE_holdfast-gateway");
-const CLIENTS: usize = 5_000;
 /// Users named in each push request.
 const PER_PUSH: usize = 250;
 
@@ -72,6 +73,9 @@ async fn client(
     s.connect(Instant::now());
     let mut old: Option<TcpStream> = None;
     let mut move_at: Option<Instant> = None;
+    // Where the next connection goes: the redirect's first address, as a client follows
+    // it, or B (standing in for the scheduler's answer) when it names none.
+    let mut target = b;
     let mut reconnect_at: Option<Instant> = None;
     let mut counted = false;
     let (mut buf, mut obuf) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
@@ -90,6 +94,12 @@ async fn client(
                 }
                 Event::Redirected { overlap: true, reconnect, .. } => {
                     move_at = Some(Instant::now() + reconnect.delay().unwrap_or_default());
+                    target = match &reconnect {
+                        Reconnect::After { addresses, .. } => {
+                            addresses.first().and_then(|a| a.parse().ok()).unwrap_or(b)
+                        }
+                        _ => b,
+                    };
                 }
                 Event::Retired => {
                     flush(&mut s, &mut cur, &mut old).await;
@@ -115,7 +125,7 @@ async fn client(
         if move_at.is_some_and(|t| t <= now) || reconnect_at.is_some_and(|t| t <= now) {
             move_at = None;
             reconnect_at = None;
-            let Ok(next) = TcpStream::connect(b).await else {
+            let Ok(next) = TcpStream::connect(target).await else {
                 reconnect_at = Some(now + Duration::from_millis(200));
                 continue;
             };
@@ -124,7 +134,7 @@ async fn client(
             if s.is_moving() {
                 old = Some(previous);
             }
-            out.ended_on = b;
+            out.ended_on = target;
             s.connect(Instant::now());
             continue;
         }
@@ -160,18 +170,61 @@ async fn client(
     out
 }
 
+/// What moves the clients from A to B.
+enum Trigger {
+    /// `POST /v1/admin/drain` on A: every client moves.
+    Drain,
+    /// A `holdfast-scheduler` both gateways report to: A holds every client, B none, so the
+    /// scheduler orders A to shed (`REDIRECT` `REBALANCE`) until the two are balanced.
+    Rebalance,
+}
+
 #[test]
 fn a_drain_moves_5000_clients_make_before_break_and_every_push_arrives_exactly_once() {
+    let sets = ["drain.window_ms=4000", "drain.jitter_ms=1000", "drain.grace_ms=20000"];
+    move_clients(Trigger::Drain, 5_000, &sets);
+}
+
+/// The scheduler's rebalancing uses the same make-before-break redirect: the clients it
+/// moves lose nothing and see nothing twice.
+#[test]
+fn a_rebalance_moves_clients_make_before_break_and_every_push_arrives_exactly_once() {
+    let dir = std::env::temp_dir().join(format!("holdfast-moving-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let rules = dir.join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[load]\nalpha = 0.15\n[rebalance]\nmax_shed_per_sec = 400\n\
+         max_shed_per_gateway_per_sec = 400\nwindow_ms = 1000\nredirect_jitter_ms = 500\n",
+    )
+    .expect("rules file");
+    let rules_set = format!("rules.file={}", rules.display());
+    let scheduler = SchedulerProcess::spawn(&[
+        rules_set.as_str(),
+        "fleet.report_interval_ms=100",
+        "fleet.ttl_ms=600",
+        "fleet.refresh_ms=20",
+        "rebalance.interval_ms=100",
+    ]);
+    let addrs = format!("scheduler.addrs=[\"{}\"]", scheduler.control);
+    let secret = format!("scheduler.secret={SCHEDULER_SECRET}");
+    let sets = [
+        addrs.as_str(),
+        secret.as_str(),
+        "scheduler.report_interval_ms=100",
+        "scheduler.capacity_connections=4000",
+    ];
+    move_clients(Trigger::Rebalance, 2_000, &sets);
+    drop(scheduler);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `clients` clients log in on A; pushes go through B's API before, during and after the
+/// move `trigger` starts; every client checks each push it was addressed to.
+fn move_clients(trigger: Trigger, clients: usize, sets: &[&str]) {
     let status = status_cluster(1, &[]);
-    let extra: Vec<String> = [
-        "drain.window_ms=4000",
-        "drain.jitter_ms=1000",
-        "drain.grace_ms=20000",
-        "admission.max_handshakes=20000",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut extra: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    extra.push("admission.max_handshakes=20000".to_owned());
     let mut gws =
         gateway_cluster(BIN, "moving-test-cluster-secret", &status_sets(&status), 2, &extra);
     let (a_tcp, b_tcp) = (gws[0].tcp, gws[1].tcp);
@@ -184,7 +237,7 @@ fn a_drain_moves_5000_clients_make_before_break_and_every_push_arrives_exactly_o
     let up = Arc::new(AtomicUsize::new(0));
     let received = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let users: Vec<String> = (0..CLIENTS).map(|i| format!("mover-{i}")).collect();
+    let users: Vec<String> = (0..clients).map(|i| format!("mover-{i}")).collect();
     let tasks: Vec<_> = users
         .iter()
         .map(|u| {
@@ -192,31 +245,30 @@ fn a_drain_moves_5000_clients_make_before_break_and_every_push_arrives_exactly_o
         })
         .collect();
     let all_up = eventually(Duration::from_secs(60), || {
-        (up.load(Ordering::Relaxed) == CLIENTS).then_some(())
+        (up.load(Ordering::Relaxed) == clients).then_some(())
     });
-    assert!(all_up.is_some(), "{} of {CLIENTS} clients logged in", up.load(Ordering::Relaxed));
-    let established = gws[0].wait_metric(
-        "holdfast_gateway_connections_established",
-        CLIENTS as f64,
-        Duration::from_secs(30),
-    );
-    assert_eq!(established, CLIENTS as f64);
+    assert!(all_up.is_some(), "{} of {clients} clients logged in", up.load(Ordering::Relaxed));
+    let established = "holdfast_gateway_connections_established";
+    if matches!(trigger, Trigger::Drain) {
+        let on_a = gws[0].wait_metric(established, clients as f64, Duration::from_secs(30));
+        assert_eq!(on_a, clients as f64);
+    }
 
     // Pushes through B's API, before, during and after the move; each names PER_PUSH users.
     let mut sent: Vec<(u64, Vec<usize>)> = Vec::new();
     let mut next_id = 1_000_000u64;
-    let mut push_round = |gw: &holdfast_tests::GatewayProcess,
-                          sent: &mut Vec<(u64, Vec<usize>)>| {
-        let first = (next_id as usize * PER_PUSH) % CLIENTS;
-        let idx: Vec<usize> = (0..PER_PUSH).map(|k| (first + k) % CLIENTS).collect();
+    let mut push_round = |gw: &GatewayProcess, sent: &mut Vec<(u64, Vec<usize>)>| {
+        let first = (next_id as usize * PER_PUSH) % clients;
+        let idx: Vec<usize> = (0..PER_PUSH).map(|k| (first + k) % clients).collect();
         let names: Vec<&str> = idx.iter().map(|i| users[*i].as_str()).collect();
         let (status, body) = gw.post(
             "/v1/push/users",
             json!({"users": names, "message_id": next_id.to_string(), "payload": "m"}),
         );
         assert_eq!(status, 200, "{body}");
-        let offline = body["offline_users"].as_array().map_or(0, Vec::len);
-        assert_eq!(offline, 0, "a user counted offline mid-move: {body}");
+        let offline: Vec<&serde_json::Value> =
+            body["offline_users"].as_array().map(|o| o.iter().collect()).unwrap_or_default();
+        assert!(offline.is_empty(), "users counted offline mid-move: {offline:?}");
         sent.push((next_id, idx));
         next_id += 1;
     };
@@ -224,30 +276,50 @@ fn a_drain_moves_5000_clients_make_before_break_and_every_push_arrives_exactly_o
         push_round(&gws[1], &mut sent);
     }
     let began = Instant::now();
-    let (status, body) = gws[0].post("/v1/admin/drain", json!({}));
-    assert_eq!(status, 202, "{body}");
-    // Keep pushing until A has no connection left, and a little after.
-    let mut emptied = None;
+    if matches!(trigger, Trigger::Drain) {
+        let (status, body) = gws[0].post("/v1/admin/drain", json!({}));
+        assert_eq!(status, 202, "{body}");
+    }
+    // Keep pushing until the move is over, and a little after.
+    let mut over = None;
     while began.elapsed() < Duration::from_secs(40) {
         push_round(&gws[1], &mut sent);
         std::thread::sleep(Duration::from_millis(20));
-        if emptied.is_none() && gws[0].wait_exit(Duration::ZERO).is_some() {
-            emptied = Some(began.elapsed());
+        if over.is_none() {
+            let done = match &trigger {
+                Trigger::Drain => gws[0].wait_exit(Duration::ZERO).is_some(),
+                Trigger::Rebalance => {
+                    // Staying connections: the moving ones are leaving.
+                    let staying = |g: &GatewayProcess| {
+                        g.metric(established) - g.metric("holdfast_gateway_connections_moving")
+                    };
+                    let (a, b) = (staying(&gws[0]), staying(&gws[1]));
+                    let pending = gws[0].metric("holdfast_gateway_shed_pending")
+                        + gws[1].metric("holdfast_gateway_shed_pending");
+                    let band = |n: f64| (n - clients as f64 / 2.0).abs() <= clients as f64 * 0.1;
+                    // Settled: balanced, nothing left to shed, (almost) nobody in flight.
+                    pending == 0.0 && band(a) && band(b) && a + b >= clients as f64 * 0.98
+                }
+            };
+            if done {
+                over = Some(began.elapsed());
+            }
         }
-        if emptied.is_some_and(|t| began.elapsed() > t + Duration::from_secs(1)) {
+        if over.is_some_and(|t| began.elapsed() > t + Duration::from_secs(1)) {
             break;
         }
     }
-    let emptied = emptied.expect("A emptied and exited within 40 s of the drain");
-    let status_a = gws[0].wait_exit(Duration::from_secs(5)).expect("A exited");
-    assert!(status_a.success(), "A exits cleanly after the drain: {status_a:?}");
-    // Every client is on B.
-    let on_b = gws[1].wait_metric(
-        "holdfast_gateway_connections_established",
-        CLIENTS as f64,
-        Duration::from_secs(10),
-    );
-    assert_eq!(on_b, CLIENTS as f64, "every client ends on B");
+    let counts = match trigger {
+        Trigger::Drain => (0.0, gws[1].metric(established)),
+        Trigger::Rebalance => (gws[0].metric(established), gws[1].metric(established)),
+    };
+    let over = over.unwrap_or_else(|| panic!("the move did not end within 40 s: {counts:?}"));
+    if matches!(trigger, Trigger::Drain) {
+        let status_a = gws[0].wait_exit(Duration::from_secs(5)).expect("A exited");
+        assert!(status_a.success(), "A exits cleanly after the drain: {status_a:?}");
+        let on_b = gws[1].wait_metric(established, clients as f64, Duration::from_secs(10));
+        assert_eq!(on_b, clients as f64, "every client ends on B");
+    }
     // The last pushes arrive (all of them, or 10 s pass); then stop the clients.
     let deliveries: usize = sent.iter().map(|(_, idx)| idx.len()).sum();
     eventually(Duration::from_secs(10), || {
@@ -264,16 +336,19 @@ fn a_drain_moves_5000_clients_make_before_break_and_every_push_arrives_exactly_o
 
     let index: HashMap<&str, usize> =
         users.iter().enumerate().map(|(i, u)| (u.as_str(), i)).collect();
-    let mut want: Vec<HashMap<u64, usize>> = vec![HashMap::new(); CLIENTS];
+    let mut want: Vec<HashMap<u64, usize>> = vec![HashMap::new(); clients];
     for (id, idx) in &sent {
         for i in idx {
             *want[*i].entry(*id).or_default() += 1;
         }
     }
-    let (mut lost, mut duplicated, mut extra_pushes, mut unplanned) =
-        (0usize, 0usize, 0usize, 0usize);
+    let (mut lost, mut duplicated, mut extra_pushes, mut unplanned, mut on_b) =
+        (0usize, 0usize, 0usize, 0usize, 0usize);
     for o in &outcomes {
-        assert_eq!(o.ended_on, b_tcp, "{} ended on B", o.user);
+        if matches!(trigger, Trigger::Drain) {
+            assert_eq!(o.ended_on, b_tcp, "{} ended on B", o.user);
+        }
+        on_b += usize::from(o.ended_on == b_tcp);
         unplanned += o.unplanned_closes;
         let i = index[o.user.as_str()];
         let mut got: HashMap<u64, usize> = HashMap::new();
@@ -290,10 +365,12 @@ fn a_drain_moves_5000_clients_make_before_break_and_every_push_arrives_exactly_o
         extra_pushes += got.keys().filter(|id| !want[i].contains_key(id)).count();
     }
     eprintln!(
-        "moved {CLIENTS} clients in {emptied:?}; {} pushes, {deliveries} deliveries: \
-         {lost} lost, {duplicated} duplicated, {extra_pushes} unexpected, {unplanned} unplanned closes",
+        "{on_b} of {clients} clients ended on B, gateways at {counts:?}, after {over:?}; {} \
+         pushes, {deliveries} deliveries: {lost} lost, {duplicated} duplicated, \
+         {extra_pushes} unexpected, {unplanned} unplanned closes",
         sent.len()
     );
+    assert!(on_b >= clients / 3, "a real share of the clients moved: {on_b}");
     assert!(sent.len() > 50, "pushes kept flowing during the move: {}", sent.len());
     assert_eq!((lost, duplicated, extra_pushes), (0, 0, 0));
     assert_eq!(unplanned, 0, "no connection ended other than by the planned move");

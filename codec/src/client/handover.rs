@@ -75,6 +75,13 @@ impl Session {
         }
     }
 
+    /// How long the retiring connection still lingers (zero when there is none, or it is
+    /// done).
+    pub(super) fn linger_left(&self, now: Instant) -> Duration {
+        let at = self.retiring.as_ref().filter(|r| !r.done).and_then(|r| r.retire_at);
+        at.map_or(Duration::ZERO, |t| t.saturating_duration_since(now))
+    }
+
     /// Emit [`Event::Retired`] for the retiring connection, once.
     pub(super) fn retire(&mut self) {
         if let Some(r) = self.retiring.as_mut().filter(|r| !r.done) {

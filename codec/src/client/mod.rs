@@ -581,7 +581,13 @@ impl Session {
                 self.stable_at = None;
                 self.backoff.reset();
                 let jitter = self.rng.duration_up_to(ms(redirect.jitter_ms));
-                let delay = ms(redirect.delay_ms).saturating_add(jitter);
+                let mut delay = ms(redirect.delay_ms).saturating_add(jitter);
+                if redirect.overlap && self.config.make_before_break {
+                    // Moved again before the previous move's linger is over: the next
+                    // connection waits for it, so the connection before this one is never
+                    // closed before the fleet has seen this one.
+                    delay = delay.max(self.linger_left(now));
+                }
                 let reconnect = Reconnect::After { delay, addresses: redirect.addresses };
                 // Only an established connection can be kept while the client moves; a
                 // `REDIRECT` answering `HELLO` (`SERVER_FULL`) ends the attempt.

@@ -681,6 +681,27 @@ fn an_overlap_redirect_keeps_the_connection_until_the_next_one_is_established() 
 }
 
 #[test]
+fn a_second_move_waits_for_the_first_one_to_finish_lingering() {
+    let mut h = Harness::established();
+    h.feed(&[overlap_redirect()], 100);
+    h.events();
+    h.s.connect(h.at(200));
+    h.sent();
+    h.feed(&[Frame::AuthOk(auth_ok())], 300); // linger until 1,300
+    h.events();
+    // Redirected again at once (say, the new gateway sheds this client too): the next
+    // connection may not start before the first connection has retired.
+    h.feed(&[overlap_redirect()], 400);
+    let events = h.events();
+    let [Event::Redirected { reconnect, overlap: true, .. }] = events.as_slice() else {
+        panic!("{events:?}")
+    };
+    assert!(reconnect.delay().unwrap() >= Duration::from_millis(900), "{reconnect:?}");
+    h.tick(1_300);
+    assert_eq!(h.events(), vec![Event::Retired], "the first connection retires first");
+}
+
+#[test]
 fn the_server_ending_the_retiring_connection_retires_it() {
     for end in [
         Frame::Redirect(Redirect {
