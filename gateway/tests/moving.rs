@@ -191,21 +191,7 @@ fn a_drain_moves_5000_clients_make_before_break_and_every_push_arrives_exactly_o
 fn a_rebalance_moves_clients_make_before_break_and_every_push_arrives_exactly_once() {
     let dir = std::env::temp_dir().join(format!("holdfast-moving-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
-    let rules = dir.join("rules.toml");
-    std::fs::write(
-        &rules,
-        "[load]\nalpha = 0.15\n[rebalance]\nmax_shed_per_sec = 400\n\
-         max_shed_per_gateway_per_sec = 400\nwindow_ms = 1000\nredirect_jitter_ms = 500\n",
-    )
-    .expect("rules file");
-    let rules_set = format!("rules.file={}", rules.display());
-    let scheduler = SchedulerProcess::spawn(&[
-        rules_set.as_str(),
-        "fleet.report_interval_ms=100",
-        "fleet.ttl_ms=600",
-        "fleet.refresh_ms=20",
-        "rebalance.interval_ms=100",
-    ]);
+    let scheduler = SchedulerProcess::rebalancing(&dir, 400, 400, 500);
     let addrs = format!("scheduler.addrs=[\"{}\"]", scheduler.control);
     let secret = format!("scheduler.secret={SCHEDULER_SECRET}");
     let sets = [

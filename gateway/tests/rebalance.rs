@@ -112,26 +112,7 @@ fn established(gw: &GatewayProcess) -> usize {
 fn adding_a_gateway_rebalances_real_clients_at_a_bounded_rate_without_losing_a_push() {
     let dir = std::env::temp_dir().join(format!("holdfast-rebalance-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
-    let rules = dir.join("rules.toml");
-    std::fs::write(
-        &rules,
-        format!(
-            "[load]\nalpha = 0.15\n[rebalance]\nmax_shed_per_sec = {SHED_PER_SEC}\n\
-             max_shed_per_gateway_per_sec = {}\nwindow_ms = 1000\nredirect_jitter_ms = 300\n",
-            SHED_PER_SEC / 2
-        ),
-    )
-    .expect("rules file");
-    let rules_set = format!("rules.file={}", rules.display());
-    let scheduler = SchedulerProcess::spawn(&[
-        rules_set.as_str(),
-        "fleet.report_interval_ms=100",
-        "fleet.ttl_ms=600",
-        "fleet.refresh_ms=20",
-        "rebalance.interval_ms=100",
-        "dispatch.per_source_rate=100000",
-        "dispatch.per_source_burst=100000",
-    ]);
+    let scheduler = SchedulerProcess::rebalancing(&dir, SHED_PER_SEC, SHED_PER_SEC / 2, 300);
     let status = status_cluster(1, &[]);
     let events = Webhook::start(|_| (200, json!({})));
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();

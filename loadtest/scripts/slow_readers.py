@@ -12,33 +12,7 @@ end, with the time the closes took.
 """
 import argparse, base64, hashlib, hmac, json, socket, struct, sys, time, urllib.request
 
-def b64(b):
-    return base64.urlsafe_b64encode(b).rstrip(b"=")
-
-def token(secret, user):
-    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    body = b64(json.dumps({"sub": user, "exp": int(time.time()) + 3600}).encode())
-    sig = b64(hmac.new(secret.encode(), head + b"." + body, hashlib.sha256).digest())
-    return (head + b"." + body + b"." + sig)
-
-def hello(tok):
-    # versions [1], capabilities 0, heartbeat 0, max_frame 0, platform 5, token, device "", app ""
-    body = struct.pack(">BHIIIB", 1, 1, 0, 0, 0, 5) + struct.pack(">H", len(tok)) + tok + b"\x00\x00"
-    return struct.pack(">IBBI", len(body), 1, 0, 0) + body
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-def metric(http, name):
-    text = urllib.request.urlopen(f"http://{http}/metrics", timeout=10).read().decode()
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return 0.0
+from benchlib import hello, metric, rss_kib, token
 
 def post(http, path, body):
     req = urllib.request.Request(f"http://{http}{path}", data=json.dumps(body).encode(),

@@ -25,20 +25,7 @@ One client process holds N sockets: stay under the open-file limit (20,000 here)
 import argparse, base64, hashlib, hmac, json, os, socket, ssl, struct, subprocess, sys
 import tempfile, time, urllib.request
 
-def b64(b):
-    return base64.urlsafe_b64encode(b).rstrip(b"=")
-
-def token(secret, user):
-    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    body = b64(json.dumps({"sub": user, "exp": int(time.time()) + 3600}).encode())
-    sig = b64(hmac.new(secret.encode(), head + b"." + body, hashlib.sha256).digest())
-    return head + b"." + body + b"." + sig
-
-def hello(tok):
-    # versions [1], capabilities 0, heartbeat 0 (the gateway's default), max_frame 0,
-    # platform 5, token, device "", app ""
-    body = struct.pack(">BHIIIB", 1, 1, 0, 0, 0, 5) + struct.pack(">H", len(tok)) + tok + b"\x00\x00"
-    return struct.pack(">IBBI", len(body), 1, 0, 0) + body
+from benchlib import hello, metric, rss_kib, token
 
 def read_exact(s, n):
     out = b""
@@ -48,20 +35,6 @@ def read_exact(s, n):
             raise EOFError("closed")
         out += chunk
     return out
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-def metric(http, name):
-    text = urllib.request.urlopen(f"http://{http}/metrics", timeout=10).read().decode()
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return 0.0
 
 def cpu_ticks(pid):
     with open(f"/proc/{pid}/stat") as f:

@@ -513,6 +513,38 @@ impl SchedulerProcess {
         }
     }
 
+    /// An instance that rebalances fast, for tests: reports every 100 ms (TTL 600 ms), a
+    /// rebalance pass every 100 ms, rules in `dir/rules.toml` with `alpha = 0.15`, a pool
+    /// budget of `shed_per_sec` (`per_gateway_per_sec` for one gateway) over 1 s windows,
+    /// redirects with `jitter_ms`, and dispatch rate limits out of the way.
+    pub fn rebalancing(
+        dir: &std::path::Path,
+        shed_per_sec: usize,
+        per_gateway_per_sec: usize,
+        jitter_ms: u32,
+    ) -> SchedulerProcess {
+        let rules = dir.join("rules.toml");
+        std::fs::write(
+            &rules,
+            format!(
+                "[load]\nalpha = 0.15\n[rebalance]\nmax_shed_per_sec = {shed_per_sec}\n\
+                 max_shed_per_gateway_per_sec = {per_gateway_per_sec}\nwindow_ms = 1000\n\
+                 redirect_jitter_ms = {jitter_ms}\n"
+            ),
+        )
+        .expect("rules file");
+        let rules_set = format!("rules.file={}", rules.display());
+        SchedulerProcess::spawn(&[
+            rules_set.as_str(),
+            "fleet.report_interval_ms=100",
+            "fleet.ttl_ms=600",
+            "fleet.refresh_ms=20",
+            "rebalance.interval_ms=100",
+            "dispatch.per_source_rate=100000",
+            "dispatch.per_source_burst=100000",
+        ])
+    }
+
     /// GET a path of the control address (admin API, `/metrics`) as JSON or text.
     pub fn control_get(&self, path: &str) -> String {
         reqwest::blocking::Client::new()
