@@ -15,7 +15,7 @@ use holdfast_codec::client::Event;
 use holdfast_codec::{Code, Platform};
 use holdfast_tests::{
     Client, GatewayProcess, RedisProcess, STATUS_SECRET, StatusProcess, eventually, free_port,
-    gateway_cluster, status_cluster, status_sets,
+    gateway_cluster, promtool_accepts, status_cluster, status_sets,
 };
 use serde_json::{Value, json};
 
@@ -132,27 +132,6 @@ fn pushes_and_kicks_through_one_gateway_reach_users_on_the_other() {
         ) >= 1.0
     );
     promtool_accepts(&a.metrics());
-}
-
-/// `promtool check metrics` accepts the exposition (the gateway's own metrics and the
-/// presence client's, registered side by side).
-fn promtool_accepts(text: &str) {
-    let promtool = std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".into());
-    let mut child = std::process::Command::new(&promtool)
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool is required (scripts/test installs it)");
-    child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write");
-    let out = child.wait_with_output().expect("promtool runs");
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]

@@ -6,11 +6,11 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use holdfast_codec::client::{Event, Session};
+use holdfast_codec::client::Event;
 use holdfast_codec::{Code, Frame, Platform};
 use holdfast_tests::{
     Client, GatewayProcess, SCHEDULER_SECRET, SchedulerProcess, client_config, eventually,
-    free_port, read_frames, token,
+    free_port, hello_bytes, read_frames, token,
 };
 use serde_json::json;
 
@@ -148,18 +148,6 @@ fn admin_drain_ends_at_the_deadline() {
     assert!(took < Duration::from_secs(5), "not for the handshake timeout: {took:?}");
     let (_, closed) = read_frames(&mut silent, SECS);
     assert!(closed, "the silent connection was closed");
-}
-
-/// The bytes of a `HELLO` for `user`.
-fn hello_bytes(user: &str) -> Vec<u8> {
-    let config = client_config(token(user), Platform::Linux, "dev");
-    let mut session = Session::new(config, Instant::now()).expect("valid config");
-    session.connect(Instant::now());
-    let mut bytes = Vec::new();
-    while let Some(b) = session.poll_transmit() {
-        bytes.extend_from_slice(&b);
-    }
-    bytes
 }
 
 /// Wait for `AUTH_FAIL` on `c`; its code and reason.

@@ -5,13 +5,12 @@
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use holdfast_codec::Platform;
-use holdfast_codec::client::Session;
 use holdfast_tests::{
-    Client, GatewayProcess, HaproxyProcess, Webhook, client_config, connect_from, read_frames,
-    token,
+    Client, GatewayProcess, HaproxyProcess, Webhook, client_config, connect_from, hello_bytes,
+    read_frames, token,
 };
 use serde_json::json;
 
@@ -41,18 +40,6 @@ fn login_from(front: SocketAddr, from: &str, user: &str) -> (Client, SocketAddr)
     let mut c = Client::over(stream, client_config(token(user), Platform::Linux, "phone"));
     c.expect_auth();
     (c, local)
-}
-
-/// The bytes of a `HELLO` for `user`.
-fn hello_bytes(user: &str) -> Vec<u8> {
-    let config = client_config(token(user), Platform::Linux, "dev");
-    let mut session = Session::new(config, Instant::now()).expect("valid config");
-    session.connect(Instant::now());
-    let mut bytes = Vec::new();
-    while let Some(b) = session.poll_transmit() {
-        bytes.extend_from_slice(&b);
-    }
-    bytes
 }
 
 /// Whether the gateway closes `stream` without a frame after `bytes` are sent.

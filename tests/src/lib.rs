@@ -1081,6 +1081,40 @@ impl Client {
     }
 }
 
+/// The bytes of a `HELLO` for `user` (platform Linux, device "dev"), as the client session
+/// sends it.
+pub fn hello_bytes(user: &str) -> Vec<u8> {
+    let config = client_config(token(user), Platform::Linux, "dev");
+    let mut session = Session::new(config, Instant::now()).expect("valid config");
+    session.connect(Instant::now());
+    let mut bytes = Vec::new();
+    while let Some(b) = session.poll_transmit() {
+        bytes.extend_from_slice(&b);
+    }
+    bytes
+}
+
+/// Assert that `promtool check metrics` accepts `text` (`PROMTOOL` names the binary;
+/// `scripts/test` installs it).
+pub fn promtool_accepts(text: &str) {
+    let promtool = std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".into());
+    let mut child = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is required (scripts/test installs it)");
+    child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write");
+    let out = child.wait_with_output().expect("promtool runs");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The wire bytes of `frames`, in order (for tests that speak the protocol by hand).
 pub fn encode_frames(frames: &[holdfast_codec::Frame]) -> Vec<u8> {
     let mut out = Vec::new();
