@@ -7,7 +7,8 @@
 //! Which frame carries which range (`docs/PROTOCOL.md` § Code registry): 1xx in `ERROR`
 //! `FATAL` (and 105 in `AUTH_FAIL`); 2xx in `AUTH_FAIL`, and in a non-fatal `ERROR`
 //! answering a `REFRESH`; 3xx in `KICK`; 4xx in `REDIRECT`; 5xx in a non-fatal `ERROR`
-//! answering an `UPSTREAM`; 6xx in `AUTH_FAIL` or `ERROR`.
+//! answering an `UPSTREAM`; 6xx in `AUTH_FAIL` or `ERROR`; 7xx in a non-fatal `ERROR`
+//! answering a `JOIN` or `LEAVE`.
 
 use std::fmt;
 
@@ -33,6 +34,8 @@ pub enum CodeClass {
     Request,
     /// 6xx: the server failed or is overloaded.
     Server,
+    /// 7xx: a `JOIN` or `LEAVE` was refused; the connection stays up.
+    Room,
     /// Anything else.
     Unknown,
 }
@@ -125,6 +128,17 @@ codes! {
     /// This user and device connected more often than the server allows (a flapping
     /// client): refused for a while; retry no sooner than a minute.
     THROTTLED = 603;
+    /// Neither the token's `rooms` claim nor the gateway's join webhook allows this room.
+    ROOM_FORBIDDEN = 701;
+    /// The connection is already in the server's maximum of rooms per connection.
+    TOO_MANY_ROOMS = 702;
+    /// The room name is longer than the server's limit, contains control characters, or
+    /// starts with `$` (reserved).
+    INVALID_ROOM = 703;
+    /// The gateway holds its maximum of room memberships; retry later.
+    ROOMS_FULL = 704;
+    /// The join webhook could not be reached or did not answer in time; retry later.
+    ROOM_CHECK_FAILED = 705;
 }
 
 impl Code {
@@ -138,6 +152,7 @@ impl Code {
             400..=499 => CodeClass::Redirect,
             500..=599 => CodeClass::Request,
             600..=699 => CodeClass::Server,
+            700..=799 => CodeClass::Room,
             _ => CodeClass::Unknown,
         }
     }
@@ -171,6 +186,9 @@ mod tests {
             assert_ne!(code.class(), CodeClass::Unknown, "{code:?}");
         }
         assert_eq!(Code(199).class(), CodeClass::Protocol);
+        assert_eq!(Code::ROOM_FORBIDDEN.class(), CodeClass::Room);
+        assert_eq!(Code(799).class(), CodeClass::Room);
+        assert_eq!(Code(800).class(), CodeClass::Unknown);
         assert_eq!(Code(999).class(), CodeClass::Unknown);
         assert_eq!(format!("{}", Code::BANNED), "BANNED(302)");
     }

@@ -23,7 +23,7 @@
 //! - [`rules`]: pure functions the server applies: which frames each state accepts, version
 //!   negotiation, heartbeat clamping, the client's frame limit, the ack range check.
 //! - [`client`]: [`client::Session`], the client state machine (handshake, heartbeats, ack
-//!   window, token refresh, kick/redirect handling, reconnect backoff).
+//!   window, token refresh, room membership, kick/redirect handling, reconnect backoff).
 //!
 //! # Cargo features
 //!
@@ -55,7 +55,8 @@ pub use codec::{DEFAULT_MAX_FRAME, check_head, decode, encode};
 pub use error::{DecodeError, EncodeError};
 pub use frame::{
     Ack, AuthFail, AuthOk, Direction, ErrorFrame, Extension, Frame, FrameType, HEADER_LEN, Head,
-    Hello, Kick, Ping, Platform, Push, Redirect, Refresh, RefreshOk, Upstream, UpstreamReply,
+    Hello, Kick, Ping, Platform, Push, Redirect, Refresh, RefreshOk, RoomOk, RoomRequest, Upstream,
+    UpstreamReply,
 };
 
 /// The protocol version this crate implements.

@@ -36,8 +36,8 @@ pub enum Verdict {
 /// The spec's acceptance table:
 ///
 /// > | `AWAIT_HELLO` | `HELLO` | `ERROR` `UNEXPECTED_FRAME` (104, `FATAL`), close |
-/// > | `ESTABLISHED` | `PING`, `PONG`, `ACK`, `UPSTREAM`, `REFRESH`, `ERROR`, unknown
-/// > extension types (skipped) | `HELLO` again, or a server-to-client type: `ERROR`
+/// > | `ESTABLISHED` | `PING`, `PONG`, `ACK`, `UPSTREAM`, `REFRESH`, `JOIN`, `LEAVE`,
+/// > `ERROR`, unknown extension types (skipped) | `HELLO` again, or a server-to-client type: `ERROR`
 /// > `UNEXPECTED_FRAME` (`FATAL`), close |
 /// > | `CLOSING` | nothing; input is read and discarded until the close | — |
 ///
@@ -68,7 +68,9 @@ pub fn server_accepts(state: ConnState, kind: u8) -> Verdict {
     use FrameType::*;
     let accepted = match state {
         ConnState::AwaitHello => known == Hello,
-        ConnState::Established => matches!(known, Ping | Pong | Ack | Upstream | Refresh | Error),
+        ConnState::Established => {
+            matches!(known, Ping | Pong | Ack | Upstream | Refresh | Join | Leave | Error)
+        }
         ConnState::Closing => false,
     };
     if accepted {
@@ -215,12 +217,14 @@ mod tests {
         match (state, kind) {
             (ConnState::Closing, _) => Verdict::Skip,
             (ConnState::AwaitHello, 0x01) => Verdict::Accept,
-            (ConnState::AwaitHello, 0x02..=0x0E) => Verdict::Reject(Code::UNEXPECTED_FRAME),
+            (ConnState::AwaitHello, 0x02..=0x11) => Verdict::Reject(Code::UNEXPECTED_FRAME),
             (ConnState::AwaitHello, 0x80..=0xFF) => Verdict::Reject(Code::UNEXPECTED_FRAME),
-            (ConnState::Established, 0x04 | 0x05 | 0x07 | 0x08 | 0x0C | 0x0D) => Verdict::Accept,
-            (ConnState::Established, 0x01..=0x0E) => Verdict::Reject(Code::UNEXPECTED_FRAME),
+            (ConnState::Established, 0x04 | 0x05 | 0x07 | 0x08 | 0x0C | 0x0D | 0x0F | 0x10) => {
+                Verdict::Accept
+            }
+            (ConnState::Established, 0x01..=0x11) => Verdict::Reject(Code::UNEXPECTED_FRAME),
             (ConnState::Established, 0x80..=0xFF) => Verdict::Skip,
-            (_, 0x00 | 0x0F..=0x7F) => Verdict::Reject(Code::UNKNOWN_FRAME_TYPE),
+            (_, 0x00 | 0x12..=0x7F) => Verdict::Reject(Code::UNKNOWN_FRAME_TYPE),
         }
     }
 
@@ -236,8 +240,8 @@ mod tests {
                 }
             }
         }
-        // HELLO alone before authentication; six types once established; nothing closing.
-        assert_eq!(counts, [1, 6, 0]);
+        // HELLO alone before authentication; eight types once established; nothing closing.
+        assert_eq!(counts, [1, 8, 0]);
     }
 
     #[test]
@@ -266,6 +270,34 @@ mod tests {
             Verdict::Reject(Code::UNEXPECTED_FRAME)
         );
         assert_eq!(server_accepts(ConnState::Closing, refresh), Verdict::Skip);
+    }
+
+    #[test]
+    fn join_and_leave_only_once_established() {
+        for t in [FrameType::Join, FrameType::Leave] {
+            assert_eq!(t.direction(), crate::Direction::ClientToServer);
+            assert_eq!(server_accepts(ConnState::Established, t as u8), Verdict::Accept, "{t:?}");
+            assert_eq!(
+                server_accepts(ConnState::AwaitHello, t as u8),
+                Verdict::Reject(Code::UNEXPECTED_FRAME),
+                "{t:?}"
+            );
+            assert_eq!(server_accepts(ConnState::Closing, t as u8), Verdict::Skip, "{t:?}");
+        }
+    }
+
+    #[test]
+    fn room_ok_from_a_client_is_unexpected() {
+        let room_ok = FrameType::RoomOk;
+        assert_eq!(room_ok.direction(), crate::Direction::ServerToClient);
+        for state in [ConnState::AwaitHello, ConnState::Established] {
+            assert_eq!(
+                server_accepts(state, room_ok as u8),
+                Verdict::Reject(Code::UNEXPECTED_FRAME),
+                "{state:?}"
+            );
+        }
+        assert_eq!(server_accepts(ConnState::Closing, room_ok as u8), Verdict::Skip);
     }
 
     #[test]

@@ -13,14 +13,14 @@ use std::sync::OnceLock;
 use bytes::{Bytes, BytesMut};
 use holdfast_codec::{
     Ack, AuthFail, AuthOk, Code, DEFAULT_MAX_FRAME, ErrorFrame, Extension, Frame, FrameType,
-    HEADER_LEN, Hello, Kick, Ping, Platform, Push, Redirect, Refresh, RefreshOk, Upstream,
-    UpstreamReply, decode, encode,
+    HEADER_LEN, Hello, Kick, Ping, Platform, Push, Redirect, Refresh, RefreshOk, RoomOk,
+    RoomRequest, Upstream, UpstreamReply, decode, encode,
 };
 
 /// Fewer vectors than this means the directory was emptied, not found or lost a file: the
 /// vectors `tests/golden/README.md` lists, which
 /// `readme_and_spec_list_exactly_the_vectors_there_are` checks name for name.
-const MIN_VECTORS: usize = 32;
+const MIN_VECTORS: usize = 36;
 
 fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("golden")
@@ -51,6 +51,9 @@ fn wire_name(t: FrameType) -> &'static str {
         FrameType::Error => "ERROR",
         FrameType::Refresh => "REFRESH",
         FrameType::RefreshOk => "REFRESH_OK",
+        FrameType::Join => "JOIN",
+        FrameType::Leave => "LEAVE",
+        FrameType::RoomOk => "ROOM_OK",
     }
 }
 
@@ -374,6 +377,15 @@ fn parse_vector(text: &str) -> Result<Frame, String> {
             request_id: l.uint("id")?,
             token_expires_ms: l.uint("token_expires_ms")?,
         }),
+        FrameType::Join => {
+            Frame::Join(RoomRequest { request_id: l.uint("id")?, room: l.string("room")? })
+        }
+        FrameType::Leave => {
+            Frame::Leave(RoomRequest { request_id: l.uint("id")?, room: l.string("room")? })
+        }
+        FrameType::RoomOk => {
+            Frame::RoomOk(RoomOk { request_id: l.uint("id")?, rooms: l.uint("rooms")? })
+        }
     };
     l.done()?;
     Ok(frame)
@@ -482,6 +494,8 @@ fn format_vector(frame: &Frame) -> String {
             }
             Frame::Refresh(r) => f.push(("token", quote(&r.token))),
             Frame::RefreshOk(r) => f.push(("token_expires_ms", r.token_expires_ms.to_string())),
+            Frame::Join(r) | Frame::Leave(r) => f.push(("room", quote(&r.room))),
+            Frame::RoomOk(r) => f.push(("rooms", r.rooms.to_string())),
             Frame::Extension(_) => unreachable!("handled above"),
         }
     }
@@ -631,6 +645,13 @@ fn vectors_cover_every_frame_type_and_the_listed_variants() {
         "ERROR refusing a refresh",
         &|f| matches!(f, Frame::Error(e) if !e.fatal && e.request_id != 0 && e.code.0 / 100 == 2),
     );
+    has(
+        "ERROR refusing a room request",
+        &|f| matches!(f, Frame::Error(e) if !e.fatal && e.request_id != 0 && e.code.0 / 100 == 7),
+    );
+    has("JOIN", &|f| matches!(f, Frame::Join(_)));
+    has("LEAVE", &|f| matches!(f, Frame::Leave(_)));
+    has("ROOM_OK", &|f| matches!(f, Frame::RoomOk(_)));
     has(
         "ERROR answering an upstream",
         &|f| matches!(f, Frame::Error(e) if !e.fatal && e.request_id != 0 && e.code.0 / 100 == 5),
@@ -792,6 +813,19 @@ fn vectors_match_the_byte_layout_written_in_the_spec() {
     let refused = &find(vectors, "error_refresh_refused").bin;
     assert_eq!(&refused[4..12], &[0x0C, 0, 0, 0, 0, 3, 0, 202]);
 
+    // JOIN and LEAVE: header id = request id, room str8. ROOM_OK: the same id, rooms u16.
+    // The refusal: ERROR, no FATAL flag, the request id, code 701, message str16.
+    let mut join = vec![0, 0, 0, 8, 0x0F, 0, 0, 0, 0, 7, 7];
+    join.extend_from_slice(b"live/42");
+    assert_eq!(find(vectors, "join").bin, join);
+    let mut leave = vec![0, 0, 0, 8, 0x10, 0, 0, 0, 0, 8, 7];
+    leave.extend_from_slice(b"live/42");
+    assert_eq!(find(vectors, "leave").bin, leave);
+    assert_eq!(find(vectors, "room_ok").bin, [0, 0, 0, 2, 0x11, 0, 0, 0, 0, 7, 0, 1]);
+    let mut forbidden = vec![0, 0, 0, 20, 0x0C, 0, 0, 0, 0, 9, 0x02, 0xBD, 0, 16];
+    forbidden.extend_from_slice(b"room not allowed");
+    assert_eq!(find(vectors, "error_room_forbidden").bin, forbidden);
+
     // EXTENSION: the header as given, the body as is.
     assert_eq!(
         find(vectors, "extension_0x80").bin,
@@ -848,7 +882,7 @@ fn protocol_md_registries_cover_every_type_byte_flag_and_code() {
         }
     }
     assert!(covered.iter().all(|c| *c), "the opcode registry misses a type byte");
-    assert!(opcodes.contains("| `0x80`–`0xFF` |") && opcodes.contains("| `0x0F`–`0x7F` |"));
+    assert!(opcodes.contains("| `0x80`–`0xFF` |") && opcodes.contains("| `0x12`–`0x7F` |"));
 
     // Flag registry: the defined bits by name; AUTH_OK bit 0 reserved.
     let flags = section(&spec, "\n## Flag registry\n");

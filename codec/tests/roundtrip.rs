@@ -13,7 +13,8 @@ use holdfast_codec::frame::MIN_MAX_FRAME;
 use holdfast_codec::{
     Ack, AuthFail, AuthOk, Code, DEFAULT_MAX_FRAME, DecodeError, EncodeError, ErrorFrame,
     Extension, Frame, FrameCodec, FrameType, HEADER_LEN, Head, Hello, Kick, Ping, Platform, Push,
-    Redirect, Refresh, RefreshOk, Upstream, UpstreamReply, check_head, decode, encode,
+    Redirect, Refresh, RefreshOk, RoomOk, RoomRequest, Upstream, UpstreamReply, check_head, decode,
+    encode,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -148,6 +149,18 @@ fn refresh_ok() -> impl Strategy<Value = RefreshOk> {
         .prop_map(|(request_id, token_expires_ms)| RefreshOk { request_id, token_expires_ms })
 }
 
+/// Room names: 1 to 255 bytes (an empty one is pushed up to one byte).
+fn room_request() -> impl Strategy<Value = RoomRequest> {
+    (1..=u32::MAX, text(255)).prop_map(|(request_id, room)| {
+        let room = if room.is_empty() { "r".to_owned() } else { room };
+        RoomRequest { request_id, room }
+    })
+}
+
+fn room_ok() -> impl Strategy<Value = RoomOk> {
+    (any::<u32>(), any::<u16>()).prop_map(|(request_id, rooms)| RoomOk { request_id, rooms })
+}
+
 fn push() -> impl Strategy<Value = Push> {
     (any::<u32>(), any::<bool>(), any::<u64>(), text(255), payload(600)).prop_map(
         |(seq, ack_required, message_id, topic, payload)| Push {
@@ -207,6 +220,9 @@ fn frame() -> BoxedStrategy<Frame> {
         ),
         refresh().prop_map(Frame::Refresh),
         refresh_ok().prop_map(Frame::RefreshOk),
+        room_request().prop_map(Frame::Join),
+        room_request().prop_map(Frame::Leave),
+        room_ok().prop_map(Frame::RoomOk),
         extension().prop_map(Frame::Extension),
     ]
     .boxed()
@@ -398,7 +414,7 @@ proptest! {
 
     #[test]
     fn random_bodies_with_a_consistent_header_never_panic(
-        kind in prop_oneof![0u8..=0x0F, 0x80u8..=0xFF, any::<u8>()],
+        kind in prop_oneof![0u8..=0x12, 0x80u8..=0xFF, any::<u8>()],
         flags in any::<u8>(),
         id in any::<u32>(),
         body in vec(any::<u8>(), 0..120),
@@ -558,6 +574,50 @@ fn refresh_token_is_at_most_8192_bytes() {
 }
 
 #[test]
+fn room_request_id_0_is_refused() {
+    for kind in [FrameType::Join, FrameType::Leave] {
+        let request = |request_id| RoomRequest { request_id, room: "live/42".into() };
+        let frame = |r| if kind == FrameType::Join { Frame::Join(r) } else { Frame::Leave(r) };
+        assert_invalid_value(&frame(request(0)), "id");
+        assert_malformed(&raw(kind as u8, 0, 0, &[1, b'r']), kind);
+        assert_accepted(&frame(request(1)));
+        assert_accepted(&frame(request(u32::MAX)));
+    }
+    // ROOM_OK carries whatever id it answers; the client judges it.
+    assert_accepted(&Frame::RoomOk(RoomOk { request_id: 0, rooms: 0 }));
+    assert_accepted(&Frame::RoomOk(RoomOk { request_id: 9, rooms: u16::MAX }));
+}
+
+#[test]
+fn room_names_are_1_to_255_bytes() {
+    for kind in [FrameType::Join, FrameType::Leave] {
+        let frame = |room: String| {
+            let r = RoomRequest { request_id: 1, room };
+            if kind == FrameType::Join { Frame::Join(r) } else { Frame::Leave(r) }
+        };
+        assert_refused(&frame(String::new()), "room");
+        assert_refused(&frame("r".repeat(256)), "room");
+        assert_accepted(&frame("r".into()));
+        assert_accepted(&frame("r".repeat(255)));
+        assert_accepted(&frame("é".repeat(127)));
+        // Empty on the wire, or not UTF-8: MALFORMED_FRAME.
+        assert_malformed(&raw(kind as u8, 0, 1, &[0]), kind);
+        assert_malformed(&raw(kind as u8, 0, 1, &[2, 0xC3, 0x28]), kind);
+        assert_malformed(&raw(kind as u8, 0, 1, &[1, 0xFF]), kind);
+    }
+}
+
+#[test]
+fn room_ok_body_is_exactly_2_bytes() {
+    for len in [0, 1, 3, 4, 8] {
+        assert_malformed(&raw(0x11, 0, 7, &vec![0; len]), FrameType::RoomOk);
+    }
+    let mut src = raw(0x11, 0, 7, &[0x01, 0x02]);
+    let frame = Frame::RoomOk(RoomOk { request_id: 7, rooms: 0x0102 });
+    assert_eq!(decode(&mut src, DEFAULT_MAX_FRAME), Ok(Some(frame)));
+}
+
+#[test]
 fn auth_ok_flag_bit_0_is_reserved_and_ignored() {
     let ok = AuthOk { version: 1, max_unacked: 8, ..Default::default() };
     let mut bytes = encoded(&Frame::AuthOk(ok.clone()));
@@ -578,6 +638,8 @@ fn str8_fields_are_at_most_255_bytes() {
         (Frame::Push(Push { topic: long.clone(), ..Default::default() }), "topic"),
         (Frame::Upstream(Upstream { route: long.clone(), ..Default::default() }), "route"),
         (Frame::Redirect(sample_redirect(vec!["a".into(), long.clone()])), "address"),
+        (Frame::Join(RoomRequest { request_id: 1, room: long.clone() }), "room"),
+        (Frame::Leave(RoomRequest { request_id: 1, room: "r".repeat(256) }), "room"),
     ];
     for (frame, field) in &cases {
         assert_refused(frame, field);
@@ -656,6 +718,9 @@ fn fixed_layout_frames() -> Vec<Frame> {
         }),
         Frame::Refresh(Refresh { request_id: 3, token: "tok-2".into() }),
         Frame::RefreshOk(RefreshOk { request_id: 3, token_expires_ms: 1_700_007_200_000 }),
+        Frame::Join(RoomRequest { request_id: 7, room: "live/42".into() }),
+        Frame::Leave(RoomRequest { request_id: 8, room: "live/42".into() }),
+        Frame::RoomOk(RoomOk { request_id: 7, rooms: 1 }),
     ]
 }
 
@@ -825,7 +890,7 @@ fn length_prefix_past_the_end_is_malformed() {
 
 #[test]
 fn unknown_critical_types_are_refused_extensions_are_frames() {
-    for kind in [0x00u8, 0x0F, 0x40, 0x7F] {
+    for kind in [0x00u8, 0x12, 0x40, 0x7F] {
         let mut src = raw(kind, 0, 0, &[1, 2, 3]);
         let err = decode(&mut src, DEFAULT_MAX_FRAME).unwrap_err();
         assert_eq!(err, DecodeError::UnknownType(kind));

@@ -12,7 +12,8 @@
 //! - `exp` is required and enforced, `nbf` when present, both with `auth.leeway_secs`;
 //! - `iss` and `aud` are required and must match when `auth.issuer` / `auth.audience` are
 //!   set, and are ignored otherwise;
-//! - `sub`, the user id, is required and non-empty;
+//! - `sub`, the user id, is required, non-empty and free of control characters;
+//! - `rooms`, optional, lists the rooms (or `prefix*` patterns) the client may `JOIN`;
 //! - [`Verifier::check_binding`] then ties the optional `device` and `platform` claims to
 //!   what the `HELLO` says.
 //!
@@ -53,6 +54,10 @@ pub struct Claims {
     /// Gray-release tags (for example `"beta"`); empty when absent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// Rooms the client may `JOIN`: names, or patterns ending in `*` (a prefix); empty
+    /// when absent (`docs/API.md` § Rooms).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rooms: Vec<String>,
 }
 
 /// The claims as they arrive, before the required ones are checked.
@@ -72,6 +77,8 @@ struct RawClaims {
     region: Option<String>,
     #[serde(default)]
     tags: Vec<String>,
+    #[serde(default)]
+    rooms: Vec<String>,
 }
 
 /// Why a client's token was refused; each maps to one `AUTH_FAIL` code.
@@ -316,6 +323,11 @@ impl Verifier {
             .sub
             .filter(|s| !s.is_empty())
             .ok_or_else(|| AuthFailure::Invalid("claim `sub` is missing or empty".to_owned()))?;
+        // Control characters are refused: they would be unreadable in logs, and the
+        // presence store reserves keys starting with one (rooms, `holdfast_status::rooms`).
+        if sub.chars().any(char::is_control) {
+            return Err(AuthFailure::Invalid("claim `sub` contains control characters".to_owned()));
+        }
 
         Ok(Claims {
             sub,
@@ -325,6 +337,7 @@ impl Verifier {
             platform: raw.platform,
             region: raw.region,
             tags: raw.tags,
+            rooms: raw.rooms,
         })
     }
 
@@ -515,7 +528,8 @@ mod tests {
         let token = hs256(
             &json!({
                 "sub": "alice", "exp": NOW + 60, "nbf": NOW - 10, "device": "d1",
-                "platform": "ios", "region": "eu", "tags": ["beta", "canary"], "extra": 1
+                "platform": "ios", "region": "eu", "tags": ["beta", "canary"], "extra": 1,
+                "rooms": ["live/1", "team/*"]
             }),
             SECRET.as_bytes(),
         );
@@ -530,10 +544,18 @@ mod tests {
                 platform: Some("ios".into()),
                 region: Some("eu".into()),
                 tags: vec!["beta".into(), "canary".into()],
+                rooms: vec!["live/1".into(), "team/*".into()],
             }
         );
         assert!(!v.uses_dev_secret());
         assert_eq!(v.algorithm(), JwtAlgorithm::HS256);
+    }
+
+    #[test]
+    fn a_sub_with_control_characters_is_refused() {
+        let v = verifier(&hs256_config());
+        let token = hs256(&json!({"sub": "\u{1}room\u{1}x", "exp": NOW + 60}), SECRET.as_bytes());
+        assert!(invalid(v.verify(&token, NOW)).contains("control characters"));
     }
 
     #[test]
@@ -781,6 +803,7 @@ mod tests {
             platform: Some("iOS".into()),
             region: None,
             tags: vec![],
+            rooms: vec![],
         };
         assert!(v.check_binding(&c, "dev-1", Platform::Ios).is_ok(), "case-insensitive");
         let f = v.check_binding(&c, "dev-2", Platform::Ios).expect_err("device");

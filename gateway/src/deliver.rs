@@ -202,12 +202,39 @@ pub(crate) async fn to_conn_here(
 
 /// Push to every authenticated connection of this node.
 pub(crate) async fn to_all_here(s: &Node, msg: &Arc<PushMsg>) -> Result<AllAnswer, Busy> {
+    every_loop(s, |reply| Command::Push { msg: Arc::clone(msg), targets: Targets::All, reply })
+        .await
+}
+
+/// Push `msgs` (in order, one write per member) to the members of `room` on this node:
+/// every loop writes to its own.
+pub(crate) async fn to_room_here(
+    s: &Node,
+    room: &Arc<str>,
+    msgs: &Arc<[Arc<PushMsg>]>,
+) -> Result<AllAnswer, Busy> {
+    if s.rooms.find(room).is_none() {
+        return Ok(AllAnswer::default());
+    }
+    every_loop(s, |reply| Command::PushMany {
+        msgs: Arc::clone(msgs),
+        targets: Targets::Room(Arc::clone(room)),
+        reply,
+    })
+    .await
+}
+
+/// Send a push command to every event loop and add up their reports.
+async fn every_loop(
+    s: &Node,
+    command: impl Fn(oneshot::Sender<PushReport>) -> Command,
+) -> Result<AllAnswer, Busy> {
     let mut waits = Vec::new();
     let mut busy_workers = 0;
     let mut unavailable = 0;
     for w in s.all_workers() {
         let (reply, rx) = oneshot::channel();
-        match w.send(Command::Push { msg: Arc::clone(msg), targets: Targets::All, reply }) {
+        match w.send(command(reply)) {
             Ok(()) => waits.push(rx),
             Err(SendError::Busy) => busy_workers += 1,
             Err(SendError::Stopped) => unavailable += 1,
@@ -243,6 +270,62 @@ pub(crate) async fn to_all_here(s: &Node, msg: &Arc<PushMsg>) -> Result<AllAnswe
         workers_busy: busy_workers,
         workers_unavailable: unavailable,
     })
+}
+
+/// Ask every event loop; the answers of those that gave one (the loops are busy: `Busy`).
+pub(crate) async fn ask_every_loop<R>(
+    s: &Node,
+    command: impl Fn(oneshot::Sender<R>) -> Command,
+) -> Result<Vec<R>, Busy> {
+    let mut waits = Vec::new();
+    let mut busy = false;
+    for w in s.all_workers() {
+        let (reply, rx) = oneshot::channel();
+        match w.send(command(reply)) {
+            Ok(()) => waits.push(rx),
+            Err(SendError::Busy) => busy = true,
+            Err(SendError::Stopped) => {}
+        }
+    }
+    if busy {
+        return Err(Busy);
+    }
+    let mut out = Vec::with_capacity(waits.len());
+    for rx in waits {
+        if let Some(r) = tokio::time::timeout(REPORT_TIMEOUT, rx).await.ok().and_then(Result::ok) {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+/// Ask the event loop owning each connection of this node; answers by loop.
+pub(crate) async fn ask_owners<R>(
+    s: &Node,
+    conns: Vec<ConnId>,
+    command: impl Fn(Vec<ConnId>, oneshot::Sender<R>) -> Command,
+) -> Result<Vec<R>, Busy> {
+    let me = s.cfg.node.id;
+    let mut by_worker: BTreeMap<u8, Vec<ConnId>> = BTreeMap::new();
+    for id in conns.into_iter().filter(|id| id.node() == me) {
+        by_worker.entry(id.worker()).or_default().push(id);
+    }
+    let mut waits = Vec::new();
+    for (worker, ids) in by_worker {
+        let (reply, rx) = oneshot::channel();
+        match s.worker(worker).map(|w| w.send(command(ids, reply))) {
+            Some(Ok(())) => waits.push(rx),
+            Some(Err(SendError::Busy)) => return Err(Busy),
+            _ => {}
+        }
+    }
+    let mut out = Vec::with_capacity(waits.len());
+    for rx in waits {
+        if let Some(r) = tokio::time::timeout(REPORT_TIMEOUT, rx).await.ok().and_then(Result::ok) {
+            out.push(r);
+        }
+    }
+    Ok(out)
 }
 
 /// Kick connections of this node with a 3xx `code`.

@@ -28,9 +28,11 @@
 //!   cross-gateway push and kick, the kick policy across gateways), `fence` (crate-private:
 //!   self-fencing without a lease), [`agent`] (registration and shed orders of
 //!   `holdfast_scheduler`), `health` (crate-private: `/healthz` and the TCP check port as
-//!   L4 balancers see them), `drain` (crate-private: the graceful drain), and `deliver`
+//!   L4 balancers see them), `drain` (crate-private: the graceful drain), `deliver`
 //!   (crate-private: delivery to this node's own connections, shared by the API and the
-//!   internal channel).
+//!   internal channel), and `rooms` (crate-private: room names and member counts of the
+//!   node, the per-room push rate, the join webhook; each loop keeps its own members in
+//!   `driver`).
 //! - Shared pieces: [`auth`] (JWT), [`tls`] (the certificate chain and key, the live server
 //!   configuration `SIGHUP` replaces), [`registry`] (user → connections, kick policy), [`ids`]
 //!   (connection ids), [`metrics`], [`config`], [`memory`] (allocator tuning, trimming
@@ -44,7 +46,8 @@
 //! `UPSTREAM` to forward, the close). The loop writes what the session produced and re-arms
 //! the connection's one timer at the session's next deadline. A push from the HTTP API goes
 //! to the owning loop's bounded queue; the loop encodes it once and hands each target
-//! session its copy.
+//! session its copy. A push to a room goes to every loop (and, in a cluster, to every
+//! gateway the store names for the room); each loop writes it to its own members.
 
 pub mod agent;
 mod api;
@@ -64,6 +67,7 @@ pub mod metrics;
 mod node;
 pub mod presence;
 pub mod registry;
+mod rooms;
 pub mod server;
 pub mod session;
 pub mod tls;

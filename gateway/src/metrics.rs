@@ -23,6 +23,14 @@ pub const AUTH_FAILURE_REASONS: [&str; 7] = [
     "malformed_hello",
 ];
 
+/// Labels of `room_joins_total`.
+pub const ROOM_JOIN_RESULTS: [&str; 6] =
+    ["ok", "forbidden", "too_many_rooms", "invalid_room", "rooms_full", "check_failed"];
+
+/// Labels of `room_pushes_total`: delivered at once, held to be merged, a held push dropped
+/// (`rooms.hold_max`), refused (`rooms.overflow = "reject"`).
+pub const ROOM_PUSH_OUTCOMES: [&str; 4] = ["sent", "held", "dropped", "rejected"];
+
 /// Why a client was refused admission: the `reason` label of
 /// `holdfast_gateway_admission_refused_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,7 +82,7 @@ impl Refusal {
 }
 
 /// Push API endpoints, the `endpoint` label of `push_api_duration_seconds`.
-pub const PUSH_ENDPOINTS: [&str; 6] = ["user", "users", "conn", "all", "batch", "kick"];
+pub const PUSH_ENDPOINTS: [&str; 7] = ["user", "users", "conn", "all", "batch", "kick", "room"];
 
 /// Handles for `UPSTREAM` forwarding.
 #[derive(Clone)]
@@ -284,6 +292,16 @@ pub struct Metrics {
     pub memory_trims: IntCounter,
     /// Token refreshes, by outcome (`ok`, `refused`).
     pub token_refreshes: Vec<IntCounter>,
+    /// Room joins (client and server side), by result ([`ROOM_JOIN_RESULTS`]).
+    pub room_joins: Vec<IntCounter>,
+    /// Room leaves (a connection left a room it was in; closes not counted).
+    pub room_leaves: IntCounter,
+    /// Pushes to a room taken by this gateway's API, by outcome ([`ROOM_PUSH_OUTCOMES`]).
+    pub room_pushes: Vec<IntCounter>,
+    /// Rooms with members on this gateway.
+    pub rooms: IntGauge,
+    /// Memberships of this gateway's connections.
+    pub room_memberships: IntGauge,
     /// Upstream forwarding metrics.
     pub upstream: UpstreamMetrics,
     /// Event webhook metrics.
@@ -591,6 +609,31 @@ impl Metrics {
                 "outcome",
                 &["ok", "refused"],
             ),
+            room_joins: counter_family(
+                r,
+                "holdfast_gateway_room_joins_total",
+                "Room joins (JOIN frames and server-side joins), by result.",
+                "result",
+                &ROOM_JOIN_RESULTS,
+            ),
+            room_leaves: counter(
+                r,
+                "holdfast_gateway_room_leaves_total",
+                "Connections that left a room they were in (closes not counted).",
+            ),
+            room_pushes: counter_family(
+                r,
+                "holdfast_gateway_room_pushes_total",
+                "Pushes to a room taken by this gateway's API, by outcome (rooms.overflow).",
+                "outcome",
+                &ROOM_PUSH_OUTCOMES,
+            ),
+            rooms: gauge(r, "holdfast_gateway_rooms", "Rooms with members on this gateway."),
+            room_memberships: gauge(
+                r,
+                "holdfast_gateway_room_memberships",
+                "Room memberships of this gateway's connections.",
+            ),
             upstream: UpstreamMetrics {
                 latency: upstream_latency,
                 ok: upstream[0].clone(),
@@ -685,6 +728,26 @@ impl Metrics {
     /// The counter for a token refresh outcome.
     pub fn token_refresh(&self, ok: bool) -> &IntCounter {
         &self.token_refreshes[usize::from(!ok)]
+    }
+
+    /// The room join counter for a result: `None` joined, else the refusal's code.
+    pub fn room_join(&self, refused: Option<holdfast_codec::Code>) -> &IntCounter {
+        use holdfast_codec::Code;
+        let i = match refused {
+            None => 0,
+            Some(Code::ROOM_FORBIDDEN) => 1,
+            Some(Code::TOO_MANY_ROOMS) => 2,
+            Some(Code::INVALID_ROOM) => 3,
+            Some(Code::ROOMS_FULL) => 4,
+            Some(_) => 5,
+        };
+        &self.room_joins[i]
+    }
+
+    /// The room push counter for an outcome (one of [`ROOM_PUSH_OUTCOMES`]).
+    pub fn room_push(&self, outcome: &str) -> &IntCounter {
+        let i = ROOM_PUSH_OUTCOMES.iter().position(|l| *l == outcome).unwrap_or(0);
+        &self.room_pushes[i]
     }
 
     /// The counter for an auth failure label (one of [`AUTH_FAILURE_REASONS`]).

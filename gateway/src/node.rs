@@ -76,6 +76,14 @@ pub(crate) struct Node {
     pub(crate) alternatives: std::sync::Mutex<Vec<holdfast_scheduler::model::Endpoint>>,
     /// The origin of [`Node::mono_ns`].
     pub(crate) origin: Instant,
+    /// Room names, member counts and the store's view of them (`rooms`).
+    pub(crate) rooms: Arc<crate::rooms::Rooms>,
+    /// Rooms kept for users' later logins.
+    pub(crate) sticky: crate::rooms::Sticky,
+    /// The per-room push rate.
+    pub(crate) room_rates: crate::rooms::rate::RoomRates,
+    /// The join webhook, if configured.
+    pub(crate) join_hook: Option<crate::rooms::hook::JoinHook>,
 }
 
 impl Node {
@@ -148,6 +156,6 @@ impl Node {
 
     /// Whether connections keep their device id (only the webhooks read it).
     pub(crate) fn keeps_device(&self) -> bool {
-        self.upstream.enabled() || self.events.enabled()
+        self.upstream.enabled() || self.events.enabled() || self.join_hook.is_some()
     }
 }

@@ -199,8 +199,25 @@ fn start_with(cfg: Config, presence: Option<Arc<dyn Presence>>) -> Result<Runnin
         None => None,
     };
     let fence = Arc::new(Fence::new(Arc::clone(&workers), metrics.cluster.clone()));
+    let rooms = Arc::new(crate::rooms::Rooms::new(
+        cfg.node.id,
+        cfg.rooms.max_memberships,
+        cfg.presence.backend.is_shared(),
+        (metrics.rooms.clone(), metrics.room_memberships.clone()),
+    ));
+    let join_hook = crate::rooms::hook::JoinHook::new(
+        &cfg.rooms,
+        runtime.handle().clone(),
+        Arc::clone(&workers),
+    )
+    .map_err(|e| ConfigError::Invalid { problems: vec![e] })?;
     let started = if cfg.presence.backend.is_shared() {
-        Some(runtime.block_on(Cluster::start(&cfg, &metrics, Arc::clone(&fence)))?)
+        Some(runtime.block_on(Cluster::start(
+            &cfg,
+            &metrics,
+            Arc::clone(&fence),
+            Arc::clone(&rooms),
+        ))?)
     } else {
         None
     };
@@ -221,6 +238,7 @@ fn start_with(cfg: Config, presence: Option<Arc<dyn Presence>>) -> Result<Runnin
         |c| c.batcher.lease().generation,
     );
     let cfg_sources = (cfg.admission.per_source_per_sec, cfg.admission.per_source_burst);
+    let cfg_rooms = cfg.rooms.clone();
     let a = &cfg.admission;
     let cfg_flap = (a.flap_max_logins, a.flap_window_secs, a.flap_ban_secs);
     let node = Arc::new(Node {
@@ -253,6 +271,10 @@ fn start_with(cfg: Config, presence: Option<Arc<dyn Presence>>) -> Result<Runnin
             .then(|| crate::flapping::Flapping::new(cfg_flap.0, cfg_flap.1, cfg_flap.2)),
         alternatives: std::sync::Mutex::new(Vec::new()),
         origin: std::time::Instant::now(),
+        room_rates: crate::rooms::rate::RoomRates::new(&cfg_rooms),
+        rooms,
+        sticky: crate::rooms::Sticky::default(),
+        join_hook,
     });
     let mut threads = Vec::new();
     let mut handles = Vec::new();
@@ -298,10 +320,12 @@ fn start_with(cfg: Config, presence: Option<Arc<dyn Presence>>) -> Result<Runnin
             runtime.spawn(crate::cluster::serve::serve(Arc::clone(&node), listener, secret));
             runtime.spawn(crate::cluster::displace::run(Arc::clone(&node), logins));
             runtime.spawn(crate::cluster::watch(Arc::clone(&node)));
+            runtime.spawn(crate::rooms::flush_shares(Arc::clone(&node)));
             addr
         }
         None => None,
     };
+    runtime.spawn(crate::rooms::push_counts(Arc::clone(&node)));
     if !node.cfg.scheduler.addrs.is_empty() {
         let _entered = runtime.enter();
         let agent = crate::agent::spawn(&node, tcp_addr, generation)?;

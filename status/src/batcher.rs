@@ -155,6 +155,11 @@ impl Batcher {
         self.push(Write::Offline { user, conn });
     }
 
+    /// Any write, such as a room's member count (`crate::rooms::share_write`; never waits).
+    pub fn write(&self, w: Write) {
+        self.push(w);
+    }
+
     fn push(&self, w: Write) {
         if self.tx.send(w).is_ok() {
             self.shared.stats.queued.fetch_add(1, Ordering::Relaxed);

@@ -24,6 +24,8 @@
 //! - [`cluster`]: [`cluster::ClusterStore`], the status-cluster client.
 //! - [`redis_store`]: [`redis_store::RedisStore`], Redis and Redis Cluster.
 //! - [`client_metrics`]: `holdfast_status_client_*` metrics of the remote stores.
+//! - [`rooms`]: rooms kept as reserved keys of the same store (which gateways hold a
+//!   room's members, and how many), so every backend keeps them with no new operation.
 //! - [`node`]: the status node: request handling, listener, ring changes, admin API.
 //!
 //! # A write's way through the status cluster
@@ -50,6 +52,7 @@ pub mod memory;
 pub mod node;
 pub mod placement;
 pub mod redis_store;
+pub mod rooms;
 pub mod store;
 pub mod table;
 pub mod types;

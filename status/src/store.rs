@@ -24,6 +24,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crate::error::StoreError;
+use crate::rooms::{self, RoomId, RoomShare};
 use crate::types::{Counts, GatewayId, Lease, LeaseId, Renewed, Session, UserId, Write};
 
 /// The future a store call returns (boxed so the trait can be used as `dyn`).
@@ -55,6 +56,17 @@ pub trait PresenceStore: Send + Sync + 'static {
 
     /// How much the store holds (may walk the store: an admin call, not a hot one).
     fn counts(&self) -> StoreFuture<'_, Counts>;
+
+    /// The gateways holding members of each room, in the order asked (an empty list: no
+    /// gateway with a live lease holds any). A lookup of the rooms' keys
+    /// ([`crate::rooms`]); gateways write their shares with [`rooms::share_write`].
+    fn rooms_lookup(&self, rooms: Vec<RoomId>) -> StoreFuture<'_, Vec<Vec<RoomShare>>> {
+        Box::pin(async move {
+            let keys = rooms.iter().map(|r| rooms::room_key(r)).collect();
+            let found = self.lookup(keys).await?;
+            Ok(found.iter().map(|sessions| rooms::shares(sessions)).collect())
+        })
+    }
 }
 
 /// Check a batch against the limits every backend shares.

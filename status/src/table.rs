@@ -410,7 +410,8 @@ impl Table {
         let mut sessions = 0u64;
         let mut users = 0u64;
         for (user, list) in &self.users {
-            if !pick(user) {
+            // Rooms' shares are kept as reserved keys (`crate::rooms`): not users.
+            if crate::rooms::is_room_key(user) || !pick(user) {
                 continue;
             }
             let live = list.iter().filter(|s| self.live(s, now)).count() as u64;

@@ -69,6 +69,22 @@ pub fn token_with(
     .expect("token encodes")
 }
 
+/// Mint a development token for `user`, valid for an hour, whose `rooms` claim lists
+/// `rooms` (names or `prefix*` patterns the client may `JOIN`).
+pub fn token_rooms(user: &str, rooms: &[&str]) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs();
+    let claims = serde_json::json!({ "sub": user, "exp": now + 3600, "rooms": rooms });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(DEV_SECRET.as_bytes()),
+    )
+    .expect("token encodes")
+}
+
 /// Mint an HS256 token for `user` valid for an hour, signed with `secret` and naming key
 /// `kid` in its header.
 pub fn token_kid(user: &str, kid: &str, secret: &str) -> String {
@@ -1055,6 +1071,32 @@ impl Client {
     pub fn expect_push(&mut self) -> holdfast_codec::Push {
         self.expect(Duration::from_secs(10), "PUSH", |e| match e {
             Event::Push(p) => Some(p),
+            _ => None,
+        })
+    }
+
+    /// `JOIN` `room` and wait (at most 10 s) for the answer: the number of rooms the
+    /// connection is in, or the refusal's code and message. Other events are skipped.
+    pub fn join(&mut self, room: &str) -> Result<u16, (holdfast_codec::Code, String)> {
+        let id = self.session.join(room).expect("JOIN queued");
+        self.expect(Duration::from_secs(10), "ROOM_OK or a room refusal", |e| match e {
+            Event::RoomJoined { request_id, rooms, .. } if request_id == id => Some(Ok(rooms)),
+            Event::RoomRefused { request_id, code, message, .. } if request_id == id => {
+                Some(Err((code, message)))
+            }
+            _ => None,
+        })
+    }
+
+    /// `LEAVE` `room` and wait (at most 10 s) for `ROOM_OK`: the number of rooms the
+    /// connection is in now. Other events are skipped.
+    pub fn leave(&mut self, room: &str) -> u16 {
+        let id = self.session.leave(room).expect("LEAVE queued");
+        self.expect(Duration::from_secs(10), "ROOM_OK", |e| match e {
+            Event::RoomLeft { request_id, rooms, .. } if request_id == id => Some(rooms),
+            Event::RoomRefused { request_id, code, .. } if request_id == id => {
+                panic!("LEAVE refused: {code}")
+            }
             _ => None,
         })
     }

@@ -5,14 +5,15 @@
 //! - `Ok(None)` consumes nothing, and only happens while a frame is incomplete;
 //! - a decoded frame consumed exactly `10 + length` bytes (consumed + rest = input);
 //! - a decoded frame respects the value rules the decoder enforces (a `HELLO.max_frame` of 0
-//!   or at least 1,024, a `REFRESH` request id other than 0, tokens of at most 8,192 bytes);
+//!   or at least 1,024, a `REFRESH`, `JOIN` or `LEAVE` request id other than 0, tokens of at
+//!   most 8,192 bytes, room names of 1 to 255 bytes);
 //! - re-encoding a decoded frame gives a frame of the same size that decodes to itself;
 //! - the same stream delivered in two reads, cut anywhere, decodes to the same results.
 
 #![no_main]
 
 use bytes::BytesMut;
-use holdfast_codec::frame::{MAX_TOKEN, MIN_MAX_FRAME};
+use holdfast_codec::frame::{MAX_ROOM, MAX_TOKEN, MIN_MAX_FRAME};
 use holdfast_codec::{DEFAULT_MAX_FRAME, DecodeError, Frame, Head, decode, encode};
 use libfuzzer_sys::fuzz_target;
 
@@ -34,6 +35,10 @@ fn check_values(frame: &Frame) {
         Frame::Refresh(r) => {
             assert_ne!(r.request_id, 0, "REFRESH with request id 0");
             assert!(r.token.len() <= MAX_TOKEN, "REFRESH.token");
+        }
+        Frame::Join(r) | Frame::Leave(r) => {
+            assert_ne!(r.request_id, 0, "JOIN or LEAVE with request id 0");
+            assert!((1..=MAX_ROOM).contains(&r.room.len()), "JOIN.room or LEAVE.room");
         }
         _ => {}
     }

@@ -69,6 +69,13 @@ pub struct Config {
     /// the fleet saw the new connection still arrive. Longer is safer on slow backends;
     /// the server holds the old connection for at least 10 s by default.
     pub overlap_linger: Duration,
+    /// Join the rooms joined before ([`Session::rooms`]) again after every later `AUTH_OK`
+    /// (default true): a reconnect, or the new connection of a make-before-break move, whose
+    /// old connection is then kept until the rejoins are answered. Membership is per
+    /// connection, so false leaves rejoining to the application.
+    ///
+    /// [`Session::rooms`]: super::Session::rooms
+    pub rejoin_rooms: bool,
     /// Seed of the jitter generator (default 0). Give every client its own seed, or a whole
     /// fleet reconnects in lockstep; a fixed seed makes a test replay the same delays.
     pub seed: u64,
@@ -93,6 +100,7 @@ impl Default for Config {
             make_before_break: true,
             dedup_window: 4_096,
             overlap_linger: Duration::from_secs(1),
+            rejoin_rooms: true,
             seed: 0,
         }
     }

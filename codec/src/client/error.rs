@@ -16,7 +16,8 @@ pub enum SessionError {
     #[error("undecodable frame from the server: {0}")]
     Decode(#[from] DecodeError),
     /// A known frame type the client does not accept in this state or direction, or a
-    /// `REFRESH_OK` that answers no `REFRESH` awaiting its answer.
+    /// `REFRESH_OK` (`ROOM_OK`) that answers no `REFRESH` (`JOIN` or `LEAVE`) awaiting its
+    /// answer.
     #[error("server sent frame type {kind:#04x} while {state:?}")]
     UnexpectedFrame {
         /// The frame's type byte.
@@ -67,6 +68,13 @@ pub enum SendError {
     /// their answer already.
     #[error("too many token refreshes awaiting an answer")]
     TooManyRefreshes,
+    /// A room name (`JOIN.room`, `LEAVE.room`) is 1 to 255 bytes.
+    #[error("room name is {0} bytes; must be 1 to 255")]
+    RoomName(usize),
+    /// [`MAX_ROOM_REQUESTS_IN_FLIGHT`](super::MAX_ROOM_REQUESTS_IN_FLIGHT) `JOIN` or `LEAVE`
+    /// requests await their answer already.
+    #[error("too many room requests awaiting an answer")]
+    TooManyRoomRequests,
     /// The frame would exceed the server's `AUTH_OK.max_frame`.
     #[error("frame of {size} bytes exceeds the server's max_frame of {max}")]
     FrameTooLarge {

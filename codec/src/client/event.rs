@@ -63,6 +63,44 @@ pub enum Event {
         /// Detail for logs.
         message: String,
     },
+    /// `ROOM_OK` answered a [`Session::join`](super::Session::join), or a rejoin the
+    /// session sent after `AUTH_OK`: the connection is a member of `room`, which
+    /// [`Session::rooms`](super::Session::rooms) now lists.
+    RoomJoined {
+        /// The id [`Session::join`](super::Session::join) returned, or the rejoin's.
+        request_id: u32,
+        /// The room joined.
+        room: String,
+        /// How many rooms the connection is a member of now.
+        rooms: u16,
+    },
+    /// `ROOM_OK` answered a [`Session::leave`](super::Session::leave): the connection is no
+    /// member of `room` (any more), and the session forgot it.
+    RoomLeft {
+        /// The id [`Session::leave`](super::Session::leave) returned.
+        request_id: u32,
+        /// The room left.
+        room: String,
+        /// How many rooms the connection is a member of now.
+        rooms: u16,
+    },
+    /// The server refused a `JOIN` or `LEAVE`: a non-fatal `ERROR` naming its request id,
+    /// with a 7xx code (or any class but 5xx, a 6xx when the server failed, say). A refused
+    /// `JOIN`, a rejoin included, forgets the room; a refused `LEAVE` changes nothing. The
+    /// connection stays up.
+    RoomRefused {
+        /// The id [`Session::join`](super::Session::join) or
+        /// [`Session::leave`](super::Session::leave) returned, or the rejoin's; 0 for a
+        /// rejoin not sent because it would exceed the server's `AUTH_OK.max_frame`.
+        request_id: u32,
+        /// The room named.
+        room: String,
+        /// Why (7xx: `ROOM_FORBIDDEN`, `TOO_MANY_ROOMS`, `INVALID_ROOM`, `ROOMS_FULL`,
+        /// `ROOM_CHECK_FAILED`).
+        code: Code,
+        /// Detail for logs.
+        message: String,
+    },
     /// A `PONG` arrived.
     Pong {
         /// The ping id it echoes.

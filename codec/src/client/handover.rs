@@ -11,13 +11,19 @@
 //! ends the old connection, the session emits [`Event::Retired`]: write
 //! [`Session::poll_transmit_retiring`] once more, close that transport and call
 //! [`Session::retiring_closed`].
+//!
+//! When the new connection rejoins the session's rooms (`rooms.rs`), the old one is kept
+//! past the linger until every rejoin is answered, so no room push falls between the two.
+//! Room answers arriving on the old connection (`ROOM_OK`, a room `ERROR`) concern a
+//! membership about to end with it and are ignored.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
 use super::{Event, Session};
-use crate::{Ack, ErrorFrame, Frame, decode};
+use crate::{Ack, CodeClass, ErrorFrame, Frame, decode};
 
 /// The previous connection during a make-before-break move.
 #[derive(Debug)]
@@ -33,6 +39,10 @@ pub(super) struct Retiring {
     last_rx: Instant,
     /// When to retire it: set once the new connection is established.
     retire_at: Option<Instant>,
+    /// The new connection's rejoins await their answers: not retired before they have.
+    held: bool,
+    /// Ids of the room requests sent on it that awaited their answer when it began retiring.
+    room_requests: BTreeSet<u32>,
     /// [`Event::Retired`] was emitted: input is ignored, only the last bytes remain to write.
     done: bool,
 }
@@ -44,7 +54,8 @@ impl Retiring {
             return None;
         }
         let idle = self.idle_timeout.and_then(|t| self.last_rx.checked_add(t));
-        [idle, self.retire_at].into_iter().flatten().min()
+        let retire = if self.held { None } else { self.retire_at };
+        [idle, retire].into_iter().flatten().min()
     }
 }
 
@@ -63,8 +74,18 @@ impl Session {
             idle_timeout: self.heartbeat.idle_timeout(),
             last_rx: now,
             retire_at: None,
+            held: false,
+            room_requests: self.rooms.drop_pending(),
             done: false,
         }));
+    }
+
+    /// Keep the retiring connection past its linger while the new connection's rejoins
+    /// await their answers (`hold`), or let it go at the linger again.
+    pub(super) fn hold_retiring(&mut self, hold: bool) {
+        if let Some(r) = self.retiring.as_mut() {
+            r.held = hold;
+        }
     }
 
     /// The new connection is established: retire the old one after the linger.
@@ -102,9 +123,10 @@ impl Session {
     /// [`Session::connect`]), in order and in any split.
     ///
     /// Pushes not seen before become [`Event::Push`] and are acknowledged at once; a `PING`
-    /// is answered; upstream answers become events. `KICK`, `REDIRECT`, a fatal `ERROR` or
-    /// bytes that are not a frame end it ([`Event::Retired`]). Ignored when there is no
-    /// retiring connection.
+    /// is answered; upstream answers become events; room answers (`ROOM_OK`, a non-fatal
+    /// 7xx `ERROR` or one naming a room request sent on it) are ignored. `KICK`, `REDIRECT`,
+    /// a fatal `ERROR` or bytes that are not a frame end it ([`Event::Retired`]). Ignored
+    /// when there is no retiring connection.
     pub fn receive_retiring(&mut self, bytes: &[u8], now: Instant) {
         self.tick(now);
         let max_frame = self.config.max_frame;
@@ -132,12 +154,19 @@ impl Session {
                     let _ = Frame::Pong(ping).encode(&mut r.outbound);
                 }
                 Frame::UpstreamReply(reply) => self.events.push_back(Event::UpstreamReply(reply)),
+                // The answer to a room request of a connection about to close: its membership
+                // ends with it, and the new connection has rejoined what is remembered.
+                Frame::Error(ErrorFrame { request_id, fatal: false, code, .. })
+                    if request_id != 0
+                        && (code.class() == CodeClass::Room
+                            || (code.class() != CodeClass::Request
+                                && r.room_requests.remove(&request_id))) => {}
                 Frame::Error(ErrorFrame { request_id, fatal: false, code, message })
                     if request_id != 0 =>
                 {
                     self.events.push_back(Event::UpstreamError { request_id, code, message });
                 }
-                Frame::Pong(_) | Frame::RefreshOk(_) | Frame::Extension(_) => {}
+                Frame::Pong(_) | Frame::RefreshOk(_) | Frame::RoomOk(_) | Frame::Extension(_) => {}
                 // KICK, REDIRECT, a fatal or connection-level ERROR, or a frame that has no
                 // place here: the old connection is over.
                 _ => return self.retire(),

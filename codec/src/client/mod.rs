@@ -20,6 +20,9 @@
 //! - `handover.rs`: make-before-break after a `REDIRECT` with `OVERLAP` — the previous
 //!   connection kept open and read ([`Session::receive_retiring`]) while the next one is
 //!   established, then retired ([`Event::Retired`]).
+//! - `rooms.rs`: room membership — `JOIN`/`LEAVE` requests ([`Session::join`],
+//!   [`Session::leave`]) awaiting `ROOM_OK` or a refusal, the rooms joined
+//!   ([`Session::rooms`]), and rejoining them after every later `AUTH_OK`.
 //! - `reconnect.rs`: what a `KICK` or `AUTH_FAIL` code means for reconnecting
 //!   ([`Reconnect`]); `backoff.rs`: capped exponential backoff with full jitter
 //!   ([`Backoff`]); `rng.rs`: the seeded generator behind every jitter.
@@ -42,6 +45,7 @@
 //!         bytes   => s.receive(&bytes, now)         // EOF => s.transport_closed(now)
 //!         timeout => s.handle_timeout(now)
 //!         command => s.send_upstream(..) / s.processed(seq, now) / s.refresh(token)
+//!                    / s.join(room) / s.leave(room)
 //!     }
 //!     close the transport; follow s.reconnect()  // Never / NewToken / After { delay, .. }
 //! }
@@ -65,6 +69,16 @@
 //! after which the connection stays up until the old expiry. A `KICK` 303 still means
 //! "get a new token, then reconnect" ([`Reconnect::NewToken`]).
 //!
+//! # Rooms
+//!
+//! Membership of a room is per connection. [`Session::join`] and [`Session::leave`] are
+//! answered by [`Event::RoomJoined`], [`Event::RoomLeft`] or [`Event::RoomRefused`]; the
+//! session remembers the rooms joined ([`Session::rooms`]) and, with
+//! [`Config::rejoin_rooms`] (the default), joins them again on every new connection right
+//! after `AUTH_OK` — the new connection of a make-before-break move included, whose old
+//! connection is kept until those rejoins are answered. A request still awaiting its
+//! answer when its connection ends is answered by nothing.
+//!
 //! Every connection ends with exactly one [`Event::Closed`]. After it the session ignores
 //! inbound bytes until the next [`Session::connect`]; the bytes still queued (a fatal
 //! `ERROR` the session sent about a protocol violation) should be written before the
@@ -80,6 +94,7 @@ mod handover;
 mod heartbeat;
 mod reconnect;
 mod rng;
+mod rooms;
 #[cfg(test)]
 mod tests;
 
@@ -89,6 +104,7 @@ pub use config::{Config, ConfigError};
 pub use error::{SendError, SessionError};
 pub use event::{CloseReason, Event};
 pub use reconnect::{Reconnect, THROTTLED_MIN_DELAY};
+pub use rooms::MAX_ROOM_REQUESTS_IN_FLIGHT;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -106,6 +122,7 @@ use handover::Retiring;
 use heartbeat::Heartbeat;
 use reconnect::Policy;
 use rng::SplitMix64;
+use rooms::Rooms;
 
 /// Most [`Session::refresh`] requests awaiting their answer at once.
 pub const MAX_REFRESHES_IN_FLIGHT: usize = 8;
@@ -131,7 +148,7 @@ pub enum State {
 /// - Call [`connect`](Session::connect) each time a transport is up, then feed every byte
 ///   read from it to [`receive`](Session::receive), in order, in any split.
 /// - After every input (`connect`, `receive`, `handle_timeout`, `processed`,
-///   `send_upstream`, `refresh`, `transport_closed`) drain
+///   `send_upstream`, `refresh`, `join`, `leave`, `transport_closed`) drain
 ///   [`poll_transmit`](Session::poll_transmit) into the transport and
 ///   [`poll_event`](Session::poll_event) into the application, then re-arm one timer at
 ///   [`poll_timeout`](Session::poll_timeout).
@@ -168,6 +185,8 @@ pub struct Session {
     refreshes: VecDeque<u32>,
     /// The request id of the next `REFRESH`; never 0.
     next_refresh_id: u32,
+    /// Rooms joined, room requests awaiting their answer (`rooms.rs`).
+    rooms: Rooms,
     /// When the current transport came up.
     connected_at: Instant,
     /// When the current connection has been established for one heartbeat interval: a
@@ -205,6 +224,7 @@ impl Session {
             token_expires_ms: 0,
             refreshes: VecDeque::new(),
             next_refresh_id: 1,
+            rooms: Rooms::new(),
             connected_at: now,
             stable_at: None,
             reconnect: Reconnect::After { delay: Duration::ZERO, addresses: Vec::new() },
@@ -222,7 +242,8 @@ impl Session {
     ///
     /// Everything about the previous connection is dropped: undecoded input, unsent output,
     /// unacknowledged pushes (the server reports them to the business backend, which keeps
-    /// them as offline messages), refreshes awaiting an answer. `HELLO` announces
+    /// them as offline messages), refreshes and room requests awaiting an answer (the rooms
+    /// joined are kept, and rejoined after `AUTH_OK`). `HELLO` announces
     /// [`Config::max_frame`] and carries the latest token ([`Session::set_token`],
     /// [`Session::refresh`]). Calling this while a connection is still open first ends that
     /// one as [`CloseReason::TransportClosed`] — unless a `REDIRECT` with `OVERLAP` moved it
@@ -243,6 +264,7 @@ impl Session {
         self.auth = None;
         self.token_expires_ms = 0;
         self.refreshes.clear();
+        self.rooms.drop_pending();
         self.acks.reset();
         self.heartbeat.reset(now);
         self.connected_at = now;
@@ -566,6 +588,7 @@ impl Session {
                 self.events.push_back(Event::UpstreamReply(reply));
             }
             (State::Established, Frame::RefreshOk(ok)) => self.on_refresh_ok(ok)?,
+            (State::Established, Frame::RoomOk(ok)) => self.on_room_ok(ok, now)?,
             (State::Established, Frame::Kick(kick)) => {
                 let reconnect = self.decide(reconnect::after_kick(kick.code), now);
                 self.events.push_back(Event::Kicked {
@@ -634,6 +657,7 @@ impl Session {
         self.auth = Some(auth.clone());
         self.events.push_back(Event::Authenticated(auth));
         self.schedule_retire(now);
+        self.rejoin_rooms(now);
         Ok(())
     }
 
@@ -682,7 +706,11 @@ impl Session {
     /// `ERROR`: about one request, or (fatal) about the connection.
     ///
     /// "An `ERROR` answering `UPSTREAM` carries a 5xx code, one answering `REFRESH` a 2xx
-    /// code": the two request id spaces are told apart by the code's class.
+    /// code, one answering `JOIN` or `LEAVE` a 7xx code": the request id spaces are told
+    /// apart by the code's class. A 2xx naming a pending refresh refuses it; any other code
+    /// but a 5xx (which always answers an `UPSTREAM`) naming a pending room request refuses
+    /// that (a 6xx, say, when the server fails); everything else naming a request id is
+    /// about an `UPSTREAM`.
     fn on_error(&mut self, error: ErrorFrame, now: Instant) {
         let ErrorFrame { request_id, fatal, code, message } = error;
         if fatal {
@@ -693,6 +721,11 @@ impl Session {
             && self.take_refresh(request_id)
         {
             self.events.push_back(Event::RefreshFailed { request_id, code, message });
+        } else if request_id != 0
+            && code.class() != CodeClass::Request
+            && self.rooms.is_pending(request_id)
+        {
+            self.on_room_refused(request_id, code, message, now);
         } else if request_id != 0 {
             self.events.push_back(Event::UpstreamError { request_id, code, message });
         } else {
@@ -740,6 +773,10 @@ impl Session {
         self.state = State::Closed;
         // "CLOSING: input is read and discarded until the close."
         self.inbound.clear();
+        // Nothing answers the room requests of a closed connection; the rooms joined are
+        // rejoined on the next one, and a retiring connection held for rejoins may go.
+        self.rooms.drop_pending();
+        self.hold_retiring(false);
         self.reconnect = reconnect.clone();
         self.events.push_back(Event::Closed { reason, reconnect });
     }

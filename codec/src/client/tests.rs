@@ -7,8 +7,8 @@ use bytes::{Bytes, BytesMut};
 use super::rng::SplitMix64;
 use super::*;
 use crate::{
-    Ack, AuthFail, Code, DEFAULT_MAX_FRAME, Extension, Kick, Platform, Redirect, RefreshOk,
-    UpstreamReply, encode,
+    Ack, AuthFail, Code, DEFAULT_MAX_FRAME, Extension, Kick, Platform, Redirect, RefreshOk, RoomOk,
+    RoomRequest, UpstreamReply, encode,
 };
 
 /// A session plus a virtual clock: `at(ms)` is the base instant plus `ms` milliseconds.
@@ -1215,6 +1215,8 @@ fn random_input_never_panics_and_always_ends_in_one_close() {
             h.s.processed(rng.below_inclusive(5) as u32, h.at(ms));
             let _ = h.s.send_upstream(1, "r", Bytes::new());
             let _ = h.s.refresh("t");
+            let _ = h.s.join("r");
+            let _ = h.s.leave("r");
             h.s.poll_transmit();
         }
         h.s.transport_closed(h.at(ms + 1));
@@ -1502,4 +1504,392 @@ fn kick_303_after_expiry_still_asks_for_a_new_token() {
     let kick = Kick { code: Code::TOKEN_EXPIRED_KICK, reason: "token expired".into() };
     h.feed(&[Frame::Error(refused), Frame::Kick(kick)], 100);
     assert!(matches!(h.closed_reason().1, Reconnect::NewToken { .. }));
+}
+
+// ----- rooms -------------------------------------------------------------------------------
+
+fn join_frame(request_id: u32, room: &str) -> Frame {
+    Frame::Join(RoomRequest { request_id, room: room.into() })
+}
+
+fn room_ok(request_id: u32, rooms: u16) -> Frame {
+    Frame::RoomOk(RoomOk { request_id, rooms })
+}
+
+fn room_error(request_id: u32, code: Code) -> Frame {
+    Frame::Error(ErrorFrame { request_id, fatal: false, code, message: "m".into() })
+}
+
+impl Harness {
+    fn rooms(&self) -> Vec<&str> {
+        self.s.rooms().collect()
+    }
+
+    /// Joined to `rooms` on the current connection: each `JOIN` sent and confirmed.
+    fn joined(&mut self, rooms: &[&str], ms: u64) {
+        for (n, room) in rooms.iter().enumerate() {
+            let id = self.s.join(room).unwrap();
+            assert_eq!(self.sent(), vec![join_frame(id, room)]);
+            self.feed(&[room_ok(id, n as u16 + 1)], ms);
+        }
+        self.events();
+    }
+}
+
+#[test]
+fn join_is_answered_with_room_ok_and_remembered() {
+    let mut h = Harness::established();
+    assert!(h.rooms().is_empty());
+    h.tick(1_000);
+    let id = h.s.join("live/42").unwrap();
+    assert_ne!(id, 0, "a JOIN never carries request id 0");
+    assert_eq!(h.sent(), vec![join_frame(id, "live/42")]);
+    assert_eq!(h.s.poll_timeout(), Some(h.at(11_000)), "a send restarts the heartbeat timer");
+    assert!(h.rooms().is_empty(), "not a member before ROOM_OK");
+
+    h.feed(&[room_ok(id, 1)], 1_050);
+    assert_eq!(
+        h.events(),
+        vec![Event::RoomJoined { request_id: id, room: "live/42".into(), rooms: 1 }]
+    );
+    assert_eq!(h.rooms(), ["live/42"]);
+    assert_eq!(h.s.state(), State::Established);
+
+    // Joining again still sends JOIN (the server answers idempotently); ids differ.
+    let again = h.s.join("live/42").unwrap();
+    assert_ne!(again, id);
+    assert_eq!(h.sent(), vec![join_frame(again, "live/42")]);
+    h.feed(&[room_ok(again, 1)], 1_100);
+    assert_eq!(
+        h.events(),
+        vec![Event::RoomJoined { request_id: again, room: "live/42".into(), rooms: 1 }]
+    );
+    assert_eq!(h.rooms(), ["live/42"]);
+    // Answered: a second ROOM_OK for it is not expected any more.
+    h.feed(&[room_ok(again, 1)], 1_200);
+    assert_eq!(h.closed_reason().0, CloseReason::ProtocolViolation(Code::UNEXPECTED_FRAME));
+}
+
+#[test]
+fn leave_is_answered_with_room_ok_and_forgotten() {
+    let mut h = Harness::established();
+    h.joined(&["a", "b"], 10);
+    assert_eq!(h.rooms(), ["a", "b"]);
+    let id = h.s.leave("a").unwrap();
+    assert_eq!(h.sent(), vec![Frame::Leave(RoomRequest { request_id: id, room: "a".into() })]);
+    assert_eq!(h.rooms(), ["a", "b"], "still a member until ROOM_OK");
+    h.feed(&[room_ok(id, 1)], 100);
+    assert_eq!(h.events(), vec![Event::RoomLeft { request_id: id, room: "a".into(), rooms: 1 }]);
+    assert_eq!(h.rooms(), ["b"]);
+    // Leaving a room not joined is answered ROOM_OK too.
+    let id = h.s.leave("never").unwrap();
+    h.feed(&[room_ok(id, 1)], 200);
+    assert_eq!(
+        h.events(),
+        vec![Event::RoomLeft { request_id: id, room: "never".into(), rooms: 1 }]
+    );
+    assert_eq!(h.rooms(), ["b"]);
+}
+
+#[test]
+fn a_refused_join_is_reported_and_the_connection_stays() {
+    for code in [
+        Code::ROOM_FORBIDDEN,
+        Code::TOO_MANY_ROOMS,
+        Code::INVALID_ROOM,
+        Code::ROOMS_FULL,
+        Code::ROOM_CHECK_FAILED,
+        Code(799),
+        Code::OVERLOADED,
+    ] {
+        let mut h = Harness::established();
+        let id = h.s.join("vip").unwrap();
+        h.sent();
+        let refused = ErrorFrame { request_id: id, fatal: false, code, message: "no".into() };
+        h.feed(&[Frame::Error(refused)], 100);
+        assert_eq!(
+            h.events(),
+            vec![Event::RoomRefused {
+                request_id: id,
+                room: "vip".into(),
+                code,
+                message: "no".into()
+            }],
+            "{code}"
+        );
+        assert_eq!(h.s.state(), State::Established, "{code}");
+        assert!(h.rooms().is_empty(), "{code}");
+        assert!(h.sent().is_empty(), "{code}");
+        // Answered: a late ROOM_OK for it is not expected any more.
+        h.feed(&[room_ok(id, 1)], 200);
+        assert_eq!(h.closed_reason().0, CloseReason::ProtocolViolation(Code::UNEXPECTED_FRAME));
+    }
+    // A refused JOIN of a room joined before forgets it; a refused LEAVE changes nothing.
+    let mut h = Harness::established();
+    h.joined(&["a", "b"], 10);
+    let join = h.s.join("a").unwrap();
+    let leave = h.s.leave("b").unwrap();
+    h.feed(&[room_error(join, Code::ROOMS_FULL), room_error(leave, Code::INTERNAL_ERROR)], 100);
+    let events = h.events();
+    assert!(
+        matches!(
+            events.as_slice(),
+            [Event::RoomRefused { room: a, .. }, Event::RoomRefused { room: b, .. }]
+                if a == "a" && b == "b"
+        ),
+        "{events:?}"
+    );
+    assert_eq!(h.rooms(), ["b"]);
+}
+
+#[test]
+fn errors_naming_room_requests_are_routed_by_code_class() {
+    let mut h = Harness::established();
+    // The application's upstream request 1, the session's refresh 1 and room request 1.
+    h.s.send_upstream(1, "chat.send", Bytes::from_static(b"x")).unwrap();
+    assert_eq!(h.s.refresh("tok-2"), Ok(1));
+    assert_eq!(h.s.join("r"), Ok(1));
+    assert_eq!(h.s.join("s"), Ok(2));
+    h.sent();
+    h.feed(
+        &[
+            // A 5xx always answers an UPSTREAM, even when a room request has its id.
+            room_error(1, Code::UPSTREAM_TIMEOUT),
+            // A 2xx refuses the refresh first.
+            room_error(1, Code::TOKEN_EXPIRED),
+            room_error(1, Code::ROOM_FORBIDDEN),
+            // A 7xx naming no room request awaiting an answer: about an upstream request.
+            room_error(9, Code::ROOM_FORBIDDEN),
+            // Another class naming a room request refuses it.
+            room_error(2, Code::CLAIM_MISMATCH),
+        ],
+        100,
+    );
+    let m = || "m".to_owned();
+    assert_eq!(
+        h.events(),
+        vec![
+            Event::UpstreamError { request_id: 1, code: Code::UPSTREAM_TIMEOUT, message: m() },
+            Event::RefreshFailed { request_id: 1, code: Code::TOKEN_EXPIRED, message: m() },
+            Event::RoomRefused {
+                request_id: 1,
+                room: "r".into(),
+                code: Code::ROOM_FORBIDDEN,
+                message: m()
+            },
+            Event::UpstreamError { request_id: 9, code: Code::ROOM_FORBIDDEN, message: m() },
+            Event::RoomRefused {
+                request_id: 2,
+                room: "s".into(),
+                code: Code::CLAIM_MISMATCH,
+                message: m()
+            },
+        ]
+    );
+    assert_eq!(h.s.state(), State::Established);
+}
+
+#[test]
+fn unsolicited_room_ok_is_a_violation() {
+    let mut h = Harness::established();
+    h.feed(&[room_ok(5, 1)], 100);
+    match h.sent().as_slice() {
+        [Frame::Error(e)] => assert_eq!((e.code, e.fatal), (Code::UNEXPECTED_FRAME, true)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.closed_reason().0, CloseReason::ProtocolViolation(Code::UNEXPECTED_FRAME));
+    // Nor before AUTH_OK, nor a JOIN or LEAVE from the server.
+    let mut h = Harness::new(config());
+    h.s.connect(h.at(0));
+    h.sent();
+    h.feed(&[room_ok(1, 1)], 1);
+    assert_eq!(h.closed_reason().0, CloseReason::ProtocolViolation(Code::UNEXPECTED_FRAME));
+    for frame in [join_frame(1, "x"), Frame::Leave(RoomRequest { request_id: 1, room: "x".into() })]
+    {
+        let mut h = Harness::established();
+        h.feed(&[frame], 1);
+        assert_eq!(h.closed_reason().0, CloseReason::ProtocolViolation(Code::UNEXPECTED_FRAME));
+    }
+}
+
+#[test]
+fn room_request_refusals_queue_nothing() {
+    let mut h = Harness::new(config());
+    assert_eq!(h.s.join("a"), Err(SendError::NotEstablished(State::Idle)));
+    h.s.connect(h.at(0));
+    h.sent();
+    assert_eq!(h.s.join("a"), Err(SendError::NotEstablished(State::AwaitAuth)));
+    assert_eq!(h.s.leave("a"), Err(SendError::NotEstablished(State::AwaitAuth)));
+
+    let mut h = Harness::established();
+    assert_eq!(h.s.join(""), Err(SendError::RoomName(0)));
+    assert_eq!(h.s.leave(&"r".repeat(256)), Err(SendError::RoomName(256)));
+    assert_eq!(h.s.join(&"é".repeat(128)), Err(SendError::RoomName(256)), "bytes, not chars");
+    assert!(h.sent().is_empty());
+    let longest = "r".repeat(255);
+    let id = h.s.join(&longest).unwrap();
+    assert_eq!(h.sent(), vec![join_frame(id, &longest)]);
+
+    // At most MAX_ROOM_REQUESTS_IN_FLIGHT await their answer, joins and leaves together.
+    let mut h = Harness::established();
+    for n in 0..MAX_ROOM_REQUESTS_IN_FLIGHT {
+        let room = format!("r{n}");
+        if n % 2 == 0 { h.s.join(&room) } else { h.s.leave(&room) }.unwrap();
+    }
+    assert_eq!(h.sent().len(), MAX_ROOM_REQUESTS_IN_FLIGHT);
+    assert_eq!(h.s.join("one-more"), Err(SendError::TooManyRoomRequests));
+    assert_eq!(h.s.leave("one-more"), Err(SendError::TooManyRoomRequests));
+    assert!(h.sent().is_empty());
+    // An answer makes room for one more.
+    h.feed(&[room_ok(1, 1)], 10);
+    assert!(h.s.join("one-more").is_ok());
+
+    // Header 10 + str8 1 + room: a 54-byte name is one byte over a 64-byte limit.
+    let mut h = Harness::established_with(config(), AuthOk { max_frame: 64, ..auth_ok() });
+    assert_eq!(h.s.join(&"r".repeat(54)), Err(SendError::FrameTooLarge { size: 65, max: 64 }));
+    assert!(h.sent().is_empty());
+    assert!(h.s.join(&"r".repeat(53)).is_ok());
+}
+
+#[test]
+fn room_ids_skip_zero_and_ids_awaiting_an_answer_when_they_wrap() {
+    let mut h = Harness::established();
+    assert_eq!(h.s.join("a"), Ok(1));
+    h.s.rooms.next_id = u32::MAX;
+    assert_eq!(h.s.join("b"), Ok(u32::MAX));
+    assert_eq!(h.s.join("c"), Ok(2), "0 is skipped, 1 still awaits its answer");
+}
+
+#[test]
+fn rooms_are_rejoined_after_a_reconnect() {
+    let mut h = Harness::established();
+    h.joined(&["a", "b"], 10);
+    // A join and a leave still awaiting their answer when the connection dies: answered by
+    // nothing. "c" was never joined; "b" was, and stays remembered.
+    let pending_join = h.s.join("c").unwrap();
+    h.s.leave("b").unwrap();
+    h.sent();
+    h.s.transport_closed(h.at(100));
+    h.events();
+    assert_eq!(h.rooms(), ["a", "b"]);
+
+    h.s.connect(h.at(1_000));
+    assert!(matches!(h.sent().as_slice(), [Frame::Hello(_)]), "nothing before AUTH_OK");
+    h.feed(&[Frame::AuthOk(auth_ok())], 1_050);
+    let sent = h.sent();
+    let ids: Vec<u32> = sent
+        .iter()
+        .map(|f| match f {
+            Frame::Join(r) => r.request_id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(sent, vec![join_frame(ids[0], "a"), join_frame(ids[1], "b")]);
+    assert!(ids.iter().all(|id| *id > pending_join), "ids go on, never reused: {ids:?}");
+    assert!(matches!(h.events().as_slice(), [Event::Authenticated(_)]));
+
+    // Rejoins are answered like joins; a refused rejoin forgets its room.
+    h.feed(&[room_ok(ids[0], 1), room_error(ids[1], Code::ROOM_FORBIDDEN)], 1_100);
+    assert_eq!(
+        h.events(),
+        vec![
+            Event::RoomJoined { request_id: ids[0], room: "a".into(), rooms: 1 },
+            Event::RoomRefused {
+                request_id: ids[1],
+                room: "b".into(),
+                code: Code::ROOM_FORBIDDEN,
+                message: "m".into()
+            },
+        ]
+    );
+    assert_eq!(h.rooms(), ["a"]);
+    // A ROOM_OK for a request of the previous connection is not expected here.
+    h.feed(&[room_ok(pending_join, 2)], 1_200);
+    assert_eq!(h.closed_reason().0, CloseReason::ProtocolViolation(Code::UNEXPECTED_FRAME));
+}
+
+#[test]
+fn without_rejoin_rooms_the_application_rejoins() {
+    let config = Config { rejoin_rooms: false, ..config() };
+    assert!(Config::default().rejoin_rooms, "rejoining is the default");
+    let mut h = Harness::established_with(config, auth_ok());
+    h.joined(&["a"], 10);
+    h.s.transport_closed(h.at(100));
+    h.s.connect(h.at(1_000));
+    h.sent();
+    h.feed(&[Frame::AuthOk(auth_ok())], 1_050);
+    assert!(h.sent().is_empty(), "no JOIN");
+    assert_eq!(h.rooms(), ["a"], "still remembered for the application");
+}
+
+#[test]
+fn rooms_are_rejoined_on_the_new_connection_of_a_move_before_the_old_one_retires() {
+    let mut h = Harness::established();
+    h.joined(&["a", "b"], 10);
+    h.feed(&[overlap_redirect()], 100);
+    // A join awaiting its answer when the move starts is answered on the old connection,
+    // and ignored there.
+    let on_old = h.s.join("c").unwrap();
+    h.sent();
+    h.events();
+    h.s.connect(h.at(200));
+    assert!(matches!(h.sent().as_slice(), [Frame::Hello(_)]));
+    h.feed_retiring(&[room_ok(on_old, 3), room_error(on_old, Code::INTERNAL_ERROR)], 210);
+    h.feed_retiring(&[room_error(77, Code::ROOMS_FULL)], 220);
+    assert!(h.events().is_empty(), "room answers on the old connection are ignored");
+    assert!(h.s.has_retiring());
+
+    h.feed(&[Frame::AuthOk(auth_ok())], 300);
+    let sent = h.sent();
+    let [Frame::Join(a), Frame::Join(b)] = sent.as_slice() else { panic!("{sent:?}") };
+    assert_eq!((a.room.as_str(), b.room.as_str()), ("a", "b"));
+    assert!(matches!(h.events().as_slice(), [Event::Authenticated(_)]));
+    // The linger has passed, but a rejoin still awaits its answer: the old connection stays.
+    h.feed(&[room_ok(a.request_id, 1)], 400);
+    h.tick(300 + 1_000);
+    let events = h.events();
+    assert_eq!(
+        events,
+        vec![Event::RoomJoined { request_id: a.request_id, room: "a".into(), rooms: 1 }]
+    );
+    assert!(h.s.poll_timeout().is_some_and(|t| t > h.at(1_300)), "no busy loop while held");
+    // The last answer retires it at once.
+    h.feed(&[room_error(b.request_id, Code::ROOM_CHECK_FAILED)], 1_500);
+    let events = h.events();
+    assert!(matches!(events.as_slice(), [Event::RoomRefused { .. }, Event::Retired]), "{events:?}");
+    assert_eq!(h.rooms(), ["a"]);
+    h.s.retiring_closed();
+    assert_eq!(h.s.state(), State::Established);
+}
+
+#[test]
+fn answered_rejoins_before_the_linger_leave_the_linger_in_charge() {
+    let mut h = Harness::established();
+    h.joined(&["a"], 10);
+    h.feed(&[overlap_redirect()], 100);
+    h.events();
+    h.s.connect(h.at(200));
+    h.sent();
+    h.feed(&[Frame::AuthOk(auth_ok())], 300);
+    let sent = h.sent();
+    let [Frame::Join(a)] = sent.as_slice() else { panic!("{sent:?}") };
+    h.feed(&[room_ok(a.request_id, 1)], 350);
+    assert_eq!(h.events().len(), 2, "Authenticated, RoomJoined");
+    h.tick(300 + 999);
+    assert!(h.events().is_empty());
+    h.tick(300 + 1_000);
+    assert_eq!(h.events(), vec![Event::Retired]);
+
+    // The new connection dying with rejoins unanswered lets the old one go at the linger.
+    let mut h = Harness::established();
+    h.joined(&["a"], 10);
+    h.feed(&[overlap_redirect()], 100);
+    h.s.connect(h.at(200));
+    h.feed(&[Frame::AuthOk(auth_ok())], 300);
+    h.events();
+    h.s.transport_closed(h.at(400));
+    h.events();
+    h.tick(300 + 1_000);
+    assert_eq!(h.events(), vec![Event::Retired]);
+    assert_eq!(h.rooms(), ["a"], "remembered for the next connection");
 }

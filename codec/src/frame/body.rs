@@ -9,7 +9,7 @@ use super::head::{FLAG_ACK_REQUIRED, FLAG_FATAL, FLAG_OVERLAP};
 use super::wire::{Reader, STR8_MAX, STR16_MAX, check_len, invalid, put_str8, put_str16};
 use super::{
     Ack, AuthFail, AuthOk, ErrorFrame, FrameType, Hello, Kick, Ping, Platform, Push, Redirect,
-    Refresh, RefreshOk, Upstream, UpstreamReply,
+    Refresh, RefreshOk, RoomOk, RoomRequest, Upstream, UpstreamReply,
 };
 use crate::Code;
 use crate::error::{DecodeError, EncodeError};
@@ -25,6 +25,8 @@ pub const MIN_MAX_FRAME: u32 = 1024;
 pub const MAX_ACK_IDS: usize = 1024;
 /// "`addresses`: `u8` count `n` (0–16)".
 pub const MAX_ADDRESSES: usize = 16;
+/// "`room`: `str8` ... 1–255 bytes" (`JOIN` and `LEAVE`).
+pub const MAX_ROOM: usize = 255;
 
 impl Hello {
     pub(crate) fn check(&self) -> Result<usize, EncodeError> {
@@ -392,5 +394,50 @@ impl RefreshOk {
         let token_expires_ms = r.u64("token_expires_ms")?;
         r.finish()?;
         Ok(RefreshOk { request_id: id, token_expires_ms })
+    }
+}
+
+impl RoomRequest {
+    /// The body length of a `JOIN` or `LEAVE` (`frame`), after checking the request id and
+    /// the room's length.
+    pub(crate) fn check(&self, frame: FrameType) -> Result<usize, EncodeError> {
+        if self.request_id == 0 {
+            return Err(invalid(frame, "id", "request id 0"));
+        }
+        check_len(frame, "room", self.room.len(), 1, MAX_ROOM)?;
+        Ok(1 + self.room.len())
+    }
+
+    pub(crate) fn put_body<B: BufMut>(&self, dst: &mut B) {
+        put_str8(dst, &self.room);
+    }
+
+    pub(crate) fn read_body(id: u32, mut r: Reader) -> Result<RoomRequest, DecodeError> {
+        // "Request id 0 in JOIN or LEAVE is MALFORMED_FRAME", as in REFRESH: every room
+        // request is answered, by id.
+        if id == 0 {
+            return Err(r.malformed("JOIN or LEAVE with request id 0"));
+        }
+        let room = r.str8("room")?;
+        if room.is_empty() {
+            return Err(r.malformed("empty room name"));
+        }
+        r.finish()?;
+        Ok(RoomRequest { request_id: id, room })
+    }
+}
+
+impl RoomOk {
+    /// `rooms u16`.
+    pub(crate) const BODY_LEN: usize = 2;
+
+    pub(crate) fn put_body<B: BufMut>(&self, dst: &mut B) {
+        dst.put_u16(self.rooms);
+    }
+
+    pub(crate) fn read_body(id: u32, mut r: Reader) -> Result<RoomOk, DecodeError> {
+        let rooms = r.u16("rooms")?;
+        r.finish()?;
+        Ok(RoomOk { request_id: id, rooms })
     }
 }

@@ -8,7 +8,7 @@ mod wire;
 
 use bytes::{BufMut, Bytes};
 
-pub use body::{MAX_ACK_IDS, MAX_ADDRESSES, MAX_TOKEN, MAX_VERSIONS, MIN_MAX_FRAME};
+pub use body::{MAX_ACK_IDS, MAX_ADDRESSES, MAX_ROOM, MAX_TOKEN, MAX_VERSIONS, MIN_MAX_FRAME};
 pub use head::{HEADER_LEN, Head};
 
 use crate::error::{DecodeError, EncodeError};
@@ -46,11 +46,17 @@ pub enum FrameType {
     Refresh = 0x0D,
     /// Server accepted a `REFRESH`.
     RefreshOk = 0x0E,
+    /// Client request to become a member of a room.
+    Join = 0x0F,
+    /// Client request to stop being a member of a room.
+    Leave = 0x10,
+    /// Server accepted a `JOIN` or `LEAVE`.
+    RoomOk = 0x11,
 }
 
 impl FrameType {
     /// Every frame type this version defines.
-    pub const ALL: [FrameType; 14] = [
+    pub const ALL: [FrameType; 17] = [
         FrameType::Hello,
         FrameType::AuthOk,
         FrameType::AuthFail,
@@ -65,6 +71,9 @@ impl FrameType {
         FrameType::Error,
         FrameType::Refresh,
         FrameType::RefreshOk,
+        FrameType::Join,
+        FrameType::Leave,
+        FrameType::RoomOk,
     ];
 
     /// The type for a byte, or `None` if this version does not define it.
@@ -81,8 +90,8 @@ impl FrameType {
     pub fn direction(self) -> Direction {
         use FrameType::*;
         match self {
-            Hello | Ack | Upstream | Refresh => Direction::ClientToServer,
-            AuthOk | AuthFail | Push | UpstreamReply | Kick | Redirect | RefreshOk => {
+            Hello | Ack | Upstream | Refresh | Join | Leave => Direction::ClientToServer,
+            AuthOk | AuthFail | Push | UpstreamReply | Kick | Redirect | RefreshOk | RoomOk => {
                 Direction::ServerToClient
             }
             Ping | Pong | Error => Direction::Both,
@@ -325,6 +334,24 @@ pub struct RefreshOk {
     pub token_expires_ms: u64,
 }
 
+/// `JOIN` or `LEAVE`: the client asks to become, or stop being, a member of a room.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct RoomRequest {
+    /// Request id (header `id`), chosen by the client; never 0.
+    pub request_id: u32,
+    /// The room's name, 1–255 bytes.
+    pub room: String,
+}
+
+/// `ROOM_OK`: the server accepted a `JOIN` or `LEAVE`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RoomOk {
+    /// The request id answered (header `id`).
+    pub request_id: u32,
+    /// How many rooms the connection is a member of after the request.
+    pub rooms: u16,
+}
+
 /// An extension frame (type 0x80–0xFF) this version does not interpret; receivers skip it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Extension {
@@ -369,6 +396,12 @@ pub enum Frame {
     Refresh(Refresh),
     /// `REFRESH_OK`.
     RefreshOk(RefreshOk),
+    /// `JOIN`.
+    Join(RoomRequest),
+    /// `LEAVE`.
+    Leave(RoomRequest),
+    /// `ROOM_OK`.
+    RoomOk(RoomOk),
     /// An extension type this version does not interpret.
     Extension(Extension),
 }
@@ -391,6 +424,9 @@ impl Frame {
             Frame::Error(_) => FrameType::Error as u8,
             Frame::Refresh(_) => FrameType::Refresh as u8,
             Frame::RefreshOk(_) => FrameType::RefreshOk as u8,
+            Frame::Join(_) => FrameType::Join as u8,
+            Frame::Leave(_) => FrameType::Leave as u8,
+            Frame::RoomOk(_) => FrameType::RoomOk as u8,
             Frame::Extension(e) => e.kind,
         }
     }
@@ -411,6 +447,9 @@ impl Frame {
             Frame::Error(e) => (e.check()?, e.flags(), e.request_id),
             Frame::Refresh(r) => (r.check()?, 0, r.request_id),
             Frame::RefreshOk(r) => (RefreshOk::BODY_LEN, 0, r.request_id),
+            Frame::Join(r) => (r.check(FrameType::Join)?, 0, r.request_id),
+            Frame::Leave(r) => (r.check(FrameType::Leave)?, 0, r.request_id),
+            Frame::RoomOk(r) => (RoomOk::BODY_LEN, 0, r.request_id),
             Frame::Extension(e) => {
                 if !FrameType::is_extension(e.kind) {
                     return Err(EncodeError::NotExtension(e.kind));
@@ -448,6 +487,8 @@ impl Frame {
             Frame::Error(e) => e.put_body(dst),
             Frame::Refresh(r) => r.put_body(dst),
             Frame::RefreshOk(r) => r.put_body(dst),
+            Frame::Join(r) | Frame::Leave(r) => r.put_body(dst),
+            Frame::RoomOk(r) => r.put_body(dst),
             Frame::Extension(e) => dst.put_slice(&e.body),
         }
         Ok(())
@@ -485,6 +526,9 @@ impl Frame {
             FrameType::Error => Frame::Error(ErrorFrame::read_body(head.id, head.flags, r)?),
             FrameType::Refresh => Frame::Refresh(Refresh::read_body(head.id, r)?),
             FrameType::RefreshOk => Frame::RefreshOk(RefreshOk::read_body(head.id, r)?),
+            FrameType::Join => Frame::Join(RoomRequest::read_body(head.id, r)?),
+            FrameType::Leave => Frame::Leave(RoomRequest::read_body(head.id, r)?),
+            FrameType::RoomOk => Frame::RoomOk(RoomOk::read_body(head.id, r)?),
         })
     }
 }

@@ -16,6 +16,7 @@
 mod extract;
 mod presence;
 mod push;
+mod rooms;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -72,6 +73,10 @@ pub(crate) fn router(node: Arc<Node>) -> Router {
         .route("/v1/push/all", post(push::push_all))
         .route("/v1/push/batch", post(push::push_batch))
         .route("/v1/kick", post(push::kick))
+        .route("/v1/push/room", post(rooms::push))
+        .route("/v1/rooms/join", post(rooms::join))
+        .route("/v1/rooms/leave", post(rooms::leave))
+        .route("/v1/rooms", get(rooms::counts))
         .route("/v1/presence", get(presence::lookup))
         .route("/v1/admin/drain", post(drain))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&node), require_token));
@@ -154,8 +159,12 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
 
 async fn stats(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
     let m = &node.metrics;
+    let (rooms, memberships) = node.rooms.totals();
     Json(json!({
         "node_id": node.cfg.node.id,
+        "rooms": rooms,
+        "room_memberships": memberships,
+        "sticky_users": node.sticky.users(),
         "workers": node.worker_count,
         "connections": m.connections.get(),
         "established": m.connections_established.get(),

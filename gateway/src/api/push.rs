@@ -69,6 +69,17 @@ pub(super) struct Message {
 }
 
 impl Message {
+    /// The message for a push to `room`: its topic defaults to the room's name.
+    pub(super) fn build_for_room(mut self, s: &Node, room: &str) -> Result<Arc<PushMsg>, ApiError> {
+        if self.topic.is_empty() {
+            self.topic = room.to_owned();
+        }
+        if self.topic.starts_with('$') {
+            return Err(bad("topics starting with '$' are reserved"));
+        }
+        self.build(s)
+    }
+
     fn build(self, s: &Node) -> Result<Arc<PushMsg>, ApiError> {
         if self.topic.len() > 255 {
             return Err(bad("topic is longer than 255 bytes"));

@@ -20,6 +20,7 @@ use holdfast_status::batcher::SessionSource;
 use holdfast_status::{Session, UserId};
 
 use crate::fence::Fence;
+use crate::rooms::Rooms;
 
 const SHARDS: usize = 64;
 
@@ -31,16 +32,18 @@ struct Entry {
     epoch: u32,
 }
 
-/// Connection id → session, for resyncs.
+/// Connection id → session, for resyncs; with the node's rooms, whose member counts a
+/// resync sends too.
 pub(crate) struct Book {
     shards: Box<[Mutex<HashMap<u64, Entry>>]>,
     fence: Arc<Fence>,
+    rooms: Arc<Rooms>,
 }
 
 impl Book {
     /// An empty book; resyncs consult `fence`.
-    pub(crate) fn new(fence: Arc<Fence>) -> Book {
-        Book { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), fence }
+    pub(crate) fn new(fence: Arc<Fence>, rooms: Arc<Rooms>) -> Book {
+        Book { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), fence, rooms }
     }
 
     fn shard(&self, conn: u64) -> MutexGuard<'_, HashMap<u64, Entry>> {
@@ -98,6 +101,9 @@ impl SessionSource for Book {
                 (e.user.clone(), session)
             }));
         }
+        // Rooms' member counts (`holdfast_status::rooms`): a fenced gateway's redirected
+        // clients leave their rooms as they close, and the counts follow.
+        all.extend(self.rooms.shares());
         all
     }
 }
@@ -112,13 +118,22 @@ mod tests {
     fn a_resync_after_a_fence_leaves_out_the_sessions_being_redirected() {
         let fence =
             Arc::new(Fence::new(Arc::new(OnceLock::new()), crate::metrics::Metrics::new().cluster));
-        let book = Book::new(Arc::clone(&fence));
+        let m = crate::metrics::Metrics::new();
+        let rooms =
+            Arc::new(Rooms::new(1, 10, true, (m.rooms.clone(), m.room_memberships.clone())));
+        rooms.join("r").expect("join");
+        let book = Book::new(Arc::clone(&fence), rooms);
         book.insert("old".into(), 1, "d", 1, 10);
-        assert_eq!(book.snapshot().len(), 1);
+        assert_eq!(book.snapshot().len(), 2, "the session and the room's share");
         fence.raise();
         fence.lower();
         book.insert("new".into(), 2, "d", 1, 20);
-        let users: Vec<String> = book.snapshot().into_iter().map(|(u, _)| u.to_string()).collect();
+        let users: Vec<String> = book
+            .snapshot()
+            .into_iter()
+            .map(|(u, _)| u.to_string())
+            .filter(|u| !holdfast_status::rooms::is_room_key(u))
+            .collect();
         assert_eq!(users, vec!["new".to_owned()]);
         assert_eq!(book.len(), 2, "the old one stays until its connection closes");
         book.remove(1);

@@ -72,6 +72,9 @@ impl PresenceStore for Observed {
         let logins: Vec<Login> = writes
             .iter()
             .filter_map(|w| match w {
+                // A room's member count is kept as a reserved key (`holdfast_status::rooms`):
+                // not a login.
+                Write::Online { user, .. } if holdfast_status::rooms::is_room_key(user) => None,
                 Write::Online { user, conn, .. } => Some(Login { user: user.clone(), conn: *conn }),
                 Write::Offline { .. } => None,
             })

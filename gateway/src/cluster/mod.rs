@@ -133,6 +133,7 @@ impl Cluster {
         cfg: &Config,
         metrics: &Metrics,
         fence: Arc<Fence>,
+        rooms: Arc<crate::rooms::Rooms>,
     ) -> Result<Started, ClusterError> {
         let p = &cfg.presence;
         let backend = p.backend.as_str();
@@ -161,7 +162,7 @@ impl Cluster {
             Arc::clone(&store),
             (policy != crate::config::KickPolicy::None).then_some(logins_tx),
         ));
-        let book = Arc::new(Book::new(Arc::clone(&fence)));
+        let book = Arc::new(Book::new(Arc::clone(&fence), rooms));
         let batch = BatcherConfig {
             lease_ttl: Duration::from_millis(p.lease_ttl_ms),
             renew_every: Duration::from_millis(p.renew_ms),

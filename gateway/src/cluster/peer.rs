@@ -98,6 +98,46 @@ pub(crate) enum PeerRequest {
         /// The connections.
         conns: Vec<ConnId>,
     },
+    /// Push these messages (in order, one write per member) to the receiving gateway's
+    /// members of a room.
+    PushRoom {
+        /// The room.
+        room: String,
+        /// The messages.
+        msgs: Vec<WireMsg>,
+    },
+    /// Put these users' connections and these connections of the receiving gateway in a
+    /// room; with `sticky`, keep the room for the users' later logins there.
+    RoomJoin {
+        /// The room.
+        room: String,
+        /// Users.
+        #[serde(default)]
+        users: Vec<String>,
+        /// Connections.
+        #[serde(default)]
+        conns: Vec<ConnId>,
+        /// Keep the room for the users' later logins.
+        #[serde(default)]
+        sticky: bool,
+    },
+    /// Take these users' connections and these connections out of a room (and forget the
+    /// users' sticky membership).
+    RoomLeave {
+        /// The room.
+        room: String,
+        /// Users.
+        #[serde(default)]
+        users: Vec<String>,
+        /// Connections.
+        #[serde(default)]
+        conns: Vec<ConnId>,
+    },
+    /// The receiving gateway's members of a room: connections, and their users as hashes.
+    RoomUsers {
+        /// The room.
+        room: String,
+    },
 }
 
 /// What a gateway answers.
@@ -110,6 +150,15 @@ pub(crate) enum PeerAnswer {
     All(AllAnswer),
     /// For `kick`.
     Kick(KickAnswer),
+    /// For `push_room`.
+    Room(AllAnswer),
+    /// For `room_join` and `room_leave`.
+    Members(crate::rooms::ops::Members),
+    /// For `room_users`.
+    RoomUsers {
+        /// `rooms::user_hash` of each member's user (duplicates included).
+        users: Vec<u64>,
+    },
     /// For `displace`: how many were handed to their event loop.
     Displaced {
         /// The count.

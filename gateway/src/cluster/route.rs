@@ -14,6 +14,7 @@ use std::sync::Arc;
 use base64::Engine;
 use futures_util::future::join_all;
 use holdfast_codec::Code;
+use holdfast_status::rooms::is_room_key;
 use holdfast_status::{Session, StoreError, UserId};
 use serde_json::json;
 
@@ -25,9 +26,10 @@ use crate::ids::ConnId;
 use crate::node::Node;
 
 /// The `failed.reason` when the presence store could not be asked.
-const PRESENCE_UNAVAILABLE: &str = "presence_unavailable";
+pub(crate) const PRESENCE_UNAVAILABLE: &str = "presence_unavailable";
 
-fn wire(msg: &PushMsg) -> WireMsg {
+/// A message as it travels to another gateway.
+pub(crate) fn wire(msg: &PushMsg) -> WireMsg {
     WireMsg {
         message_id: msg.message_id,
         topic: msg.topic.clone(),
@@ -38,15 +40,34 @@ fn wire(msg: &PushMsg) -> WireMsg {
 
 impl Cluster {
     /// Look users up, within `presence.call_timeout_ms`.
+    /// A name that is a room's reserved key (`holdfast_status::rooms`; no token's `sub`
+    /// can be one) is answered offline, never looked up.
     pub(crate) async fn lookup(&self, users: Vec<UserId>) -> Result<Vec<Vec<Session>>, StoreError> {
         let limit = self.call_timeout;
+        if users.iter().any(|u| is_room_key(u)) {
+            let asked: Vec<UserId> = users.iter().filter(|u| !is_room_key(u)).cloned().collect();
+            let mut found = tokio::time::timeout(limit, self.store.lookup(asked))
+                .await
+                .unwrap_or(Err(StoreError::Timeout(limit)))?
+                .into_iter();
+            return Ok(users
+                .iter()
+                .map(|u| if is_room_key(u) { Vec::new() } else { found.next().unwrap_or_default() })
+                .collect());
+        }
         tokio::time::timeout(limit, self.store.lookup(users))
             .await
             .unwrap_or(Err(StoreError::Timeout(limit)))
     }
 }
 
-fn failed(user: Option<Arc<str>>, conn: Option<ConnId>, gateway: u16, reason: &str) -> Failed {
+/// A failure entry of an answer.
+pub(crate) fn failed(
+    user: Option<Arc<str>>,
+    conn: Option<ConnId>,
+    gateway: u16,
+    reason: &str,
+) -> Failed {
     Failed { user, conn_id: conn, gateway, reason: reason.to_owned() }
 }
 

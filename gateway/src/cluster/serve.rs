@@ -21,6 +21,7 @@ use super::peer::{
 use crate::deliver;
 use crate::driver::{Internal, PushMsg};
 use crate::node::Node;
+use crate::rooms::{check_name, ops};
 
 /// Accept peers on `listener` until the runtime stops.
 pub(crate) async fn serve(node: Arc<Node>, listener: TcpListener, secret: Arc<[u8]>) {
@@ -108,7 +109,7 @@ async fn connection(node: Arc<Node>, mut stream: TcpStream, secret: &[u8]) -> st
 }
 
 /// Turn a forwarded message back into the loops' form.
-fn push_msg(msg: WireMsg) -> Result<Arc<PushMsg>, String> {
+pub(crate) fn push_msg(msg: WireMsg) -> Result<Arc<PushMsg>, String> {
     let payload = base64::engine::general_purpose::STANDARD
         .decode(msg.payload.as_bytes())
         .map_err(|e| format!("payload: {e}"))?;
@@ -145,6 +146,34 @@ async fn handle(node: &Node, req: PeerRequest) -> PeerAnswer {
             }
             deliver::kick_here(node, conns, Code(code), &reason).map_or_else(busy, PeerAnswer::Kick)
         }
+        PeerRequest::PushRoom { room, msgs } => {
+            let msgs: Result<Vec<_>, String> = msgs.into_iter().map(push_msg).collect();
+            match msgs {
+                Ok(msgs) => {
+                    let room: Arc<str> = Arc::from(room);
+                    deliver::to_room_here(node, &room, &Arc::from(msgs))
+                        .await
+                        .map_or_else(busy, PeerAnswer::Room)
+                }
+                Err(error) => PeerAnswer::Error { error },
+            }
+        }
+        PeerRequest::RoomJoin { room, users, conns, sticky } => {
+            if let Err(error) = check_name(&room, node.cfg.rooms.name_max) {
+                return PeerAnswer::Error { error };
+            }
+            ops::join_here(node, &Arc::from(room), &users, conns, sticky)
+                .await
+                .map_or_else(busy, PeerAnswer::Members)
+        }
+        PeerRequest::RoomLeave { room, users, conns } => {
+            ops::leave_here(node, &Arc::from(room), &users, conns)
+                .await
+                .map_or_else(busy, PeerAnswer::Members)
+        }
+        PeerRequest::RoomUsers { room } => ops::users_here(node, &Arc::from(room))
+            .await
+            .map_or_else(busy, |users| PeerAnswer::RoomUsers { users }),
         PeerRequest::Displace { conns } => {
             let mut handed = 0;
             for id in conns {

@@ -23,6 +23,7 @@ pub(super) const OPTIONAL_FIELDS: &[(&str, &str)] = &[
     ("tls", "addr"),
     ("tls", "cert"),
     ("tls", "key"),
+    ("rooms", "join_webhook_url"),
 ];
 
 impl Config {

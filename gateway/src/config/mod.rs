@@ -99,6 +99,8 @@ pub struct Config {
     pub admission: AdmissionConfig,
     /// `[quic]`: the QUIC listener (off by default).
     pub quic: QuicConfig,
+    /// `[rooms]`: group membership and push to a room.
+    pub rooms: RoomsConfig,
 }
 
 /// Why the configuration could not be loaded or is unusable.

@@ -97,6 +97,39 @@ impl Config {
             "must be > 0 with a per-source limit".to_owned(),
         );
 
+        let r = &self.rooms;
+        check(
+            (1..=255).contains(&r.name_max),
+            "rooms.name_max",
+            format!("{} is not within 1 to 255", r.name_max),
+        );
+        check(
+            (1..=u16::MAX as usize).contains(&r.max_per_conn),
+            "rooms.max_per_conn",
+            format!("{} is not within 1 to 65535", r.max_per_conn),
+        );
+        check(
+            r.push_rate == 0 || r.push_burst > 0,
+            "rooms.push_burst",
+            "must be > 0 with a push rate".to_owned(),
+        );
+        check(r.hold_max > 0, "rooms.hold_max", "must be > 0".to_owned());
+        check(
+            r.count_interval_ms == 0 || r.count_interval_ms >= 1_000,
+            "rooms.count_interval_ms",
+            format!("{} is below 1000 (0 turns it off)", r.count_interval_ms),
+        );
+        check(
+            (1..=10_000).contains(&r.share_flush_ms),
+            "rooms.share_flush_ms",
+            format!("{} is not within 1 to 10000", r.share_flush_ms),
+        );
+        check(
+            r.join_webhook_timeout_ms > 0,
+            "rooms.join_webhook_timeout_ms",
+            "must be > 0".to_owned(),
+        );
+
         let d = &self.drain;
         check(
             d.window_ms <= 86_400_000,
@@ -246,6 +279,9 @@ impl Config {
         );
 
         let ev = &self.events;
+        if let Some(url) = &self.rooms.join_webhook_url {
+            check(is_http_url(url), "rooms.join_webhook_url", bad_url(url));
+        }
         if let Some(url) = &ev.webhook_url {
             check(is_http_url(url), "events.webhook_url", bad_url(url));
         }

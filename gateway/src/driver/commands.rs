@@ -49,6 +49,8 @@ pub enum Targets {
     Conns(Vec<ConnId>),
     /// Every authenticated connection of the loop, delivered in chunks.
     All,
+    /// The loop's members of this room, delivered in chunks.
+    Room(Arc<str>),
 }
 
 /// What one event loop did with a push.
@@ -72,6 +74,42 @@ pub enum Command {
         targets: Targets,
         /// Where the report goes.
         reply: oneshot::Sender<PushReport>,
+    },
+    /// Write several pushes, in order, to each target, as one write per connection (a
+    /// room's held pushes, `rooms::rate`); report on `reply`.
+    PushMany {
+        /// The messages, in order.
+        msgs: Arc<[Arc<PushMsg>]>,
+        /// Its targets on this loop.
+        targets: Targets,
+        /// Where the report goes.
+        reply: oneshot::Sender<PushReport>,
+    },
+    /// Put connections of this loop in a room (server-side membership).
+    Join {
+        /// The room (a valid name).
+        room: Arc<str>,
+        /// The connections.
+        conns: Vec<ConnId>,
+        /// Each connection, with `None` if it is in the room now, or why not.
+        reply: oneshot::Sender<Vec<(ConnId, Option<String>)>>,
+    },
+    /// Take connections of this loop out of a room.
+    Leave {
+        /// The room.
+        room: Arc<str>,
+        /// The connections.
+        conns: Vec<ConnId>,
+        /// The connections that were in it.
+        reply: oneshot::Sender<Vec<ConnId>>,
+    },
+    /// The users of this loop's members of a room, as `rooms::user_hash`es (for distinct
+    /// user counts).
+    RoomUsers {
+        /// The room.
+        room: Arc<str>,
+        /// The hashes, one per member (duplicates included).
+        reply: oneshot::Sender<Vec<u64>>,
     },
     /// Send `KICK` with `code` to a connection and close it.
     Kick {
@@ -150,11 +188,26 @@ pub enum Internal<T> {
     Upstream(UpstreamResult),
     /// Another loop's (or another gateway's) login displaced this connection: `KICK` 301 it.
     Displaced(ConnId),
+    /// The join webhook's verdict on a `JOIN`.
+    RoomVerdict(RoomVerdict),
     /// Redirect some or all established connections.
     Redirect(Sweep),
     /// Close every connection (authenticated ones with `REDIRECT` `SERVER_SHUTDOWN`), let
     /// them flush, and stop.
     Shutdown,
+}
+
+/// The join webhook's verdict on a connection's `JOIN` request.
+#[derive(Debug)]
+pub struct RoomVerdict {
+    /// The connection.
+    pub conn: ConnId,
+    /// Its request id.
+    pub request_id: u32,
+    /// The room.
+    pub room: String,
+    /// Allowed, refused (`ROOM_FORBIDDEN`), or the webhook failed (`ROOM_CHECK_FAILED`).
+    pub verdict: Result<bool, String>,
 }
 
 /// Why a command was not queued.

@@ -17,6 +17,8 @@
 //! - [`worker`]: one event loop (mio): readiness, fair turns, timers, commands, broadcasts;
 //!   it carries out what sessions decide and does the node's bookkeeping for them.
 //! - [`commands`]: the loops' queues (a bounded control queue for the API, an internal one).
+//! - `rooms.rs`: one loop's room memberships (room → its members here, connection → its
+//!   rooms, the token's `rooms` claim), read by pushes to a room without a lock.
 //! - `conn.rs`: the compact per-connection record; `slots.rs`: the slot table with per-slot
 //!   generations; [`wheel`]: the timing wheel of per-connection deadlines.
 //! - [`supervise`]: what happens when a loop fails (the process aborts).
@@ -32,6 +34,7 @@ mod feed;
 pub mod proxy;
 pub mod quic;
 mod record;
+mod rooms;
 mod slots;
 mod stream;
 pub mod supervise;
@@ -41,7 +44,8 @@ pub mod wheel;
 pub(crate) mod worker;
 
 pub use commands::{
-    Command, Internal, PushMsg, PushReport, SendError, Sweep, SweepReason, Targets, WorkerHandle,
+    Command, Internal, PushMsg, PushReport, RoomVerdict, SendError, Sweep, SweepReason, Targets,
+    WorkerHandle,
 };
 pub use transport::Transport;
 

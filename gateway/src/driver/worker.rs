@@ -46,12 +46,13 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::Stream;
 use super::commands::{
-    Admit, COMMAND_BUDGET, Command, Internal, PushMsg, PushReport, Queues, Sweep, SweepReason,
-    Targets,
+    Admit, COMMAND_BUDGET, Command, Internal, PushMsg, PushReport, Queues, RoomVerdict, Sweep,
+    SweepReason, Targets,
 };
 use super::conn::{Carrier, Conn};
 use super::feed::Feed;
 use super::proxy::ProxyRefusal;
+use super::rooms::Index;
 use super::slots::Slots;
 use super::tls::TlsFailure;
 use super::transport::write_some;
@@ -60,6 +61,7 @@ use crate::events::{Event as NodeEvent, UnackedPush};
 use crate::ids::ConnId;
 use crate::metrics::Refusal;
 use crate::node::Node;
+use crate::rooms::{Refused, allowed, check_name, user_hash};
 use crate::session::{
     Close, CloseReason, Closed, Ctx, Event, Input, Limits, Now, Phase, PushFailure, Session, Stats,
 };
@@ -94,11 +96,15 @@ struct Resume {
     read_closed: bool,
 }
 
-/// A push to every connection of the loop, delivered a chunk per turn.
+/// A push to every connection of the loop, or to a large room's members here, delivered
+/// a chunk per turn.
 struct Broadcast {
-    msg: Arc<PushMsg>,
-    template: Vec<u8>,
-    /// The next slot to visit.
+    msgs: Arc<[Arc<PushMsg>]>,
+    templates: Vec<Vec<u8>>,
+    /// `None`: every slot; else these connections (a room's members when the push was
+    /// taken; a slot reused since fails the generation check).
+    targets: Option<Vec<ConnId>>,
+    /// The next slot (or target) to visit.
     cursor: usize,
     report: PushReport,
     reply: tokio::sync::oneshot::Sender<PushReport>,
@@ -148,6 +154,10 @@ pub(crate) struct Worker<T: Carrier> {
     sweeps: VecDeque<ActiveSweep>,
     /// Set once shutdown began: stop at this monotonic ms, or when every connection is gone.
     stopping: Option<u64>,
+    /// Room memberships of this loop's connections.
+    rooms: Index,
+    /// Reused buffer for several pushes written to one connection at once.
+    scratch: Vec<u8>,
 }
 
 impl Worker<Stream> {
@@ -206,6 +216,8 @@ impl<T: Carrier> Worker<T> {
             fired: Vec::new(),
             sweeps: VecDeque::new(),
             stopping: None,
+            rooms: Index::default(),
+            scratch: Vec::new(),
             feed: None,
             limits,
             node,
@@ -584,8 +596,122 @@ impl<T: Carrier> Worker<T> {
             Event::Hello(hello) => self.authenticate(key, *hello),
             Event::Upstream(up) => self.forward_upstream(key, up),
             Event::Refresh { request_id, token } => self.refresh(key, request_id, &token),
+            Event::Join { request_id, room } => self.on_join(key, request_id, room),
+            Event::Leave { request_id, room } => {
+                let rooms = self.leave_room(key, &room);
+                self.node.metrics.room_leaves.inc();
+                self.with(key, |c, ctx| c.session.room_done(ctx, request_id, Ok(rooms)));
+            }
             Event::Closed(closed) => self.depart(key, closed),
         }
+    }
+
+    // ----- rooms ------------------------------------------------------------------------
+
+    /// A client's `JOIN`: allowed by its token's `rooms` claim, or else asked of the join
+    /// webhook (the answer comes back as [`Internal::RoomVerdict`]), or refused.
+    fn on_join(&mut self, key: usize, request_id: u32, room: String) {
+        let node = Arc::clone(&self.node);
+        let verdict = if let Err(why) = check_name(&room, node.cfg.rooms.name_max) {
+            Err(Refused::new(Code::INVALID_ROOM, why))
+        } else if allowed(self.rooms.claims(key as u32), &room) {
+            self.join_room(key, &room)
+        } else if let Some(hook) = &node.join_hook {
+            let id = self.conn_id(key);
+            let Some(conn) = self.conns.get(key) else { return };
+            let user = conn.user.clone().unwrap_or_else(|| Arc::from(""));
+            let device = conn.transport.device().cloned();
+            if hook.ask(id, request_id, user, device, room) {
+                return;
+            }
+            Err(Refused::new(Code::ROOM_CHECK_FAILED, "too many room checks in flight"))
+        } else {
+            Err(Refused::new(Code::ROOM_FORBIDDEN, "the token does not allow this room"))
+        };
+        self.answer_join(key, request_id, verdict);
+    }
+
+    /// Answer a `JOIN` and count the outcome.
+    fn answer_join(&mut self, key: usize, request_id: u32, verdict: Result<u16, Refused>) {
+        self.node.metrics.room_join(verdict.as_ref().err().map(|r| r.code)).inc();
+        let verdict = verdict.map_err(|r| (r.code, r.message));
+        self.with(key, |c, ctx| c.session.room_done(ctx, request_id, verdict));
+    }
+
+    fn on_room_verdict(&mut self, v: RoomVerdict) {
+        let Some(key) = self.find(v.conn) else { return };
+        if !self.conns.get(key).is_some_and(|c| c.session.is_established()) {
+            return;
+        }
+        let verdict = match v.verdict {
+            Ok(true) => self.join_room(key, &v.room),
+            Ok(false) => Err(Refused::new(Code::ROOM_FORBIDDEN, "the join webhook refused")),
+            Err(why) => Err(Refused::new(Code::ROOM_CHECK_FAILED, why)),
+        };
+        self.answer_join(key, v.request_id, verdict);
+        self.settle(key);
+    }
+
+    /// Put connection `key` in `room` (already checked and allowed): how many rooms it is
+    /// in now, or why not (its own limit, the node's).
+    fn join_room(&mut self, key: usize, room: &str) -> Result<u16, Refused> {
+        let slot = key as u32;
+        let node = &self.node;
+        if let Some(no) = node.rooms.find(room)
+            && self.rooms.contains(slot, no)
+        {
+            return Ok(self.rooms.rooms_of(slot) as u16);
+        }
+        let max = node.cfg.rooms.max_per_conn;
+        if self.rooms.rooms_of(slot) >= max {
+            return Err(Refused::new(
+                Code::TOO_MANY_ROOMS,
+                format!("the connection is in its maximum of {max} rooms"),
+            ));
+        }
+        let no = node.rooms.join(room)?;
+        if !self.rooms.insert(slot, no) {
+            node.rooms.leave(no);
+        }
+        Ok(self.rooms.rooms_of(slot) as u16)
+    }
+
+    /// Take connection `key` out of `room` (nothing if it was not in it): how many rooms it
+    /// is in now.
+    fn leave_room(&mut self, key: usize, room: &str) -> u16 {
+        let slot = key as u32;
+        if let Some(no) = self.node.rooms.find(room)
+            && self.rooms.remove(slot, no)
+        {
+            self.node.rooms.leave(no);
+        }
+        self.rooms.rooms_of(slot) as u16
+    }
+
+    /// Server-side joins of this loop's connections.
+    fn join_conns(&mut self, room: &str, conns: Vec<ConnId>) -> Vec<(ConnId, Option<String>)> {
+        let mut out = Vec::with_capacity(conns.len());
+        for id in conns {
+            let established = self
+                .find(id)
+                .filter(|&k| self.conns.get(k).is_some_and(|c| c.session.is_established()));
+            let result = match established {
+                None => Some("closed".to_owned()),
+                Some(key) => match self.join_room(key, room) {
+                    Ok(_) => None,
+                    Err(r) => Some(r.code.name().unwrap_or("refused").to_ascii_lowercase()),
+                },
+            };
+            self.node.metrics.room_join(None).inc();
+            out.push((id, result));
+        }
+        out
+    }
+
+    /// The members of `room` here, as connection ids (a snapshot).
+    fn room_targets(&self, room: &str) -> Vec<ConnId> {
+        let Some(no) = self.node.rooms.find(room) else { return Vec::new() };
+        self.rooms.members(no).map(|slot| self.conn_id(slot as usize)).collect()
     }
 
     /// Verify a `HELLO`'s token, register the login and answer it.
@@ -664,6 +790,16 @@ impl<T: Carrier> Worker<T> {
         m.handshakes_ok.inc();
         m.connections_established.inc();
         node.handshake_ended();
+        if !claims.rooms.is_empty() {
+            self.rooms.set_claims(key as u32, &claims.rooms);
+        }
+        if !node.sticky.is_empty() {
+            for room in node.sticky.of(&registered.user) {
+                if let Err(r) = self.join_room(key, &room) {
+                    tracing::debug!(room = %room, code = %r.code, "sticky room not joined");
+                }
+            }
+        }
         node.presence.online(
             &registered.user,
             id,
@@ -701,12 +837,17 @@ impl<T: Carrier> Worker<T> {
             .map_err(|f| (f.code(), f.reason()))
             .and_then(|c| {
                 if user.as_deref() == Some(c.sub.as_str()) {
-                    Ok(c.exp.saturating_add(verifier.leeway_secs()))
+                    Ok((c.exp.saturating_add(verifier.leeway_secs()), c.rooms))
                 } else {
                     Err((Code::CLAIM_MISMATCH, "the new token is for another user".to_owned()))
                 }
             });
         node.metrics.token_refresh(verdict.is_ok()).inc();
+        let verdict = verdict.map(|(exp, rooms)| {
+            // The new token's `rooms` claim governs later joins; joined rooms stay.
+            self.rooms.set_claims(key as u32, &rooms);
+            exp
+        });
         self.with(key, |c, ctx| c.session.refresh_done(ctx, request_id, verdict));
     }
 
@@ -755,6 +896,9 @@ impl<T: Carrier> Worker<T> {
         m.connections_established.dec();
         if closed.moving {
             m.connections_moving.dec();
+        }
+        for no in self.rooms.remove_conn(key as u32) {
+            node.rooms.leave(no);
         }
         let Some(conn) = self.conns.get(key) else { return };
         let Some(user) = conn.user.clone() else { return };
@@ -838,6 +982,7 @@ impl<T: Carrier> Worker<T> {
             },
             Internal::Upstream(result) => self.on_upstream_result(result),
             Internal::Displaced(id) => self.displace(id),
+            Internal::RoomVerdict(v) => self.on_room_verdict(v),
             Internal::Redirect(mut sweep) => {
                 if sweep.count.is_none() && sweep.over_ms > 0 {
                     // Paced over time: by the connections held now (an upper bound on the
@@ -857,14 +1002,39 @@ impl<T: Carrier> Worker<T> {
 
     fn on_command(&mut self, cmd: Command) {
         match cmd {
-            Command::Push { msg, targets, reply } => match targets {
-                Targets::Conns(ids) => {
-                    let report = self.push_to(&msg, ids);
-                    // The API side may have given up waiting; the push was still done.
-                    let _ = reply.send(report);
+            Command::Push { msg, targets, reply } => {
+                self.start_push(Arc::from([msg]), targets, reply)
+            }
+            Command::PushMany { msgs, targets, reply } => self.start_push(msgs, targets, reply),
+            Command::Join { room, conns, reply } => {
+                let _ = reply.send(self.join_conns(&room, conns));
+            }
+            Command::Leave { room, conns, reply } => {
+                let mut left = Vec::new();
+                for id in conns {
+                    let Some(key) = self.find(id) else { continue };
+                    let before = self.rooms.rooms_of(key as u32);
+                    if usize::from(self.leave_room(key, &room)) < before {
+                        self.node.metrics.room_leaves.inc();
+                        left.push(id);
+                    }
                 }
-                Targets::All => self.start_broadcast(msg, reply),
-            },
+                let _ = reply.send(left);
+            }
+            Command::RoomUsers { room, reply } => {
+                let mut hashes = Vec::new();
+                if let Some(no) = self.node.rooms.find(&room) {
+                    hashes.reserve(self.rooms.len(no));
+                    for slot in self.rooms.members(no) {
+                        if let Some(user) =
+                            self.conns.get(slot as usize).and_then(|c| c.user.as_ref())
+                        {
+                            hashes.push(user_hash(user));
+                        }
+                    }
+                }
+                let _ = reply.send(hashes);
+            }
             Command::Kick { conn, code, reason } => {
                 if let Some(key) = self.find(conn) {
                     self.node.metrics.kicks_admin.inc();
@@ -1001,22 +1171,131 @@ impl<T: Carrier> Worker<T> {
         }
     }
 
-    fn push_to(&mut self, msg: &PushMsg, ids: Vec<ConnId>) -> PushReport {
+    /// Take a push command: deliver to a list of connections (or a small room) now, start
+    /// a broadcast (every connection, or a large room's members) delivered in chunks.
+    fn start_push(
+        &mut self,
+        msgs: Arc<[Arc<PushMsg>]>,
+        targets: Targets,
+        reply: tokio::sync::oneshot::Sender<PushReport>,
+    ) {
+        let mut templates = Vec::with_capacity(msgs.len());
+        for msg in msgs.iter() {
+            match Self::encode_push(msg) {
+                Some(t) => templates.push(t),
+                None => {
+                    let _ = reply.send(PushReport::default());
+                    return;
+                }
+            }
+        }
+        let targets = match targets {
+            Targets::Conns(ids) => {
+                let report = self.push_to(&msgs, &mut templates, ids, true);
+                // The API side may have given up waiting; the push was still done.
+                let _ = reply.send(report);
+                return;
+            }
+            Targets::All => None,
+            Targets::Room(room) => {
+                let ids = self.room_targets(&room);
+                if ids.len() <= BROADCAST_CHUNK {
+                    let _ = reply.send(self.push_to(&msgs, &mut templates, ids, false));
+                    return;
+                }
+                Some(ids)
+            }
+        };
+        self.broadcasts.push_back(Broadcast {
+            msgs,
+            templates,
+            targets,
+            cursor: 0,
+            report: PushReport::default(),
+            reply,
+        });
+    }
+
+    /// Deliver to `ids` now; `listed`: report each connection with its sequence (else only
+    /// the count).
+    fn push_to(
+        &mut self,
+        msgs: &[Arc<PushMsg>],
+        templates: &mut [Vec<u8>],
+        ids: Vec<ConnId>,
+        listed: bool,
+    ) -> PushReport {
         let mut report = PushReport::default();
-        let Some(mut template) = Self::encode_push(msg) else { return report };
         for id in ids {
             let result = match self.find(id) {
-                Some(key) => self.push_one(key, msg, &mut template),
+                Some(key) => self.push_many(key, msgs, templates),
                 None => Err(PushFailure::Closed),
             };
             match result {
-                Ok(seq) => report.delivered.push((id, seq)),
+                Ok(seq) if listed => report.delivered.push((id, seq)),
+                Ok(_) => report.delivered_count += 1,
                 Err(f) => report.failed.push((id, f)),
             }
         }
-        report.delivered_count = report.delivered.len();
+        if listed {
+            report.delivered_count = report.delivered.len();
+        }
         self.count_pushes(&report);
         report
+    }
+
+    /// Write every message, in order, to one connection as one write; the sequence of the
+    /// last one written, or why none was.
+    fn push_many(
+        &mut self,
+        key: usize,
+        msgs: &[Arc<PushMsg>],
+        templates: &mut [Vec<u8>],
+    ) -> Result<u32, PushFailure> {
+        if let ([msg], [template]) = (msgs, &mut *templates) {
+            return self.push_one(key, msg, template);
+        }
+        let mut out = std::mem::take(&mut self.scratch);
+        out.clear();
+        let mut result = Err(PushFailure::Closed);
+        for (msg, template) in msgs.iter().zip(templates.iter()) {
+            let (len, ack, id) = (template.len(), msg.ack_required, msg.message_id);
+            match self.with(key, |c, ctx| c.session.push(ctx, len, ack, id)) {
+                Some(Ok(seq)) => {
+                    let at = out.len();
+                    out.extend_from_slice(template);
+                    set_id(&mut out[at..], seq);
+                    result = Ok(seq);
+                }
+                // Too large for this client: the others still go.
+                Some(Err(PushFailure::TooLarge)) if result.is_err() => {
+                    result = Err(PushFailure::TooLarge);
+                }
+                Some(Err(PushFailure::TooLarge)) => {}
+                // The session is closing (its final frame is queued): nothing more goes.
+                Some(Err(f)) => {
+                    out.clear();
+                    result = Err(f);
+                    break;
+                }
+                None => {
+                    out.clear();
+                    result = Err(PushFailure::Closed);
+                    break;
+                }
+            }
+        }
+        if !out.is_empty()
+            && let Err(f) = self.transmit(key, &out)
+        {
+            result = Err(f);
+        }
+        if out.capacity() > 64 * 1024 {
+            out = Vec::new();
+        }
+        self.scratch = out;
+        self.settle(key);
+        result
     }
 
     /// Write one push to one connection; the sequence it got, or why not.
@@ -1041,43 +1320,34 @@ impl<T: Carrier> Worker<T> {
         result
     }
 
-    fn start_broadcast(
-        &mut self,
-        msg: Arc<PushMsg>,
-        reply: tokio::sync::oneshot::Sender<PushReport>,
-    ) {
-        let Some(template) = Self::encode_push(&msg) else {
-            let _ = reply.send(PushReport::default());
-            return;
-        };
-        self.broadcasts.push_back(Broadcast {
-            msg,
-            template,
-            cursor: 0,
-            report: PushReport::default(),
-            reply,
-        });
-    }
-
     /// Deliver the next chunk of the oldest broadcast; report it once it has visited every
-    /// slot. Connections established when the push was accepted get it unless they close
-    /// first; ones that authenticate meanwhile may or may not.
+    /// slot (or target). Connections established when the push was accepted get it unless
+    /// they close first; ones that authenticate (or join the room) meanwhile may or may not.
     fn continue_broadcast(&mut self) {
         let Some(mut b) = self.broadcasts.pop_front() else { return };
-        let end = (b.cursor + BROADCAST_CHUNK).min(self.conns.end());
-        for key in b.cursor..end {
-            let established = self.conns.get(key).is_some_and(|c| c.session.is_established());
-            if !established {
+        let total = b.targets.as_ref().map_or(self.conns.end(), Vec::len);
+        let end = (b.cursor + BROADCAST_CHUNK).min(total);
+        for i in b.cursor..end {
+            let (key, id) = match &b.targets {
+                None => (Some(i), self.conn_id(i)),
+                Some(ids) => (self.find(ids[i]), ids[i]),
+            };
+            let established =
+                key.is_some_and(|k| self.conns.get(k).is_some_and(|c| c.session.is_established()));
+            let Some(key) = key.filter(|_| established) else {
+                if b.targets.is_some() {
+                    b.report.failed.push((id, PushFailure::Closed));
+                }
                 continue;
-            }
-            let id = self.conn_id(key);
-            match self.push_one(key, &b.msg, &mut b.template) {
+            };
+            match self.push_many(key, &b.msgs, &mut b.templates) {
                 Ok(_) => b.report.delivered_count += 1,
                 Err(f) => b.report.failed.push((id, f)),
             }
         }
         b.cursor = end;
-        if b.cursor >= self.conns.end() {
+        let total = b.targets.as_ref().map_or(self.conns.end(), Vec::len);
+        if b.cursor >= total {
             self.count_pushes(&b.report);
             let _ = b.reply.send(b.report);
         } else {

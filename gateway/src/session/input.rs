@@ -172,6 +172,14 @@ impl Session {
                     .push(Event::Refresh { request_id: refresh.request_id, token: refresh.token });
                 Next::Continue
             }
+            Frame::Join(r) => {
+                ctx.events.push(Event::Join { request_id: r.request_id, room: r.room });
+                Next::Continue
+            }
+            Frame::Leave(r) => {
+                ctx.events.push(Event::Leave { request_id: r.request_id, room: r.room });
+                Next::Continue
+            }
             Frame::Error(err) if err.fatal => {
                 self.close(ctx, Close::PeerClosed);
                 Next::Stop

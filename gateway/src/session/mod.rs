@@ -9,11 +9,13 @@
 //!   ([`Session::handle_eof`]), time ([`Session::handle_timeout`]), and commands: a push
 //!   ([`Session::push`]), a close with a reason ([`Session::close`]), the verdict on a
 //!   `HELLO` ([`Session::accept`] / [`Session::refuse`]) or on a token refresh
-//!   ([`Session::refresh_done`]), an upstream answer ([`Session::handle_upstream_result`]).
+//!   ([`Session::refresh_done`]) or on a room request ([`Session::room_done`]), an upstream
+//!   answer ([`Session::handle_upstream_result`]).
 //! - **out**: bytes to send (appended to [`Ctx::tx`] while nothing is queued, else kept in
 //!   the session's own queue: [`Session::poll_transmit`]), the next deadline
 //!   ([`Session::poll_timeout`]), [`Event`]s for the node (a `HELLO` to verify, an upstream
-//!   request, a refresh to verify, the close with its reason, exactly once) and counters
+//!   request, a refresh to verify, a `JOIN` or `LEAVE` to decide, the close with its reason,
+//!   exactly once) and counters
 //!   ([`Stats`]).
 //!
 //! # Calling contract
@@ -61,7 +63,7 @@ pub use output::PushFailure;
 
 use holdfast_codec::{
     AuthOk, Code, ErrorFrame, Frame, Hello, PROTOCOL_VERSION, Platform, Redirect, RefreshOk,
-    Upstream, UpstreamReply,
+    RoomOk, Upstream, UpstreamReply,
 };
 
 use output::Extra;
@@ -134,6 +136,21 @@ pub enum Event {
         request_id: u32,
         /// The new token.
         token: String,
+    },
+    /// A `JOIN`: decide (the token's `rooms` claim, the join webhook, the limits), then
+    /// call [`Session::room_done`].
+    Join {
+        /// The client's request id.
+        request_id: u32,
+        /// The room.
+        room: String,
+    },
+    /// A `LEAVE`: take the connection out of the room, then call [`Session::room_done`].
+    Leave {
+        /// The client's request id.
+        request_id: u32,
+        /// The room.
+        room: String,
     },
     /// The connection closed (or began closing). Emitted exactly once per connection.
     Closed(Closed),
@@ -350,6 +367,26 @@ impl Session {
                     token_expires_ms: self.token_expires_ms(),
                 })
             }
+            Err((code, message)) => {
+                Frame::Error(ErrorFrame { request_id, fatal: false, code, message })
+            }
+        };
+        self.send_frame(ctx, &frame);
+    }
+
+    /// The node decided a `JOIN` or `LEAVE`: answer `ROOM_OK` with the number of rooms the
+    /// connection is in now, or a non-fatal `ERROR` with the refusal's 7xx code.
+    pub fn room_done(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        request_id: u32,
+        verdict: Result<u16, (Code, String)>,
+    ) {
+        if !self.is_established() {
+            return;
+        }
+        let frame = match verdict {
+            Ok(rooms) => Frame::RoomOk(RoomOk { request_id, rooms }),
             Err((code, message)) => {
                 Frame::Error(ErrorFrame { request_id, fatal: false, code, message })
             }

@@ -582,6 +582,9 @@ impl Engine {
             Event::ServerError { .. }
             | Event::UpstreamReply(_)
             | Event::UpstreamError { .. }
+            | Event::RoomJoined { .. }
+            | Event::RoomLeft { .. }
+            | Event::RoomRefused { .. }
             | Event::Retired => {}
         }
     }
