@@ -45,6 +45,15 @@ pub enum Request {
         /// The push's message id.
         message_id: u64,
     },
+    /// Push to room `room` through the API at `http`, stamped with the time of the call.
+    PushRoom {
+        /// The gateway's push API.
+        http: SocketAddr,
+        /// The room.
+        room: String,
+        /// The push's message id.
+        message_id: u64,
+    },
 }
 
 /// What comes back to the event loop.
@@ -164,7 +173,7 @@ async fn serve(
     while let Some(req) = requests.recv().await {
         let slots = match req {
             Request::Dispatch { .. } => &dispatch_slots,
-            Request::Push { .. } => &push_slots,
+            Request::Push { .. } | Request::PushRoom { .. } => &push_slots,
         };
         let Ok(permit) = Arc::clone(slots).acquire_owned().await else { break };
         let http = http.clone();
@@ -184,6 +193,9 @@ async fn serve(
                 }
                 Request::Push { http: addr, user, message_id } => {
                     Reply::Push(push(&http, addr, &user, message_id).await)
+                }
+                Request::PushRoom { http: addr, room, message_id } => {
+                    Reply::Push(push_room(&http, addr, &room, message_id).await)
                 }
             };
             drop(permit);
@@ -213,6 +225,34 @@ pub async fn dispatch(http: &reqwest::Client, base: &str, uid: &str) -> Dispatch
             DispatchResult::RetryAfter(Duration::from_millis(ms))
         }
         _ => DispatchResult::Failed,
+    }
+}
+
+/// `POST /v1/push/room` at `addr`, the payload stamped with the wall clock just before:
+/// delivered to as many members as the answer's `delivered_count`.
+pub async fn push_room(
+    http: &reqwest::Client,
+    addr: SocketAddr,
+    room: &str,
+    message_id: u64,
+) -> PushOutcome {
+    let body = serde_json::json!({
+        "room": room,
+        "message_id": message_id,
+        "topic": "loadtest",
+        "payload": unicast_payload(wall_ns()),
+        "ack": false,
+    });
+    let url = format!("http://{addr}/v1/push/room");
+    let Ok(resp) = http.post(&url).json(&body).send().await else { return PushOutcome::Failed };
+    if resp.status() != reqwest::StatusCode::OK {
+        return PushOutcome::Failed;
+    }
+    let Ok(answer) = resp.json::<serde_json::Value>().await else { return PushOutcome::Failed };
+    match answer["delivered_count"].as_u64() {
+        Some(n) if n > 0 => PushOutcome::Delivered(n),
+        Some(_) => PushOutcome::Offline,
+        None => PushOutcome::Failed,
     }
 }
 

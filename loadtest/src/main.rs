@@ -200,7 +200,8 @@ struct ClusterArgs {
 #[derive(ClapArgs, Debug)]
 struct RunArgs {
     /// Phases after the ramp, comma-separated: hold, heartbeat-cpu, push, broadcast,
-    /// refresh, flood, kick, drain, storm (they run in that order).
+    /// room-push, room-broadcast, refresh, flood, kick, drain, storm (they run in that
+    /// order; the room phases need --rooms).
     #[arg(long, value_delimiter = ',', default_value = "hold,push,broadcast")]
     scenarios: Vec<String>,
     /// Clients in total.
@@ -283,9 +284,13 @@ struct RunArgs {
     /// push: seconds; flood: seconds of each half.
     #[arg(long, default_value_t = 10.0)]
     push_secs: f64,
-    /// broadcast: pushes to everyone.
+    /// broadcast: pushes to everyone; room-broadcast: pushes to room lt/0.
     #[arg(long, default_value_t = 3)]
     broadcasts: u32,
+    /// Rooms the clients join (client i joins lt/{i % rooms} by its token's rooms claim;
+    /// 0: none). room-push pushes to random rooms at --push-rate for --push-secs.
+    #[arg(long, default_value_t = 0)]
+    rooms: u32,
     /// refresh: the window over which every client refreshes, seconds.
     #[arg(long, default_value_t = 10.0)]
     refresh_secs: f64,
@@ -473,6 +478,7 @@ async fn run(cmd: Cmd) -> Result<(), String> {
                 push_rate: 1000.0,
                 push_secs: secs,
                 broadcasts: 3,
+                rooms: 0,
                 refresh_secs: secs,
                 flood_every: 10,
                 flood_rate: 100,
@@ -633,6 +639,7 @@ async fn run_scenarios(a: RunArgs) -> Result<(), String> {
         push_rate: a.push_rate,
         push_secs: a.push_secs,
         broadcasts: a.broadcasts,
+        rooms: a.rooms,
         refresh_secs: a.refresh_secs,
         flood_every: a.flood_every,
         flood_rate: a.flood_rate,

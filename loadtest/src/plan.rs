@@ -67,6 +67,15 @@ pub struct Plan {
     /// client is connected to.
     #[serde(default)]
     pub push_via_any: bool,
+    /// Rooms the clients are spread over (0: none): client `i` (global index) joins room
+    /// `lt/{i % rooms}` after every authentication ([`room_name`]).
+    #[serde(default)]
+    pub rooms: u32,
+}
+
+/// The room of client `index` among `rooms`.
+pub fn room_name(index: u64, rooms: u32) -> String {
+    format!("lt/{}", index % u64::from(rooms.max(1)))
 }
 
 /// A command from the coordinator to a worker (one JSON line on its stdin).
@@ -79,6 +88,9 @@ pub enum Command {
         rate: f64,
         /// For how long.
         secs: f64,
+        /// Push to random rooms (`POST /v1/push/room`), not to users.
+        #[serde(default)]
+        to_rooms: bool,
     },
     /// Every connected client refreshes its token once, spread evenly over `secs`.
     Refresh {

@@ -34,6 +34,10 @@ pub enum Scenario {
     Push,
     /// Pushes to everyone.
     Broadcast,
+    /// Pushes to random rooms at a rate (with `--rooms`).
+    RoomPush,
+    /// Pushes to the room `lt/0` (with `--rooms`; `--rooms 1`: everyone is in it).
+    RoomBroadcast,
     /// Every client refreshes its token.
     Refresh,
     /// Flood fairness.
@@ -48,11 +52,13 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario with its name.
-    pub const ALL: [(Scenario, &'static str); 9] = [
+    pub const ALL: [(Scenario, &'static str); 11] = [
         (Scenario::Hold, "hold"),
         (Scenario::HeartbeatCpu, "heartbeat-cpu"),
         (Scenario::Push, "push"),
         (Scenario::Broadcast, "broadcast"),
+        (Scenario::RoomPush, "room-push"),
+        (Scenario::RoomBroadcast, "room-broadcast"),
         (Scenario::Refresh, "refresh"),
         (Scenario::Flood, "flood"),
         (Scenario::Kick, "kick"),
@@ -106,8 +112,10 @@ pub struct RunSpec {
     pub push_rate: f64,
     /// Push phase length, seconds (each half of the flood phase too).
     pub push_secs: f64,
-    /// Broadcasts in the broadcast phase.
+    /// Broadcasts in the broadcast phase (and pushes in the room-broadcast phase).
     pub broadcasts: u32,
+    /// Rooms the clients are spread over (0: no rooms): client `i` joins `lt/{i % rooms}`.
+    pub rooms: u32,
     /// Window over which every client refreshes, seconds.
     pub refresh_secs: f64,
     /// One client in this many floods.
@@ -188,6 +196,7 @@ pub fn plans(spec: &RunSpec) -> Vec<Plan> {
             backoff_ms: spec.backoff_ms,
             stats_interval_ms: 1000,
             push_via_any: spec.cross_gateway,
+            rooms: spec.rooms,
         });
         first += clients;
     }
@@ -525,7 +534,7 @@ impl<'a> Run<'a> {
     /// Pushes at `rate` for `secs` from workers numbered below `upto`.
     async fn pushes_from(&mut self, rate: f64, secs: f64, upto: u32) -> Result<(), RunError> {
         let n = (self.workers.pids().len() as u32).min(upto).max(1);
-        let cmd = Command::Pushes { rate: rate / f64::from(n), secs };
+        let cmd = Command::Pushes { rate: rate / f64::from(n), secs, to_rooms: false };
         self.workers.send_to(|w| w < n, &cmd).await?;
         self.wait("push", Duration::from_secs_f64(secs)).await?;
         Ok(())
@@ -537,7 +546,7 @@ impl<'a> Run<'a> {
         self.wait_until("push", max, move |t| {
             let c = t.counters.since(&b);
             t.gauges.jobs_active == 0
-                && c.push_delivered + c.push_offline + c.push_failed >= c.push_calls
+                && c.push_answers >= c.push_calls
                 && c.push_received >= c.push_delivered
         })
         .await?;
@@ -549,8 +558,7 @@ impl<'a> Run<'a> {
         f.insert("api_calls".into(), json!(c.push_calls));
         // Calls still queued in the tool (or unanswered) when the phase ended: the tool
         // could not keep the rate. Latency is stamped when a call is made, not queued.
-        let answered = c.push_delivered + c.push_offline + c.push_failed;
-        f.insert("unanswered".into(), json!(c.push_calls.saturating_sub(answered)));
+        f.insert("unanswered".into(), json!(c.push_calls.saturating_sub(c.push_answers)));
         f.insert("delivered".into(), json!(c.push_delivered));
         f.insert("received".into(), json!(c.push_received));
         f.insert("offline".into(), json!(c.push_offline));
@@ -576,7 +584,57 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    async fn broadcast_phase(&mut self) -> Result<(), RunError> {
+    /// Wait (at most 30 s) until every client's first `JOIN` was answered.
+    async fn joined(&mut self, phase: &'static str) -> Result<u64, RunError> {
+        if self.spec.rooms == 0 {
+            return Err(RunError::Spec(format!("{phase} needs --rooms")));
+        }
+        let clients = self.spec.clients;
+        self.wait_until(phase, Duration::from_secs(30), move |t| {
+            t.counters.room_joined + t.counters.room_refused >= clients
+        })
+        .await?;
+        let c = self.totals().counters;
+        self.progress.line(&format!(
+            "{phase}: {} clients in {} rooms ({} refused)",
+            c.room_joined, self.spec.rooms, c.room_refused
+        ));
+        Ok(c.room_joined)
+    }
+
+    /// Pushes to random rooms at the push rate: each reaches the room's members; latency per
+    /// member, as for unicast pushes.
+    async fn room_push_phase(&mut self) -> Result<(), RunError> {
+        self.joined("room-push").await?;
+        let start = self.t();
+        let before = self.totals().counters;
+        let (rate, secs) = (self.spec.push_rate, self.spec.push_secs);
+        self.progress
+            .line(&format!("room-push: {rate:.0}/s to {} rooms for {secs:.0} s", self.spec.rooms));
+        let n = (self.workers.pids().len() as u32).max(1);
+        let cmd = Command::Pushes { rate: rate / f64::from(n), secs, to_rooms: true };
+        self.workers.send(&cmd).await?;
+        self.wait("room-push", Duration::from_secs_f64(secs)).await?;
+        self.drain_pushes(&before, Duration::from_secs(10)).await?;
+        let c = self.totals().counters.since(&before);
+        let mut f = Self::push_figures(&c);
+        f.insert("rooms".into(), json!(self.spec.rooms));
+        f.insert("rate_per_sec".into(), json!(round2(c.push_calls as f64 / secs.max(0.001))));
+        f.insert(
+            "deliveries_per_sec".into(),
+            json!(round2(c.push_received as f64 / secs.max(0.001))),
+        );
+        self.finish_phase("room-push", start, &before, f, &[]).await?;
+        Ok(())
+    }
+
+    /// Pushes to everyone (`room` `None`: `POST /v1/push/all`) or to one room: time until
+    /// the last recipient has each.
+    async fn broadcast_phase(&mut self, room: Option<&'static str>) -> Result<(), RunError> {
+        let phase = if room.is_some() { "room-broadcast" } else { "broadcast" };
+        if room.is_some() {
+            self.joined(phase).await?;
+        }
         let start = self.t();
         let before = self.totals().counters;
         let mut times = Vec::new();
@@ -587,17 +645,24 @@ impl<'a> Run<'a> {
             let k = self.broadcast_seq;
             self.broadcast_seq += 1;
             let stamp = wall_ns();
-            let body = json!({
+            let mut body = json!({
                 "message_id": (1u64 << 50) + u64::from(k),
                 "topic": "loadtest",
                 "payload": broadcast_payload(k, stamp),
                 "ack": false,
             });
+            let path = match room {
+                Some(r) => {
+                    body["room"] = json!(r);
+                    "/v1/push/room"
+                }
+                None => "/v1/push/all",
+            };
             let calls = self.api_gateways().into_iter().map(|g| {
                 let http = self.http.clone();
                 let body = body.clone();
                 async move {
-                    let url = format!("http://{}/v1/push/all", g.http);
+                    let url = format!("http://{}{path}", g.http);
                     let r = http.post(url).json(&body).send().await.ok()?;
                     let v: serde_json::Value = r.json().await.ok()?;
                     v["delivered_count"].as_u64()
@@ -608,12 +673,12 @@ impl<'a> Run<'a> {
             expected_total += expected;
             let ki = k as usize;
             let ok = self
-                .wait_until("broadcast", Duration::from_secs(30), move |t| {
+                .wait_until(phase, Duration::from_secs(30), move |t| {
                     t.broadcasts.get(ki).is_some_and(|b| b[0] >= expected)
                 })
                 .await?;
             // Let stragglers in, then read the latest arrival.
-            self.wait("broadcast", Duration::from_millis(300)).await?;
+            self.wait(phase, Duration::from_millis(300)).await?;
             let t = self.totals();
             let [received, last_us] = t.broadcasts.get(ki).copied().unwrap_or([0, 0]);
             received_total += received;
@@ -621,11 +686,11 @@ impl<'a> Run<'a> {
                 got_all += 1;
             }
             self.progress.line(&format!(
-                "broadcast {k}: {received}/{expected} received, last after {}",
+                "{phase} {k}: {received}/{expected} received, last after {}",
                 crate::report::fmt_us(last_us)
             ));
             times.push(last_us as f64 / 1000.0);
-            self.wait("broadcast", Duration::from_secs(1)).await?;
+            self.wait(phase, Duration::from_secs(1)).await?;
         }
         times.sort_by(f64::total_cmp);
         let mut f = BTreeMap::new();
@@ -641,7 +706,7 @@ impl<'a> Run<'a> {
                 json!(times.iter().map(|x| round2(*x)).collect::<Vec<_>>()),
             );
         }
-        self.finish_phase("broadcast", start, &before, f, &[]).await?;
+        self.finish_phase(phase, start, &before, f, &[]).await?;
         Ok(())
     }
 
@@ -809,7 +874,11 @@ impl<'a> Run<'a> {
         if with_pushes {
             let w = self.workers.pids().len().max(1) as f64;
             self.workers
-                .send(&Command::Pushes { rate: self.spec.push_rate / w, secs: secs + 5.0 })
+                .send(&Command::Pushes {
+                    rate: self.spec.push_rate / w,
+                    secs: secs + 5.0,
+                    to_rooms: false,
+                })
                 .await?;
             self.wait(name, Duration::from_secs(2)).await?;
         }
@@ -836,7 +905,7 @@ impl<'a> Run<'a> {
             .await?;
         let recovery = killed_at.elapsed().as_secs_f64();
         if with_pushes {
-            self.workers.send(&Command::Pushes { rate: 0.0, secs: 0.0 }).await?;
+            self.workers.send(&Command::Pushes { rate: 0.0, secs: 0.0, to_rooms: false }).await?;
         }
         self.drain_pushes(&before.counters, Duration::from_secs(10)).await?;
         let c = self.totals().counters.since(&before.counters);
@@ -981,7 +1050,9 @@ async fn run_phases(run: &mut Run<'_>) -> Result<(), RunError> {
                 run.hold("heartbeat-cpu", settle).await?
             }
             Scenario::Push => run.push_phase().await?,
-            Scenario::Broadcast => run.broadcast_phase().await?,
+            Scenario::Broadcast => run.broadcast_phase(None).await?,
+            Scenario::RoomPush => run.room_push_phase().await?,
+            Scenario::RoomBroadcast => run.broadcast_phase(Some("lt/0")).await?,
             Scenario::Refresh => run.refresh_phase().await?,
             Scenario::Flood => run.flood_phase().await?,
             Scenario::Kick => run.kick_phase().await?,
@@ -1086,6 +1157,7 @@ mod tests {
             push_rate: 0.0,
             push_secs: 1.0,
             broadcasts: 0,
+            rooms: 0,
             refresh_secs: 1.0,
             flood_every: 10,
             flood_rate: 100,

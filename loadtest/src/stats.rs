@@ -76,7 +76,10 @@ counters! {
     flood_pongs,
     /// Unicast push API calls made.
     push_calls,
-    /// Unicast pushes the API reported delivered to a connection.
+    /// Push API calls answered (or failed), whatever the answer.
+    push_answers,
+    /// Unicast pushes the API reported delivered to a connection (pushes to a room: one per
+    /// member reached).
     push_delivered,
     /// Unicast pushes the API answered with the user offline on that gateway.
     push_offline,
@@ -100,6 +103,12 @@ counters! {
     dispatch_failed,
     /// Dispatch answers with no gateway (503: retry after).
     dispatch_saturated,
+    /// `JOIN`s sent (first joins; the client session rejoins by itself after reconnects).
+    room_joins,
+    /// `ROOM_OK` answers to joins (rejoins included).
+    room_joined,
+    /// Joins refused (7xx).
+    room_refused,
 }
 
 impl Counters {

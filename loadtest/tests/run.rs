@@ -247,6 +247,32 @@ fn flood_heartbeat_cpu_and_kick_scenarios_report_their_figures() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+#[test]
+fn room_scenarios_reach_every_member_across_gateways_on_a_status_ring() {
+    let dir = temp_dir("rooms");
+    // 300 clients over 2 gateways sharing presence on a 3-node ring, in 10 rooms of 30.
+    let r = run(
+        &dir,
+        "--cluster 2 --status-nodes 3 --clients 300 --per-worker 150 --rooms 10 \
+         --scenarios room-push,room-broadcast --push-rate 50 --push-secs 2 --broadcasts 2",
+    );
+    let p = phase(&r, "room-push");
+    let f = &p["figures"];
+    assert_eq!(f["rooms"], 10, "{p}");
+    let calls = f["api_calls"].as_u64().unwrap();
+    assert!(calls >= 50, "{p}");
+    // Each push reaches its room's 30 members, on both gateways, and every one arrives.
+    assert_eq!(f["delivered"].as_u64().unwrap(), 30 * calls, "{p}");
+    assert_eq!(f["received"], f["delivered"], "{p}");
+    assert_eq!(f["lost"], 0, "{p}");
+    let b = phase(&r, "room-broadcast");
+    // Two pushes to lt/0 (30 members) through one gateway: forwarded to the other.
+    assert_eq!(b["figures"]["expected"], 60, "{b}");
+    assert_eq!(b["figures"]["received"], 60, "{b}");
+    assert_eq!(b["figures"]["complete"], 2, "{b}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// Start `holdfast-loadtest cluster`, wait for its ready line; its child pids.
 fn start_cluster(dir: &Path) -> (std::process::Child, Vec<u64>) {
     let mut child = loadtest()

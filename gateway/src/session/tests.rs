@@ -771,3 +771,35 @@ fn a_redirect_without_overlap_or_before_authentication_closes_at_once() {
     p.call(|s, ctx| s.redirect(ctx, overlap(Code::SERVER_DRAINING), 12_000));
     assert!(p.s.phase() != Phase::Moving);
 }
+
+#[test]
+fn join_and_leave_are_asked_of_the_node_and_answered_room_ok_or_a_7xx_error() {
+    use holdfast_codec::{RoomOk, RoomRequest};
+    let mut p = Peer::new(limits());
+    p.login(0);
+    p.send(Frame::Join(RoomRequest { request_id: 3, room: "live/1".into() }));
+    p.send(Frame::Leave(RoomRequest { request_id: 4, room: "live/2".into() }));
+    let ev = p.events();
+    assert!(
+        matches!(ev.as_slice(), [
+            Event::Join { request_id: 3, room: a },
+            Event::Leave { request_id: 4, room: b },
+        ] if a == "live/1" && b == "live/2"),
+        "{ev:?}"
+    );
+    p.call(|s, ctx| s.room_done(ctx, 3, Ok(1)));
+    p.call(|s, ctx| s.room_done(ctx, 4, Err((Code::ROOM_FORBIDDEN, "no".into()))));
+    assert_eq!(
+        p.frames(),
+        vec![
+            Frame::RoomOk(RoomOk { request_id: 3, rooms: 1 }),
+            Frame::Error(ErrorFrame {
+                request_id: 4,
+                fatal: false,
+                code: Code::ROOM_FORBIDDEN,
+                message: "no".into()
+            }),
+        ]
+    );
+    assert_eq!(p.s.phase(), Phase::Established, "a refusal keeps the connection");
+}

@@ -32,7 +32,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::control::{DispatchResult, PushOutcome, Reply, Request};
-use crate::plan::{Command, Plan, Report, Stamp, Target, parse_payload, wall_ns};
+use crate::plan::{Command, Plan, Report, Stamp, Target, parse_payload, room_name, wall_ns};
 use crate::stats::{Counters, Gauges, Histograms};
 use crate::{procfs, token};
 use conn::{Conn, NO_GATEWAY, PHASES, Phase};
@@ -67,6 +67,8 @@ pub enum EngineError {
 
 struct PushJob {
     rate: f64,
+    /// To random rooms instead of users.
+    to_rooms: bool,
     start: Instant,
     until: Instant,
     issued: u64,
@@ -273,7 +275,13 @@ impl Engine {
 
     fn mint(&self, idx: usize) -> Result<String, String> {
         let ttl = Duration::from_secs(self.plan.token_ttl_secs);
-        token::mint(&self.plan.secret, &self.user(idx), ttl, None, None).map_err(|e| e.to_string())
+        let user = self.user(idx);
+        let minted = if self.plan.rooms > 0 {
+            token::mint_rooms(&self.plan.secret, &user, ttl, &["lt/*"])
+        } else {
+            token::mint(&self.plan.secret, &user, ttl, None, None)
+        };
+        minted.map_err(|e| e.to_string())
     }
 
     fn new_session(&self, idx: usize, now: Instant) -> Result<Session, String> {
@@ -535,6 +543,14 @@ impl Engine {
                 self.conns[idx].was_up = true;
                 self.set_phase(idx, Phase::Established);
                 self.schedule_refresh(idx, now);
+                // The first time only: the session rejoins its rooms on every new connection.
+                let session = &mut self.conns[idx].session;
+                if self.plan.rooms > 0 && session.rooms().next().is_none() {
+                    let room = room_name(self.plan.first_index + idx as u64, self.plan.rooms);
+                    if session.join(&room).is_ok() {
+                        self.counters.room_joins += 1;
+                    }
+                }
             }
             Event::Pong { rtt: Some(rtt), .. } => {
                 self.counters.pongs += 1;
@@ -582,10 +598,10 @@ impl Engine {
             Event::ServerError { .. }
             | Event::UpstreamReply(_)
             | Event::UpstreamError { .. }
-            | Event::RoomJoined { .. }
             | Event::RoomLeft { .. }
-            | Event::RoomRefused { .. }
             | Event::Retired => {}
+            Event::RoomJoined { .. } => self.counters.room_joined += 1,
+            Event::RoomRefused { .. } => self.counters.room_refused += 1,
         }
     }
 
@@ -745,11 +761,14 @@ impl Engine {
                     }
                 }
             }
-            Reply::Push(outcome) => match outcome {
-                PushOutcome::Delivered(n) => self.counters.push_delivered += n,
-                PushOutcome::Offline => self.counters.push_offline += 1,
-                PushOutcome::Failed => self.counters.push_failed += 1,
-            },
+            Reply::Push(outcome) => {
+                self.counters.push_answers += 1;
+                match outcome {
+                    PushOutcome::Delivered(n) => self.counters.push_delivered += n,
+                    PushOutcome::Offline => self.counters.push_offline += 1,
+                    PushOutcome::Failed => self.counters.push_failed += 1,
+                }
+            }
             Reply::Command(cmd) => {
                 self.on_command(cmd, now);
                 // What the command started shows at once (jobs_active), in order.
@@ -761,9 +780,10 @@ impl Engine {
 
     fn on_command(&mut self, cmd: Command, now: Instant) {
         match cmd {
-            Command::Pushes { rate, secs } => {
+            Command::Pushes { rate, secs, to_rooms } => {
                 self.pushes = (rate > 0.0 && secs > 0.0).then(|| PushJob {
                     rate,
+                    to_rooms: to_rooms && self.plan.rooms > 0,
                     start: now,
                     until: now + Duration::from_secs_f64(secs),
                     issued: 0,
@@ -877,7 +897,13 @@ impl Engine {
             };
             let http = self.plan.gateways[gateway].http;
             self.next_message += 1;
-            let req = Request::Push { http, user: self.user(idx), message_id: self.next_message };
+            let message_id = self.next_message;
+            let req = if self.pushes.as_ref().is_some_and(|j| j.to_rooms) {
+                let room = (self.random() % u64::from(self.plan.rooms)) as u32;
+                Request::PushRoom { http, room: format!("lt/{room}"), message_id }
+            } else {
+                Request::Push { http, user: self.user(idx), message_id }
+            };
             self.counters.push_calls += 1;
             if self.requests.send(req).is_err() {
                 self.stopping = true;
