@@ -137,6 +137,10 @@ fn joins_by_claim_webhook_and_api_reach_exactly_the_members() {
     assert!(gone.is_some(), "{}", counts(&gw, "live/1"));
     let (_, list) = gw.get_json("/v1/rooms");
     assert_eq!(list["memberships"], 2, "alice's live/2 and vip/a, nothing else: {list}");
+    let (_, top) = gw.get_json("/v1/rooms?limit=1");
+    assert_eq!(top["list"].as_array().map(Vec::len), Some(1), "{top}");
+    assert_eq!(top["truncated"], true, "{top}");
+    assert_eq!(gw.get_json("/v1/rooms?limit=100000").0, 400);
 
     // Bad requests get a clear 400.
     for (path, body) in [

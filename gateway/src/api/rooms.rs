@@ -102,27 +102,39 @@ pub(super) async fn leave(
 #[derive(Deserialize)]
 pub(super) struct CountParams {
     room: Option<String>,
+    limit: Option<usize>,
 }
 
+/// Rooms listed by `GET /v1/rooms` without `room`, unless `limit` says otherwise.
+const LIST_DEFAULT: usize = 100;
+/// The most `limit` may ask for.
+const LIST_MAX: usize = 10_000;
+
 /// `GET /v1/rooms?room=R`: the room's online counts; without `room`, the rooms with
-/// members on this gateway.
+/// members on this gateway, largest first (at most `limit`).
 pub(super) async fn counts(
     State(s): State<Arc<Node>>,
     Query(p): Query<CountParams>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Some(room) = p.room else {
+        let limit = p.limit.unwrap_or(LIST_DEFAULT);
+        if limit > LIST_MAX {
+            return Err(bad(format!("limit is at most {LIST_MAX}")));
+        }
         let (rooms, memberships) = s.rooms.totals();
-        let list: Vec<_> = s
-            .rooms
-            .list()
-            .into_iter()
-            .map(|(r, n)| json!({ "room": &*r, "connections": n }))
+        let mut all = s.rooms.list();
+        all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let list: Vec<_> = all
+            .iter()
+            .take(limit)
+            .map(|(r, n)| json!({ "room": &**r, "connections": n }))
             .collect();
         return Ok(Json(json!({
             "gateway": s.cfg.node.id,
             "rooms": rooms,
             "memberships": memberships,
             "list": list,
+            "truncated": all.len() > limit,
         })));
     };
     let room = room_of(&s, &room)?;
