@@ -83,6 +83,48 @@ pub(crate) struct AllAnswer {
     pub(crate) workers_unavailable: usize,
 }
 
+/// What every gateway did with a push to many connections (to all, to a room): the
+/// totals of those that answered, and one entry per gateway (`delivered_count`, or the
+/// `error` that kept it from answering).
+#[derive(Default)]
+pub(crate) struct Tally {
+    total: AllAnswer,
+    gateways: Vec<serde_json::Value>,
+}
+
+impl Tally {
+    /// Add what `gateway` did, or why it could not say.
+    pub(crate) fn add(&mut self, gateway: u16, r: Result<AllAnswer, String>) {
+        match r {
+            Ok(a) => {
+                self.gateways.push(
+                    serde_json::json!({ "gateway": gateway, "delivered_count": a.delivered_count }),
+                );
+                self.total.delivered_count += a.delivered_count;
+                self.total.failed.extend(a.failed);
+                self.total.workers_busy += a.workers_busy;
+                self.total.workers_unavailable += a.workers_unavailable;
+            }
+            Err(reason) => {
+                self.gateways.push(serde_json::json!({ "gateway": gateway, "error": reason }))
+            }
+        }
+    }
+
+    /// The answer: `ids` (the message id field or fields), the totals and the gateways.
+    pub(crate) fn answer(self, ids: (&str, serde_json::Value)) -> serde_json::Value {
+        let mut out = serde_json::json!({
+            "delivered_count": self.total.delivered_count,
+            "failed": self.total.failed,
+            "workers_busy": self.total.workers_busy,
+            "workers_unavailable": self.total.workers_unavailable,
+            "gateways": self.gateways,
+        });
+        out[ids.0] = ids.1;
+        out
+    }
+}
+
 /// What a kick did.
 #[derive(Serialize, Deserialize, Debug, Default, Clone)]
 pub(crate) struct KickAnswer {

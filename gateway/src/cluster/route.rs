@@ -20,7 +20,7 @@ use serde_json::json;
 
 use super::Cluster;
 use super::peer::{ForwardError, PeerAnswer, PeerRequest, WireMsg};
-use crate::deliver::{self, AllAnswer, Busy, Failed, KickAnswer, PushAnswer};
+use crate::deliver::{self, Busy, Failed, KickAnswer, PushAnswer, Tally};
 use crate::driver::PushMsg;
 use crate::ids::ConnId;
 use crate::node::Node;
@@ -191,21 +191,10 @@ pub(crate) async fn push_all(
     if local.is_err() && remote.is_empty() {
         return Err(Busy);
     }
-    let mut total = AllAnswer::default();
-    let mut gateways = Vec::new();
-    let mut add = |gateway: u16, r: Result<AllAnswer, String>| match r {
-        Ok(a) => {
-            gateways.push(json!({ "gateway": gateway, "delivered_count": a.delivered_count }));
-            total.delivered_count += a.delivered_count;
-            total.failed.extend(a.failed);
-            total.workers_busy += a.workers_busy;
-            total.workers_unavailable += a.workers_unavailable;
-        }
-        Err(reason) => gateways.push(json!({ "gateway": gateway, "error": reason })),
-    };
-    add(me, local.map_err(|_| "busy".to_owned()));
+    let mut tally = Tally::default();
+    tally.add(me, local.map_err(|_| "busy".to_owned()));
     for (g, r) in remote {
-        add(
+        tally.add(
             g,
             match r {
                 Ok(PeerAnswer::All(a)) => Ok(a),
@@ -214,14 +203,7 @@ pub(crate) async fn push_all(
             },
         );
     }
-    Ok(json!({
-        "message_id": msg.message_id.to_string(),
-        "delivered_count": total.delivered_count,
-        "failed": total.failed,
-        "workers_busy": total.workers_busy,
-        "workers_unavailable": total.workers_unavailable,
-        "gateways": gateways,
-    }))
+    Ok(tally.answer(("message_id", json!(msg.message_id.to_string()))))
 }
 
 /// Kick connections, each on the gateway that holds it.

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use crate::cluster::Cluster;
 use crate::cluster::peer::{PeerAnswer, PeerRequest};
 use crate::cluster::route::{PRESENCE_UNAVAILABLE, failed, wire};
-use crate::deliver::{self, AllAnswer, Busy, Failed};
+use crate::deliver::{self, Busy, Failed, Tally};
 use crate::driver::{Command, PushMsg};
 use crate::ids::ConnId;
 use crate::node::Node;
@@ -296,26 +296,15 @@ pub(crate) async fn push(
 ) -> Result<Value, Busy> {
     let me = s.cfg.node.id;
     let ids: Vec<String> = msgs.iter().map(|m| m.message_id.to_string()).collect();
-    let mut total = AllAnswer::default();
-    let mut gateways = Vec::new();
-    let mut add = |gateway: u16, r: Result<AllAnswer, String>| match r {
-        Ok(a) => {
-            gateways.push(json!({ "gateway": gateway, "delivered_count": a.delivered_count }));
-            total.delivered_count += a.delivered_count;
-            total.failed.extend(a.failed);
-            total.workers_busy += a.workers_busy;
-            total.workers_unavailable += a.workers_unavailable;
-        }
-        Err(reason) => gateways.push(json!({ "gateway": gateway, "error": reason })),
-    };
+    let mut tally = Tally::default();
     match &s.cluster {
-        None => add(me, Ok(deliver::to_room_here(s, room, &msgs).await?)),
+        None => tally.add(me, Ok(deliver::to_room_here(s, room, &msgs).await?)),
         Some(cluster) => {
             let shares = match remote_shares(s, cluster, room).await {
                 Ok(shares) => shares,
                 Err(why) => {
                     tracing::warn!(error = %why, "room lookup for a push failed");
-                    add(me, Err(PRESENCE_UNAVAILABLE.to_owned()));
+                    tally.add(me, Err(PRESENCE_UNAVAILABLE.to_owned()));
                     Vec::new()
                 }
             };
@@ -331,25 +320,18 @@ pub(crate) async fn push(
             if local.is_err() && remote.is_empty() {
                 return Err(Busy);
             }
-            add(me, local.map_err(|_| "busy".to_owned()));
+            tally.add(me, local.map_err(|_| "busy".to_owned()));
             for (g, r) in remote {
                 let r = match r {
                     Ok(PeerAnswer::Room(a)) => Ok(a),
                     Ok(_) => Err("forward_refused".to_owned()),
                     Err(e) => Err(e.reason().to_owned()),
                 };
-                add(g, r);
+                tally.add(g, r);
             }
         }
     }
-    Ok(json!({
-        "message_ids": ids,
-        "delivered_count": total.delivered_count,
-        "failed": total.failed,
-        "workers_busy": total.workers_busy,
-        "workers_unavailable": total.workers_unavailable,
-        "gateways": gateways,
-    }))
+    Ok(tally.answer(("message_ids", json!(ids))))
 }
 
 /// A room's online counts: connections and distinct users, in all and per gateway.
