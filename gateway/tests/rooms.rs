@@ -3,7 +3,8 @@
 //! (sticky ones too), pushes to a room reaching exactly its members, the per-room rate and
 //! its overflow policies, online counts; and across three gateways on a real status ring:
 //! a push through one gateway reaching every member on all three exactly once, counts after
-//! churn, and a dead gateway's rooms cleaned when its lease expires.
+//! churn, and a dead gateway's rooms cleaned when its lease expires; the same over Redis,
+//! with the cluster's counts pushed to the room.
 //!
 //! Waits are bounded: 10 s for plain progress, the lease TTL + 2 s for the expiry bound.
 
@@ -12,8 +13,8 @@ use std::time::{Duration, Instant};
 use holdfast_codec::client::Event;
 use holdfast_codec::{Code, Platform};
 use holdfast_tests::{
-    Client, GatewayProcess, Webhook, client_config, eventually, gateway_cluster, status_cluster,
-    status_sets, token_rooms,
+    Client, GatewayProcess, RedisProcess, Webhook, client_config, eventually, gateway_cluster,
+    status_cluster, status_sets, token_rooms,
 };
 use serde_json::{Value, json};
 
@@ -322,4 +323,52 @@ fn a_room_push_through_one_gateway_reaches_every_member_on_three_exactly_once() 
     let ans = push_room(&gws[1], "r", 79, "after");
     assert_eq!((&ans["delivered_count"], &ans["failed"]), (&json!(5), &json!([])), "{ans}");
     assert_eq!(ans["gateways"].as_array().map(Vec::len), Some(2), "{ans}");
+}
+
+#[test]
+fn rooms_on_redis_reach_both_gateways_push_cluster_counts_and_expire_with_the_lease() {
+    let redis = RedisProcess::start();
+    let sets = [
+        "presence.backend=redis".to_owned(),
+        format!("presence.redis_urls=[\"{}\"]", redis.url()),
+        format!("presence.lease_ttl_ms={}", TTL.as_millis()),
+        "presence.renew_ms=500".to_owned(),
+        "rooms.share_flush_ms=20".to_owned(),
+        "rooms.count_interval_ms=1000".to_owned(),
+    ];
+    let mut gws = gateway_cluster(BIN, CLUSTER_SECRET, &sets[..2], 2, &sets[2..]);
+    let mut a = member(&gws[0], "ra", &["live"]);
+    let mut b = member(&gws[1], "rb", &["live"]);
+    let mut b2 = member(&gws[1], "rc", &["live"]);
+    for c in [&mut a, &mut b, &mut b2] {
+        assert_eq!(c.join("live"), Ok(1));
+    }
+    // Through gateway 1, to the members on both.
+    let ans = eventually(Duration::from_secs(10), || {
+        let ans = push_room(&gws[0], "live", 5, "r");
+        (ans["delivered_count"] == 3).then_some(ans)
+    });
+    assert!(ans.is_some(), "the room never reached 3 members through gateway 1");
+    for c in [&mut a, &mut b, &mut b2] {
+        assert_eq!(next_push(c).0, 5);
+    }
+    // The count push is the cluster's (sent by the lowest gateway id for both): members on
+    // either gateway get the totals of both.
+    for c in [&mut a, &mut b] {
+        let count = c.expect(Duration::from_secs(10), "a $room.count push of 3", |e| match e {
+            Event::Push(p) if p.topic == "$room.count" => {
+                serde_json::from_slice::<Value>(&p.payload).ok().filter(|v| v["connections"] == 3)
+            }
+            _ => None,
+        });
+        assert_eq!(count, json!({"room": "live", "connections": 3, "users": 3}));
+    }
+    // Gateway 2 dies: within TTL + 2 s gateway 1 no longer names it for the room.
+    gws[1].kill9();
+    let killed = Instant::now();
+    let clean = eventually(TTL + MARGIN, || {
+        let c = counts(&gws[0], "live");
+        (c["failed"] == json!([]) && c["connections"] == 1).then_some(())
+    });
+    assert!(clean.is_some(), "{} after {:?}", counts(&gws[0], "live"), killed.elapsed());
 }
