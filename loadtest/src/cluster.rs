@@ -82,6 +82,12 @@ pub struct GatewayProc {
     pub log: PathBuf,
     child: Option<Child>,
     established: Arc<AtomicU64>,
+    /// How it was started (to start it again on the same addresses).
+    bin: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    /// Times started.
+    starts: u32,
 }
 
 /// A status node process.
@@ -261,18 +267,60 @@ impl Cluster {
             env.push(("HOLDFAST_JWT_SECRET".to_owned(), secret.clone()));
         }
         let (child, line) = start_process(bin, &args, &env, &log).await?;
-        let addr = |k: &str| {
+        let ready = |k: &str| {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(k))
                 .and_then(|a| a.parse().ok())
                 .ok_or_else(|| ClusterError::Spawn(name.clone(), format!("ready line {line:?}")))
         };
-        let addr = GatewayAddr { tcp: addr("tcp=")?, http: addr("http=")? };
+        let addr = GatewayAddr { tcp: ready("tcp=")?, http: ready("http=")? };
         let established = Arc::new(AtomicU64::new(0));
         let pid = child.id().unwrap_or(0);
         self.pollers.push(tokio::spawn(poll_stats(addr.http, Arc::clone(&established))));
-        self.gateways.push(GatewayProc { name, addr, pid, log, child: Some(child), established });
+        self.gateways.push(GatewayProc {
+            name,
+            addr,
+            pid,
+            log,
+            child: Some(child),
+            established,
+            bin: bin.to_owned(),
+            args,
+            env,
+            starts: 1,
+        });
         Ok(())
+    }
+
+    /// Start stopped gateway `i` again, with the same settings on the same addresses (its
+    /// clients and the push API find it where it was); its log goes to `gw-<n>.<k>.log`.
+    /// Returns its new pid.
+    pub async fn restart_gateway(&mut self, i: usize) -> Result<u32, ClusterError> {
+        let Some(g) = self.gateways.get_mut(i) else {
+            return Err(ClusterError::Spawn(
+                format!("gateway {}", i + 1),
+                "no such gateway".into(),
+            ));
+        };
+        if g.child.is_some() {
+            return Ok(g.pid);
+        }
+        let (tcp, http) = (g.addr.tcp, g.addr.http);
+        let args: Vec<String> = g
+            .args
+            .iter()
+            .map(|a| match a.as_str() {
+                "listen.addr=127.0.0.1:0" => format!("listen.addr={tcp}"),
+                "http.addr=127.0.0.1:0" => format!("http.addr={http}"),
+                _ => a.clone(),
+            })
+            .collect();
+        g.starts += 1;
+        let log = g.log.with_extension(format!("{}.log", g.starts));
+        let (child, _) = start_process(&g.bin, &args, &g.env, &log).await?;
+        g.pid = child.id().unwrap_or(0);
+        g.child = Some(child);
+        Ok(g.pid)
     }
 
     /// Start a static ring of `spec.status_nodes` status nodes (ids 1..=K).

@@ -200,7 +200,7 @@ struct ClusterArgs {
 #[derive(ClapArgs, Debug)]
 struct RunArgs {
     /// Phases after the ramp, comma-separated: hold, heartbeat-cpu, push, broadcast,
-    /// room-push, room-broadcast, refresh, flood, kick, drain, storm (they run in that
+    /// room-push, room-broadcast, refresh, flood, kick, drain, storm, fleet-restart (they run in that
     /// order; the room phases need --rooms).
     #[arg(long, value_delimiter = ',', default_value = "hold,push,broadcast")]
     scenarios: Vec<String>,

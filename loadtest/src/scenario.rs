@@ -5,10 +5,13 @@
 //! connection, CPU per heartbeat), `heartbeat-cpu` (the same after a quiet settle, for the
 //! figure of record), `push` (unicast pushes at a rate: end-to-end latency, sent vs
 //! received), `broadcast` (one push to everyone: time until the last client has it, how
-//! many got it), `refresh` (every client refreshes its token), `flood` (a share of clients
-//! pipeline `PING`s while the others measure push latency: p99 with and without, as a
-//! ratio), `drain` (`SIGTERM` a gateway: its clients are redirected), `storm` (kill a
-//! gateway: time until everyone is back, peak dispatch rate, pushes lost). `docs/LOADTEST.md` describes each figure.
+//! many got it), `room-push` and `room-broadcast` (the same to rooms, with `--rooms`),
+//! `refresh` (every client refreshes its token), `flood` (a share of clients pipeline
+//! `PING`s while the others measure push latency: p99 with and without, as a ratio),
+//! `drain` (`SIGTERM` a gateway: its clients are redirected), `storm` (kill a gateway: time
+//! until everyone is back, peak dispatch rate, pushes lost), `fleet-restart` (kill every
+//! gateway and start them again: time until everyone is back). `docs/LOADTEST.md`
+//! describes each figure.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -48,11 +51,13 @@ pub enum Scenario {
     Drain,
     /// Reconnect storm after `kill -9` of a gateway.
     Storm,
+    /// `kill -9` of every gateway, then all started again on the same addresses.
+    FleetRestart,
 }
 
 impl Scenario {
     /// Every scenario with its name.
-    pub const ALL: [(Scenario, &'static str); 11] = [
+    pub const ALL: [(Scenario, &'static str); 12] = [
         (Scenario::Hold, "hold"),
         (Scenario::HeartbeatCpu, "heartbeat-cpu"),
         (Scenario::Push, "push"),
@@ -64,6 +69,7 @@ impl Scenario {
         (Scenario::Kick, "kick"),
         (Scenario::Drain, "drain"),
         (Scenario::Storm, "storm"),
+        (Scenario::FleetRestart, "fleet-restart"),
     ];
 
     /// The scenario called `name`.
@@ -886,6 +892,74 @@ impl<'a> Run<'a> {
 
     /// Stop the first live gateway (`graceful`: `SIGTERM`, else `kill -9`) with pushes
     /// running, and wait until every client is connected again.
+    /// Every gateway killed at once, then started again on the same addresses: time until
+    /// every client is back (through the scheduler's dispatch and its `retry_after`, when
+    /// there is one).
+    async fn fleet_restart_phase(&mut self) -> Result<(), RunError> {
+        const NAME: &str = "fleet-restart";
+        let start = self.t();
+        let before = self.totals();
+        let target = before.gauges.established;
+        let Some(cluster) = self.cluster.as_deref_mut() else {
+            return Err(RunError::Spec(format!("{NAME} needs a cluster launched by this run")));
+        };
+        let n = cluster.gateways.len();
+        let t_kill = self.started.elapsed().as_secs_f64();
+        let killed_at = Instant::now();
+        for i in 0..n {
+            cluster.kill_gateway(i).await;
+        }
+        self.progress.line(&format!(
+            "{NAME}: killed all {n} gateways holding {target} clients; starting them again"
+        ));
+        let cluster =
+            self.cluster.as_deref_mut().ok_or_else(|| RunError::Spec("no cluster".into()))?;
+        for i in 0..n {
+            cluster.restart_gateway(i).await.map_err(|e| RunError::Spec(e.to_string()))?;
+        }
+        let up_s = killed_at.elapsed().as_secs_f64();
+        self.progress.line(&format!("{NAME}: all {n} gateways up again after {up_s:.1} s"));
+        let down_before = before.gauges.down;
+        let secs = self.spec.storm_timeout_secs;
+        // Stats arrive once a second: first see the loss, then the recovery.
+        self.wait_until(NAME, Duration::from_secs(10), move |t| t.gauges.established < target)
+            .await?;
+        let back = self
+            .wait_until(NAME, Duration::from_secs_f64(secs), move |t| {
+                t.gauges.established + t.gauges.down.saturating_sub(down_before) >= target
+            })
+            .await?;
+        let recovery = killed_at.elapsed().as_secs_f64();
+        let c = self.totals().counters.since(&before.counters);
+        let samples: Vec<&Sample> =
+            self.timeline.iter().filter(|s| s.t_s >= t_kill - 1.0).collect();
+        let peak = samples
+            .windows(2)
+            .map(|w| {
+                (w[1].dispatch_requests.saturating_sub(w[0].dispatch_requests)) as f64
+                    / (w[1].t_s - w[0].t_s).max(0.001)
+            })
+            .fold(0.0, f64::max);
+        let mut f = BTreeMap::new();
+        f.insert("gateways".into(), json!(n));
+        f.insert("clients_before".into(), json!(target));
+        f.insert("all_back".into(), json!(back));
+        f.insert("seconds_until_all_back".into(), json!(round2(recovery)));
+        f.insert("seconds_until_gateways_up".into(), json!(round2(up_s)));
+        f.insert("reconnects".into(), json!(c.reconnects));
+        f.insert("dispatch_saturated".into(), json!(c.dispatch_saturated));
+        f.insert("peak_dispatch_per_sec".into(), json!(round2(peak)));
+        f.insert("established_after".into(), json!(self.totals().gauges.established));
+        if let Some(c) = self.cluster.as_deref() {
+            f.insert(
+                "max_connections_on_one_gateway_after".into(),
+                json!(c.established().iter().max()),
+            );
+        }
+        self.finish_phase(NAME, start, &before.counters, f, &[]).await?;
+        Ok(())
+    }
+
     async fn outage_phase(&mut self, name: &str, graceful: bool) -> Result<(), RunError> {
         let start = self.t();
         let before = self.totals();
@@ -1088,6 +1162,7 @@ async fn run_phases(run: &mut Run<'_>) -> Result<(), RunError> {
             Scenario::Kick => run.kick_phase().await?,
             Scenario::Drain => run.outage_phase("drain", true).await?,
             Scenario::Storm => run.outage_phase("storm", false).await?,
+            Scenario::FleetRestart => run.fleet_restart_phase().await?,
         }
     }
     Ok(())

@@ -273,6 +273,27 @@ fn room_scenarios_reach_every_member_across_gateways_on_a_status_ring() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+#[test]
+fn a_fleet_restart_brings_every_client_back_through_the_scheduler() {
+    let dir = temp_dir("restart");
+    let r = run(
+        &dir,
+        "--cluster 2 --with-scheduler --clients 300 --per-worker 150 --scenarios fleet-restart \
+         --backoff-base-ms 200 --backoff-cap-ms 2000 --storm-timeout-secs 60",
+    );
+    let p = phase(&r, "fleet-restart");
+    let f = &p["figures"];
+    assert_eq!(f["gateways"], 2, "{p}");
+    assert_eq!(f["clients_before"], 300, "{p}");
+    assert_eq!(f["all_back"], true, "{p}");
+    assert_eq!(f["established_after"], 300, "{p}");
+    assert!(f["reconnects"].as_u64().unwrap() >= 300, "every client reconnected: {p}");
+    assert!(f["seconds_until_all_back"].as_f64().unwrap() > 0.0, "{p}");
+    // Restarted on the same addresses: a second log per gateway.
+    assert!(dir.join("logs").join("gw-1.2.log").exists(), "no log of the second start");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// Start `holdfast-loadtest cluster`, wait for its ready line; its child pids.
 fn start_cluster(dir: &Path) -> (std::process::Child, Vec<u64>) {
     let mut child = loadtest()
