@@ -446,6 +446,19 @@ impl Cluster {
         Some(g.pid)
     }
 
+    /// `kill -9` every gateway still running, all at once, then wait for each to exit (a
+    /// process holding many sockets takes a while to be torn down).
+    pub async fn kill_all_gateways(&mut self) {
+        let mut children: Vec<Child> =
+            self.gateways.iter_mut().filter_map(|g| g.child.take()).collect();
+        for c in &mut children {
+            let _ = c.start_kill();
+        }
+        for mut c in children {
+            let _ = c.wait().await;
+        }
+    }
+
     /// The first gateway still running, by index.
     pub fn first_live(&self) -> Option<usize> {
         self.gateways.iter().position(|g| g.child.is_some())

@@ -21,8 +21,9 @@
 //! - [`cluster`]: the local cluster launcher (gateway processes, a scheduler they
 //!   register with, a status ring they keep presence in), readiness on ready lines,
 //!   teardown of everything.
-//! - [`scenario`]: ramp, hold, CPU per heartbeat, unicast pushes, broadcast, token
-//!   refresh, flood fairness, kick, drain, reconnect storm; [`progress`]: the terminal
+//! - [`scenario`]: ramp, hold, CPU per heartbeat, unicast pushes, broadcast, pushes to
+//!   rooms (clients `JOIN` `lt/{i % rooms}` with `--rooms`), token refresh, flood fairness,
+//!   kick, drain, reconnect storm, full-fleet restart; [`progress`]: the terminal
 //!   view; [`report`]: the JSON result and the HTML report with inline SVG charts;
 //!   [`procfs`]: CPU and memory of processes.
 //! - [`token`] mints development JWTs; [`demo`] and [`drive`] run a few clients on tokio for the

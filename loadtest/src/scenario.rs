@@ -906,11 +906,11 @@ impl<'a> Run<'a> {
         let n = cluster.gateways.len();
         let t_kill = self.started.elapsed().as_secs_f64();
         let killed_at = Instant::now();
-        for i in 0..n {
-            cluster.kill_gateway(i).await;
-        }
+        cluster.kill_all_gateways().await;
+        let dead_s = killed_at.elapsed().as_secs_f64();
         self.progress.line(&format!(
-            "{NAME}: killed all {n} gateways holding {target} clients; starting them again"
+            "{NAME}: killed all {n} gateways holding {target} clients (all gone after \
+             {dead_s:.1} s); starting them again"
         ));
         let cluster =
             self.cluster.as_deref_mut().ok_or_else(|| RunError::Spec("no cluster".into()))?;
@@ -945,6 +945,7 @@ impl<'a> Run<'a> {
         f.insert("clients_before".into(), json!(target));
         f.insert("all_back".into(), json!(back));
         f.insert("seconds_until_all_back".into(), json!(round2(recovery)));
+        f.insert("seconds_until_gateways_gone".into(), json!(round2(dead_s)));
         f.insert("seconds_until_gateways_up".into(), json!(round2(up_s)));
         f.insert("reconnects".into(), json!(c.reconnects));
         f.insert("dispatch_saturated".into(), json!(c.dispatch_saturated));
