@@ -892,6 +892,19 @@ impl<'a> Run<'a> {
 
     /// Stop the first live gateway (`graceful`: `SIGTERM`, else `kill -9`) with pushes
     /// running, and wait until every client is connected again.
+    /// The peak dispatch rate since `t_s` (run seconds): the largest increase of dispatch
+    /// requests between two timeline samples (one a second), per second.
+    fn peak_dispatch_since(&self, t_s: f64) -> f64 {
+        let samples: Vec<&Sample> = self.timeline.iter().filter(|s| s.t_s >= t_s - 1.0).collect();
+        samples
+            .windows(2)
+            .map(|w| {
+                (w[1].dispatch_requests.saturating_sub(w[0].dispatch_requests)) as f64
+                    / (w[1].t_s - w[0].t_s).max(0.001)
+            })
+            .fold(0.0, f64::max)
+    }
+
     /// Every gateway killed at once, then started again on the same addresses: time until
     /// every client is back (through the scheduler's dispatch and its `retry_after`, when
     /// there is one).
@@ -931,15 +944,7 @@ impl<'a> Run<'a> {
             .await?;
         let recovery = killed_at.elapsed().as_secs_f64();
         let c = self.totals().counters.since(&before.counters);
-        let samples: Vec<&Sample> =
-            self.timeline.iter().filter(|s| s.t_s >= t_kill - 1.0).collect();
-        let peak = samples
-            .windows(2)
-            .map(|w| {
-                (w[1].dispatch_requests.saturating_sub(w[0].dispatch_requests)) as f64
-                    / (w[1].t_s - w[0].t_s).max(0.001)
-            })
-            .fold(0.0, f64::max);
+        let peak = self.peak_dispatch_since(t_kill);
         let mut f = BTreeMap::new();
         f.insert("gateways".into(), json!(n));
         f.insert("clients_before".into(), json!(target));
@@ -1014,16 +1019,7 @@ impl<'a> Run<'a> {
         }
         self.drain_pushes(&before.counters, Duration::from_secs(10)).await?;
         let c = self.totals().counters.since(&before.counters);
-        // Peak dispatch rate: the largest one-second increase after the kill.
-        let samples: Vec<&Sample> =
-            self.timeline.iter().filter(|s| s.t_s >= t_kill - 1.0).collect();
-        let peak = samples
-            .windows(2)
-            .map(|w| {
-                (w[1].dispatch_requests.saturating_sub(w[0].dispatch_requests)) as f64
-                    / (w[1].t_s - w[0].t_s).max(0.001)
-            })
-            .fold(0.0, f64::max);
+        let peak = self.peak_dispatch_since(t_kill);
         let mut f = Self::push_figures(&c);
         f.insert("stopped_gateway_clients".into(), json!(victim_load));
         f.insert("redirected".into(), json!(c.redirected));
