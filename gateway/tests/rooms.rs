@@ -161,6 +161,18 @@ fn joins_by_claim_webhook_and_api_reach_exactly_the_members() {
     assert!(gw.metric("holdfast_gateway_room_joins_total{result=\"too_many_rooms\"}") >= 1.0);
     assert!(gw.metric("holdfast_gateway_room_joins_total{result=\"check_failed\"}") >= 1.0);
     assert_eq!(gw.metric("holdfast_gateway_room_memberships"), 2.0);
+
+    // A server-side join is held to the same limit: alice has room for one more.
+    let (_, ans) = gw.post("/v1/rooms/join", json!({"room": "extra/1", "user": "alice"}));
+    assert_eq!(ans["conns"].as_array().map(Vec::len), Some(1), "{ans}");
+    let too_many = gw.metric("holdfast_gateway_room_joins_total{result=\"too_many_rooms\"}");
+    let (_, ans) = gw.post("/v1/rooms/join", json!({"room": "extra/2", "user": "alice"}));
+    assert_eq!(ans["conns"], json!([]), "{ans}");
+    assert_eq!(ans["failed"][0]["reason"], "too_many_rooms", "{ans}");
+    assert_eq!(
+        gw.metric("holdfast_gateway_room_joins_total{result=\"too_many_rooms\"}"),
+        too_many + 1.0
+    );
 }
 
 #[test]

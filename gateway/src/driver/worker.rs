@@ -697,12 +697,13 @@ impl<T: Carrier> Worker<T> {
                 .filter(|&k| self.conns.get(k).is_some_and(|c| c.session.is_established()));
             let result = match established {
                 None => Some("closed".to_owned()),
-                Some(key) => match self.join_room(key, room) {
-                    Ok(_) => None,
-                    Err(r) => Some(r.code.name().unwrap_or("refused").to_ascii_lowercase()),
-                },
+                Some(key) => {
+                    let joined = self.join_room(key, room);
+                    let refused = joined.as_ref().err().map(|r| r.code);
+                    self.node.metrics.room_join(refused).inc();
+                    refused.map(|c| c.name().unwrap_or("refused").to_ascii_lowercase())
+                }
             };
-            self.node.metrics.room_join(None).inc();
             out.push((id, result));
         }
         out
@@ -795,7 +796,9 @@ impl<T: Carrier> Worker<T> {
         }
         if !node.sticky.is_empty() {
             for room in node.sticky.of(&registered.user) {
-                if let Err(r) = self.join_room(key, &room) {
+                let joined = self.join_room(key, &room);
+                m.room_join(joined.as_ref().err().map(|r| r.code)).inc();
+                if let Err(r) = joined {
                     tracing::debug!(room = %room, code = %r.code, "sticky room not joined");
                 }
             }
