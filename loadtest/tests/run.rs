@@ -147,10 +147,14 @@ fn cluster_run_counts_every_push_merges_histograms_exactly_and_renders_its_repor
     assert_eq!(f["delivered"], 400, "{push}");
     assert_eq!(f["received"], 400, "{push}");
     assert_eq!(push["latency"]["push"]["count"], 400, "{push}");
-    // Each broadcast, one API call, reached all 300 on every gateway.
+    // Each broadcast, one API call, reached all 300 on every gateway, but for clients the
+    // scheduler was moving just then (a rebalance's REDIRECT, followed break-before-make:
+    // not connected when the push was taken): every client the gateways wrote to got it.
     let b = phase(&r, "broadcast");
-    assert_eq!(b["figures"]["expected"], 600, "{b}");
-    assert_eq!(b["figures"]["received"], 600, "{b}");
+    let expected = b["figures"]["expected"].as_u64().unwrap();
+    let moved = b["counters"]["redirected"].as_u64().unwrap();
+    assert!(expected <= 600 && expected + moved >= 600, "{b}");
+    assert_eq!(b["figures"]["received"], expected, "{b}");
     assert_eq!(b["figures"]["complete"], 2, "{b}");
     // Every client refreshed its token once.
     let rf = phase(&r, "refresh");
