@@ -12,6 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECS=${SECS:-10}
 FILL=${FILL:-1000000}
+# Runtime threads per status node (node.threads).
+THREADS=${THREADS:-2}
 cargo build --release -j 1 -p holdfast-status --bins >&2
 BIN=target/release/holdfast-status
 BENCH=target/release/holdfast-status-bench
@@ -47,7 +49,7 @@ ports=($(free_port) $(free_port) $(free_port))
 members="cluster.members=[{id=1, addr=\"127.0.0.1:${ports[0]}\"}, {id=2, addr=\"127.0.0.1:${ports[1]}\"}, {id=3, addr=\"127.0.0.1:${ports[2]}\"}]"
 for i in 1 2 3; do
   RUST_LOG=warn "$BIN" --set "node.id=$i" --set "$members" --set "node.data_addr=127.0.0.1:${ports[$((i-1))]}" \
-    --set node.admin_addr=127.0.0.1:0 >"$tmp/node$i.out" 2>"$tmp/node$i.err" &
+    --set node.admin_addr=127.0.0.1:0 --set "node.threads=$THREADS" >"$tmp/node$i.out" 2>"$tmp/node$i.err" &
   pids+=($!)
 done
 for i in 1 2 3; do wait_ready "$tmp/node$i.out"; done

@@ -68,14 +68,22 @@ fn main() -> ExitCode {
              {DEV_SECRET:?}. Set HOLDFAST_STATUS_SECRET before exposing this node."
         );
     }
-    let runtime =
-        match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-            Ok(rt) => rt,
-            Err(e) => {
-                eprintln!("holdfast-status: cannot start a runtime: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
+    // One thread: a current-thread runtime (no work stealing, no cross-thread wake-ups).
+    let runtime = if cfg.node.threads == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(usize::from(cfg.node.threads))
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("holdfast-status: cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     runtime.block_on(async move {
         let running = match holdfast_status::node::run::start(cfg).await {
             Ok(r) => r,

@@ -53,6 +53,9 @@ struct Args {
     /// Lookup rate, users per second (`lookup`).
     #[arg(long, default_value_t = 10_000)]
     rate: u64,
+    /// Runtime threads of this driver (1: a current-thread runtime).
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
 }
 
 const LEASE: LeaseId = LeaseId { gateway: 42, generation: 1 };
@@ -241,14 +244,18 @@ async fn fill(store: Arc<dyn PresenceStore>, args: &Args) -> Result<(), String> 
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let rt =
-        match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-            Ok(rt) => rt,
-            Err(e) => {
-                eprintln!("runtime: {e}");
-                return std::process::ExitCode::FAILURE;
-            }
-        };
+    let rt = if args.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()
+    };
+    let rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let r = rt.block_on(async {
         let store = store(&args).await?;
         store

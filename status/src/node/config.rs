@@ -58,6 +58,9 @@ pub struct NodeConfig {
     /// How often dead sessions are dropped and lapsed leases counted, in milliseconds
     /// (default 250). Each sweep that finds a lapsed lease walks the table once.
     pub sweep_ms: u64,
+    /// Runtime threads serving connections (default 2; at least 1). One is enough for a
+    /// node sharing a small machine with others; more spread decoding across cores.
+    pub threads: u16,
 }
 
 impl Default for NodeConfig {
@@ -69,6 +72,7 @@ impl Default for NodeConfig {
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 7380)),
             warmup_ms: 15_000,
             sweep_ms: 250,
+            threads: 2,
         }
     }
 }
@@ -181,6 +185,9 @@ impl Config {
         }
         if self.limits.max_frame < 1024 {
             return bad("limits.max_frame must be at least 1024 bytes".into());
+        }
+        if self.node.threads == 0 {
+            return bad("node.threads must be at least 1".into());
         }
         if self.node.sweep_ms == 0 {
             return bad("node.sweep_ms must be at least 1".into());
