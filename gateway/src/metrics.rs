@@ -288,6 +288,8 @@ pub struct Metrics {
     pub outbound_queue_bytes: IntGauge,
     /// Turns a connection yielded with frames left over (fairness under pipelining).
     pub yields: IntCounter,
+    /// Turns in which connections with work left over waited for the loop's backlog share.
+    pub backlog_waits: IntCounter,
     /// Times the allocator was trimmed after a burst drained.
     pub memory_trims: IntCounter,
     /// Token refreshes, by outcome (`ok`, `refused`).
@@ -596,6 +598,12 @@ impl Metrics {
                 r,
                 "holdfast_gateway_yields_total",
                 "Turns a connection gave up with frames left over, so others get theirs.",
+            ),
+            backlog_waits: counter(
+                r,
+                "holdfast_gateway_backlog_waits_total",
+                "Turns in which connections with work left over (pipelining peers) waited \
+                 because they had used limits.backlog_share_percent of their loop's time.",
             ),
             memory_trims: counter(
                 r,

@@ -212,6 +212,84 @@ fn ping_floods_are_cut_off_and_do_not_starve_others() {
 }
 
 #[test]
+fn pipelining_floods_below_the_rate_limit_are_held_to_their_share_of_the_loop() {
+    // No rate limit: nobody is closed, so only the backlog share stands between the
+    // flooders and the loop's whole core.
+    let sets =
+        ["limits.inbound_frames_per_sec=0", "limits.backlog_share_percent=10", "node.workers=1"];
+    attack("pipelining-flood", &sets, 64, |gw| {
+        let stop = Arc::new(AtomicBool::new(false));
+        let pings = encode_frames(
+            &(0..512).map(|i| Frame::Ping(Ping { id: i, timestamp: None })).collect::<Vec<_>>(),
+        );
+        let flooders: Vec<_> = (0..4)
+            .map(|i| {
+                let (stop, pings, tcp) = (Arc::clone(&stop), pings.clone(), gw.tcp);
+                std::thread::spawn(move || {
+                    let mut s = TcpStream::connect(tcp).expect("connects");
+                    let hello = Hello {
+                        versions: vec![1],
+                        token: token(&format!("pipeliner-{i}")),
+                        ..Default::default()
+                    };
+                    s.write_all(&encode_frames(&[Frame::Hello(hello)])).expect("HELLO");
+                    // Read the PONGs on another thread, so this one only writes.
+                    let mut r = s.try_clone().expect("clone");
+                    let reader = std::thread::spawn(move || {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        let mut got = 0usize;
+                        while let Ok(n) = std::io::Read::read(&mut r, &mut buf) {
+                            if n == 0 {
+                                break;
+                            }
+                            got += n;
+                        }
+                        got
+                    });
+                    s.set_write_timeout(Some(Duration::from_millis(200))).expect("timeout");
+                    let until = Instant::now() + SECS;
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                        match s.write_all(&pings) {
+                            Ok(()) => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                            Err(_) => break,
+                        }
+                    }
+                    let _ = s.shutdown(std::net::Shutdown::Both);
+                    reader.join().unwrap_or(0)
+                })
+            })
+            .collect();
+        let waits = gw.wait_metric("holdfast_gateway_backlog_waits_total", 1.0, SECS);
+        assert!(waits >= 1.0, "the flooders waited for their share: {waits}");
+        assert_eq!(
+            gw.metric("holdfast_gateway_connections_established"),
+            5.0,
+            "every flooder is still connected (and the good client)"
+        );
+        let limited = "holdfast_gateway_closes_total{reason=\"rate_limited\"}";
+        assert_eq!(gw.metric(limited), 0.0, "nobody was rate limited");
+        // `attack` pushes to the good client while the flood goes on.
+        Flood { stop, threads: flooders }
+    });
+}
+
+/// Flooding threads, stopped and joined when dropped.
+struct Flood {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<usize>>,
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let read: usize = self.threads.drain(..).map(|t| t.join().unwrap_or(0)).sum();
+        eprintln!("hostile pipelining-flood: {read} bytes of PONGs read by the flooders");
+    }
+}
+
+#[test]
 fn forged_expired_and_alg_none_tokens_are_refused_cheaply() {
     attack("bad-tokens", &[], 32, |gw| {
         let wrong_key = jsonwebtoken::encode(

@@ -470,11 +470,21 @@ pub struct LimitsConfig {
     pub inbound_frames_per_sec: u32,
     /// Frames a connection may send at once above the sustained rate (default 400).
     pub inbound_burst: u32,
+    /// Percent of a loop's time its connections with work left over from their turn
+    /// (pipelining peers) may take (default 10; 100 = no cap). Above it
+    /// they wait, their sockets fill and TCP slows them, so a flood below the rate limit
+    /// cannot take a loop's whole core from heartbeats, pushes and other processes.
+    pub backlog_share_percent: u8,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        LimitsConfig { frames_per_turn: 32, inbound_frames_per_sec: 200, inbound_burst: 400 }
+        LimitsConfig {
+            frames_per_turn: 32,
+            inbound_frames_per_sec: 200,
+            inbound_burst: 400,
+            backlog_share_percent: 10,
+        }
     }
 }
 

@@ -319,6 +319,11 @@ impl Config {
         let lim = &self.limits;
         check(lim.frames_per_turn > 0, "limits.frames_per_turn", "must be > 0".to_owned());
         check(
+            (1..=100).contains(&lim.backlog_share_percent),
+            "limits.backlog_share_percent",
+            format!("{} is not within 1–100", lim.backlog_share_percent),
+        );
+        check(
             lim.inbound_frames_per_sec <= 62_500,
             "limits.inbound_frames_per_sec",
             format!("{} exceeds 62,500", lim.inbound_frames_per_sec),

@@ -17,7 +17,9 @@
 //!    On the QUIC loop (`driver/quic/`), whose transports wake it through its feed
 //!    (`driver/feed.rs`) instead of `poll`, the same for each woken connection, after
 //!    adopting the ones that arrived.
-//! 3. Connections resumed from the last turn.
+//! 3. Connections resumed from the last turn, while they have not used up their share of
+//!    the loop's time (`limits.backlog_share_percent`, [`BacklogShare`]); past it they
+//!    wait and the poll sleeps until the share is back, unless other work is due.
 //! 4. Commands, at most [`COMMAND_BUDGET`] at a time (also after every [`SLICE`] connections
 //!    of a busy turn, so pushes are not kept waiting behind pipelining clients); broadcasts,
 //!    one chunk per turn.
@@ -124,6 +126,61 @@ struct ActiveSweep {
 /// How often a loop wakes to go on with a sweep spread over time, in ms.
 const SWEEP_PACE_MS: u64 = 10;
 
+/// The most backlog time a loop may bank while its backlog is light, in µs: after a quiet
+/// spell, pipelining peers get at most this much beyond their share at once.
+const BACKLOG_BURST_US: i64 = 2_000;
+
+/// The share of a loop's time that connections resumed with work left over may take
+/// (`limits.backlog_share_percent`): time credit accrues at that share of the wall clock
+/// and each pass over the resumed connections spends what it took. In debt, they wait
+/// (the loop sleeps or serves others) until the credit is back.
+struct BacklogShare {
+    /// Percent of the loop's time; 100 turns the cap off.
+    percent: i64,
+    /// Credit in µs (negative: in debt).
+    credit_us: i64,
+    /// When credit last accrued, in the loop's µs.
+    at_us: u64,
+    /// Turns in which the backlog waited, since the last flush.
+    waits: u64,
+}
+
+impl BacklogShare {
+    fn new(percent: u8) -> BacklogShare {
+        BacklogShare { percent: i64::from(percent.clamp(1, 100)), credit_us: 0, at_us: 0, waits: 0 }
+    }
+
+    /// Accrue credit up to `now_us`; whether the backlog may run now.
+    fn may_run(&mut self, now_us: u64) -> bool {
+        if self.percent >= 100 {
+            return true;
+        }
+        let elapsed = now_us.saturating_sub(self.at_us).min(1_000_000) as i64;
+        self.at_us = now_us;
+        self.credit_us = (self.credit_us + elapsed * self.percent / 100).min(BACKLOG_BURST_US);
+        if self.credit_us < 0 {
+            self.waits += 1;
+            return false;
+        }
+        true
+    }
+
+    /// A pass over the backlog took `us`.
+    fn spent(&mut self, us: u64) {
+        if self.percent < 100 {
+            self.credit_us -= us.min(1_000_000) as i64;
+        }
+    }
+
+    /// How long until the backlog may run again (zero if it may now).
+    fn wait(&self) -> Duration {
+        if self.credit_us >= 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_micros((-self.credit_us * 100 / self.percent) as u64 + 1)
+    }
+}
+
 /// One event loop and the connections it owns, over transport `T` (a TCP [`Stream`] for
 /// the accepting loops; a QUIC stream for the QUIC loop, `driver/quic/`).
 pub(crate) struct Worker<T: Carrier> {
@@ -146,6 +203,8 @@ pub(crate) struct Worker<T: Carrier> {
     queued_delta: i64,
     flushed_at: u64,
     resume: Vec<Resume>,
+    /// How much of the loop's time `resume` may take.
+    backlog: BacklogShare,
     displaced: Vec<ConnId>,
     broadcasts: VecDeque<Broadcast>,
     commands_pending: bool,
@@ -210,6 +269,7 @@ impl<T: Carrier> Worker<T> {
             queued_delta: 0,
             flushed_at: 0,
             resume: Vec::new(),
+            backlog: BacklogShare::new(cfg.limits.backlog_share_percent),
             displaced: Vec::new(),
             broadcasts: VecDeque::new(),
             commands_pending: false,
@@ -288,7 +348,7 @@ impl<T: Carrier> Worker<T> {
             if woken {
                 self.drain_feed();
             }
-            self.resume_connections();
+            self.resume_within_share();
             if woken || self.commands_pending {
                 self.drain_commands();
             }
@@ -307,10 +367,18 @@ impl<T: Carrier> Worker<T> {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.resume.is_empty() || self.commands_pending || !self.broadcasts.is_empty() {
+        if self.commands_pending || !self.broadcasts.is_empty() {
             return Some(Duration::ZERO);
         }
         let mut at = self.wheel.next_tick_at();
+        if !self.resume.is_empty() {
+            let wait = self.backlog.wait();
+            if wait.is_zero() {
+                return Some(Duration::ZERO);
+            }
+            let next = Instant::now() + wait;
+            at = Some(at.map_or(next, |t| t.min(next)));
+        }
         let dirty = self.stats != Stats::default() || self.queued_delta != 0;
         if dirty {
             let flush = self.origin + Duration::from_millis(self.flushed_at + FLUSH_MS);
@@ -568,6 +636,17 @@ impl<T: Carrier> Worker<T> {
             input = self.call(key, |c, ctx| c.session.handle_input(ctx, &[]));
         }
         matches!(input, Some(Input::Yield | Input::Paused))
+    }
+
+    /// [`Self::resume_connections`], when the backlog has not used up its share of the
+    /// loop's time (`limits.backlog_share_percent`).
+    fn resume_within_share(&mut self) {
+        if self.resume.is_empty() || !self.backlog.may_run(self.now.mono_us) {
+            return;
+        }
+        let started = Instant::now();
+        self.resume_connections();
+        self.backlog.spent(started.elapsed().as_micros() as u64);
     }
 
     /// Give the connections that yielded last turn their next turn.
@@ -1467,6 +1546,7 @@ impl<T: Carrier> Worker<T> {
         m.pushes_acked.inc_by(s.pushes_acked);
         m.protocol_errors.inc_by(s.protocol_errors);
         m.yields.inc_by(s.yields);
+        m.backlog_waits.inc_by(std::mem::take(&mut self.backlog.waits));
         m.upstream.rejected.inc_by(s.upstream_refused);
         if s.malformed_hellos > 0 {
             m.auth_failure("malformed_hello").inc_by(s.malformed_hellos);
@@ -1485,4 +1565,51 @@ impl<T: Carrier> Worker<T> {
 
 fn wall_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Drive a share on a virtual clock: a backlog whose every pass costs `pass_us` and
+    /// that always has more to do; the loop sleeps as `wait` says while in debt. Returns
+    /// the fraction of time spent on the backlog.
+    fn run(percent: u8, pass_us: u64, total_us: u64) -> f64 {
+        let mut share = BacklogShare::new(percent);
+        let (mut now, mut busy) = (0u64, 0u64);
+        while now < total_us {
+            if share.may_run(now) {
+                share.spent(pass_us);
+                now += pass_us;
+                busy += pass_us;
+            } else {
+                now += share.wait().as_micros() as u64;
+            }
+        }
+        busy as f64 / now as f64
+    }
+
+    #[test]
+    fn the_backlog_gets_its_share_of_a_busy_loop_and_no_more() {
+        for (percent, pass_us) in [(50, 300), (50, 1_500), (10, 200), (90, 700)] {
+            let got = run(percent, pass_us, 10_000_000);
+            let want = f64::from(percent) / 100.0;
+            assert!((got - want).abs() < 0.02, "{percent}% with {pass_us} µs passes: {got:.3}");
+        }
+        assert_eq!(run(100, 500, 1_000_000), 1.0, "100 % is no cap");
+    }
+
+    #[test]
+    fn a_quiet_spell_banks_at_most_the_burst() {
+        let mut share = BacklogShare::new(50);
+        assert!(share.may_run(60_000_000));
+        assert_eq!(share.credit_us, BACKLOG_BURST_US);
+        share.spent(10_000);
+        assert!(!share.may_run(60_000_001));
+        assert_eq!(share.waits, 1);
+        // 8 ms of debt at 50 % takes 16 ms to repay.
+        let wait = share.wait().as_micros() as i64;
+        assert!((wait - 16_000).abs() <= 2, "{wait}");
+        assert!(share.may_run(60_000_001 + wait as u64));
+    }
 }
