@@ -171,25 +171,32 @@ fn random_bytes_and_oversized_length_headers_are_closed() {
     });
 }
 
+/// 512 `PING`s, encoded back to back.
+fn ping_burst() -> Vec<u8> {
+    encode_frames(
+        &(0..512).map(|i| Frame::Ping(Ping { id: i, timestamp: None })).collect::<Vec<_>>(),
+    )
+}
+
+/// A raw socket that sent a valid `HELLO` for `user` (its answer is left unread).
+fn logged_in(tcp: std::net::SocketAddr, user: &str) -> TcpStream {
+    let mut s = TcpStream::connect(tcp).expect("connects");
+    let hello = Hello { versions: vec![1], token: token(user), ..Default::default() };
+    s.write_all(&encode_frames(&[Frame::Hello(hello)])).expect("HELLO");
+    s
+}
+
 #[test]
 fn ping_floods_are_cut_off_and_do_not_starve_others() {
     let sets = ["limits.inbound_frames_per_sec=200", "limits.inbound_burst=400"];
     attack("ping-flood", &sets, 64, |gw| {
         let stop = Arc::new(AtomicBool::new(false));
-        let pings = encode_frames(
-            &(0..512).map(|i| Frame::Ping(Ping { id: i, timestamp: None })).collect::<Vec<_>>(),
-        );
+        let pings = ping_burst();
         let flooders: Vec<_> = (0..20)
             .map(|i| {
                 let (stop, pings, tcp) = (Arc::clone(&stop), pings.clone(), gw.tcp);
                 std::thread::spawn(move || {
-                    let mut s = TcpStream::connect(tcp).expect("connects");
-                    let hello = Hello {
-                        versions: vec![1],
-                        token: token(&format!("flood-{i}")),
-                        ..Default::default()
-                    };
-                    s.write_all(&encode_frames(&[Frame::Hello(hello)])).expect("HELLO");
+                    let mut s = logged_in(tcp, &format!("flood-{i}"));
                     let until = Instant::now() + SECS;
                     let mut sent = 0usize;
                     while !stop.load(Ordering::Relaxed) && Instant::now() < until {
@@ -219,20 +226,12 @@ fn pipelining_floods_below_the_rate_limit_are_held_to_their_share_of_the_loop() 
         ["limits.inbound_frames_per_sec=0", "limits.backlog_share_percent=10", "node.workers=1"];
     attack("pipelining-flood", &sets, 64, |gw| {
         let stop = Arc::new(AtomicBool::new(false));
-        let pings = encode_frames(
-            &(0..512).map(|i| Frame::Ping(Ping { id: i, timestamp: None })).collect::<Vec<_>>(),
-        );
+        let pings = ping_burst();
         let flooders: Vec<_> = (0..4)
             .map(|i| {
                 let (stop, pings, tcp) = (Arc::clone(&stop), pings.clone(), gw.tcp);
                 std::thread::spawn(move || {
-                    let mut s = TcpStream::connect(tcp).expect("connects");
-                    let hello = Hello {
-                        versions: vec![1],
-                        token: token(&format!("pipeliner-{i}")),
-                        ..Default::default()
-                    };
-                    s.write_all(&encode_frames(&[Frame::Hello(hello)])).expect("HELLO");
+                    let mut s = logged_in(tcp, &format!("pipeliner-{i}"));
                     // Read the PONGs on another thread, so this one only writes.
                     let mut r = s.try_clone().expect("clone");
                     let reader = std::thread::spawn(move || {
