@@ -16,6 +16,14 @@
 //! `[cluster]` channel between them (`cluster.peers`: every other gateway), so a push to any
 //! user or to everyone can go through any gateway's API. The internal and status ports are
 //! picked free just before the processes start.
+//!
+//! **TLS and QUIC.** With `tls` or `quic`, the launcher generates a CA and a certificate
+//! for `127.0.0.1`/`localhost` ([`crate::certs`]) into `cert_dir`, and every gateway serves
+//! it on a TLS listener (`tls.addr`, `tls.cert`, `tls.key`) or on `[quic]` (`quic.cert_file`,
+//! `quic.key_file`) beside its plain listener; [`Cluster::ca`] is what clients trust. With a
+//! scheduler as well, each gateway's client ports are picked free before it starts so it
+//! can advertise them (`scheduler.endpoints`: `tcp://`, `tls://`, `quic://`), and clients
+//! dispatch by transport.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -67,6 +75,12 @@ pub struct ClusterSpec {
     pub log_dir: PathBuf,
     /// `HOLDFAST_JWT_SECRET` for the gateways (`None`: their development secret).
     pub jwt_secret: Option<String>,
+    /// Give every gateway a TLS listener (`[tls]`) with a generated certificate.
+    pub tls: bool,
+    /// Enable every gateway's `[quic]` listener with a generated certificate.
+    pub quic: bool,
+    /// Where the generated CA and certificate go (with `tls` or `quic`).
+    pub cert_dir: PathBuf,
 }
 
 /// One gateway process.
@@ -126,6 +140,8 @@ pub struct Cluster {
     pub scheduler: Option<SchedulerProc>,
     /// The status nodes, if any.
     pub status: Vec<StatusProc>,
+    /// The CA the gateways' TLS and QUIC certificate is signed by (with `tls` or `quic`).
+    pub ca: Option<PathBuf>,
     pollers: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -142,6 +158,14 @@ fn free_port() -> Result<u16, ClusterError> {
         .map_err(|e| ClusterError::Spawn("free port".into(), e.to_string()))
 }
 
+/// A UDP port that was free a moment ago on 127.0.0.1.
+fn free_udp_port() -> Result<u16, ClusterError> {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| ClusterError::Spawn("free UDP port".into(), e.to_string()))
+}
+
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Cluster {
@@ -153,10 +177,19 @@ impl Cluster {
         if !gw_bin.exists() {
             return Err(ClusterError::Missing(gw_bin));
         }
+        let certs = if spec.tls || spec.quic {
+            Some(
+                crate::certs::generate(&spec.cert_dir)
+                    .map_err(|e| ClusterError::Spawn("certificates".into(), e.to_string()))?,
+            )
+        } else {
+            None
+        };
         let mut cluster = Cluster {
             gateways: Vec::new(),
             scheduler: None,
             status: Vec::new(),
+            ca: certs.as_ref().map(|c| c.ca.clone()),
             pollers: Vec::new(),
         };
         cluster.start_status(spec).await?;
@@ -226,6 +259,9 @@ impl Cluster {
                     format!("cluster.secret={LOCAL_SECRET}"),
                 ];
             }
+            if let Some(c) = &certs {
+                peer_sets.extend(secure_sets(spec, c, cluster.scheduler.is_some())?);
+            }
             cluster.start_gateway(spec, &gw_bin, i, &peer_sets).await?;
         }
         Ok(cluster)
@@ -273,7 +309,12 @@ impl Cluster {
                 .and_then(|a| a.parse().ok())
                 .ok_or_else(|| ClusterError::Spawn(name.clone(), format!("ready line {line:?}")))
         };
-        let addr = GatewayAddr { tcp: ready("tcp=")?, http: ready("http=")? };
+        let addr = GatewayAddr {
+            tcp: ready("tcp=")?,
+            http: ready("http=")?,
+            tls: ready("tls=").ok(),
+            quic: ready("quic=").ok(),
+        };
         let established = Arc::new(AtomicU64::new(0));
         let pid = child.id().unwrap_or(0);
         self.pollers.push(tokio::spawn(poll_stats(addr.http, Arc::clone(&established))));
@@ -305,13 +346,19 @@ impl Cluster {
         if g.child.is_some() {
             return Ok(g.pid);
         }
-        let (tcp, http) = (g.addr.tcp, g.addr.http);
+        let addr = g.addr;
         let args: Vec<String> = g
             .args
             .iter()
             .map(|a| match a.as_str() {
-                "listen.addr=127.0.0.1:0" => format!("listen.addr={tcp}"),
-                "http.addr=127.0.0.1:0" => format!("http.addr={http}"),
+                "listen.addr=127.0.0.1:0" => format!("listen.addr={}", addr.tcp),
+                "http.addr=127.0.0.1:0" => format!("http.addr={}", addr.http),
+                "tls.addr=127.0.0.1:0" if addr.tls.is_some() => {
+                    format!("tls.addr={}", addr.tls.map_or_else(String::new, |a| a.to_string()))
+                }
+                "quic.addr=127.0.0.1:0" if addr.quic.is_some() => {
+                    format!("quic.addr={}", addr.quic.map_or_else(String::new, |a| a.to_string()))
+                }
                 _ => a.clone(),
             })
             .collect();
@@ -496,6 +543,43 @@ impl Cluster {
     pub fn established(&self) -> Vec<u64> {
         self.gateways.iter().map(|g| g.established.load(Ordering::Relaxed)).collect()
     }
+}
+
+/// The settings giving a gateway its TLS listener and QUIC with the certificate in `certs`.
+/// With a scheduler, the client ports are picked now and advertised as
+/// `scheduler.endpoints` (the plain listener's too: setting endpoints replaces the default
+/// one); without, they are port 0, read back from the ready line.
+fn secure_sets(
+    spec: &ClusterSpec,
+    certs: &crate::certs::CertFiles,
+    scheduler: bool,
+) -> Result<Vec<String>, ClusterError> {
+    let tcp_port = |on: bool| if on && scheduler { free_port() } else { Ok(0) };
+    let listen = tcp_port(true)?;
+    let tls = tcp_port(spec.tls)?;
+    let quic = if spec.quic && scheduler { free_udp_port()? } else { 0 };
+    let mut sets = Vec::new();
+    let mut endpoints = vec![format!("\"tcp://127.0.0.1:{listen}\"")];
+    if scheduler {
+        sets.push(format!("listen.addr=127.0.0.1:{listen}"));
+    }
+    if spec.tls {
+        sets.push(format!("tls.addr=127.0.0.1:{tls}"));
+        sets.push(format!("tls.cert={}", certs.cert.display()));
+        sets.push(format!("tls.key={}", certs.key.display()));
+        endpoints.push(format!("\"tls://127.0.0.1:{tls}\""));
+    }
+    if spec.quic {
+        sets.push("quic.enabled=true".to_owned());
+        sets.push(format!("quic.addr=127.0.0.1:{quic}"));
+        sets.push(format!("quic.cert_file={}", certs.cert.display()));
+        sets.push(format!("quic.key_file={}", certs.key.display()));
+        endpoints.push(format!("\"quic://127.0.0.1:{quic}\""));
+    }
+    if scheduler {
+        sets.push(format!("scheduler.endpoints=[{}]", endpoints.join(", ")));
+    }
+    Ok(sets)
 }
 
 /// Start `bin args` with its output in `log`, and wait for its ready line on stdout.

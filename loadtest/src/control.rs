@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::plan::{Command, unicast_payload, wall_ns};
+use crate::plan::{Command, Transport, unicast_payload, wall_ns};
 
 /// Most push API requests of one worker in flight at once.
 pub const MAX_PUSHES_IN_FLIGHT: usize = 128;
@@ -113,9 +113,10 @@ impl Wake for mio::Waker {
 }
 
 /// Start the control thread and the stdin reader. `dispatch_url` is the scheduler's base
-/// URL, if clients use one.
+/// URL, if clients use one; they ask it for gateways offering `transport`.
 pub fn spawn(
     dispatch_url: Option<String>,
+    transport: Transport,
     requests: UnboundedReceiver<Request>,
     replies: Sender<Reply>,
     waker: Arc<dyn Wake>,
@@ -144,13 +145,14 @@ pub fn spawn(
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     std::thread::Builder::new().name("control".into()).spawn(move || {
-        runtime.block_on(serve(dispatch_url, requests, replies, waker));
+        runtime.block_on(serve(dispatch_url, transport, requests, replies, waker));
     })?;
     Ok(())
 }
 
 async fn serve(
     dispatch_url: Option<String>,
+    transport: Transport,
     mut requests: UnboundedReceiver<Request>,
     replies: Sender<Reply>,
     waker: Arc<dyn Wake>,
@@ -185,7 +187,7 @@ async fn serve(
                 Request::Dispatch { idx, generation, uid } => {
                     let started = Instant::now();
                     let result = match base {
-                        Some(base) => dispatch(&http, &base, &uid).await,
+                        Some(base) => dispatch(&http, &base, &uid, transport).await,
                         None => DispatchResult::Failed,
                     };
                     let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -206,9 +208,16 @@ async fn serve(
     }
 }
 
-/// `GET /v1/dispatch?uid=...` on the scheduler at `base`.
-pub async fn dispatch(http: &reqwest::Client, base: &str, uid: &str) -> DispatchResult {
-    let url = format!("{base}/v1/dispatch?uid={uid}&platform=android&transports=tcp");
+/// `GET /v1/dispatch?uid=...&transports=T` on the scheduler at `base`: gateways offering
+/// `transport` (endpoints of another transport in the answer are skipped).
+pub async fn dispatch(
+    http: &reqwest::Client,
+    base: &str,
+    uid: &str,
+    transport: Transport,
+) -> DispatchResult {
+    let name = transport.name();
+    let url = format!("{base}/v1/dispatch?uid={uid}&platform=android&transports={name}");
     let Ok(resp) = http.get(&url).send().await else { return DispatchResult::Failed };
     let status = resp.status().as_u16();
     let Ok(body) = resp.json::<serde_json::Value>().await else { return DispatchResult::Failed };
@@ -216,7 +225,12 @@ pub async fn dispatch(http: &reqwest::Client, base: &str, uid: &str) -> Dispatch
         200 => {
             let addrs: Vec<SocketAddr> = body["endpoints"]
                 .as_array()
-                .map(|eps| eps.iter().filter_map(|e| e["addr"].as_str()?.parse().ok()).collect())
+                .map(|eps| {
+                    eps.iter()
+                        .filter(|e| e["transport"].as_str().is_none_or(|t| t == name))
+                        .filter_map(|e| e["addr"].as_str()?.parse().ok())
+                        .collect()
+                })
                 .unwrap_or_default();
             if addrs.is_empty() { DispatchResult::Failed } else { DispatchResult::Gateways(addrs) }
         }

@@ -11,16 +11,18 @@
 //! # Layout
 //!
 //! - [`engine`]: one mio event loop per worker process driving every client's `Session`
-//!   (no task or buffer per client); [`net`]: sockets bound to a worker's own source
-//!   addresses with `IP_BIND_ADDRESS_NO_PORT`; [`control`]: the worker's HTTP side
-//!   (scheduler dispatch, push API) and command intake, off the event loop.
+//!   (no task or buffer per client) over plain TCP, TLS (rustls's sans-IO connection on the
+//!   same socket) or QUIC (quinn on a runtime thread of the worker, polled by waker);
+//!   [`net`]: sockets bound to a worker's own source addresses with
+//!   `IP_BIND_ADDRESS_NO_PORT`; [`control`]: the worker's HTTP side (scheduler dispatch by
+//!   transport, push API) and command intake, off the event loop.
 //! - [`worker`]: the `worker` subcommand, one process of at most ~19,000 clients;
 //!   [`plan`]: what the coordinator and workers say to each other (JSON lines).
 //! - [`coordinator`]: spawns the workers, sends commands, aggregates their statistics and
 //!   merges their HDR histograms exactly ([`stats`]).
 //! - [`cluster`]: the local cluster launcher (gateway processes, a scheduler they
-//!   register with, a status ring they keep presence in), readiness on ready lines,
-//!   teardown of everything.
+//!   register with, a status ring they keep presence in, TLS and QUIC listeners with a
+//!   certificate from [`certs`]), readiness on ready lines, teardown of everything.
 //! - [`scenario`]: ramp, hold, CPU per heartbeat, unicast pushes, broadcast, pushes to
 //!   rooms (clients `JOIN` `lt/{i % rooms}` with `--rooms`), token refresh, flood fairness,
 //!   kick, drain, reconnect storm, full-fleet restart; [`progress`]: the terminal
@@ -39,6 +41,7 @@
 //! phase's histograms ([`plan::Command::TakeHistograms`]), merges them, and finally writes
 //! `result.json` and `report.html`.
 
+pub mod certs;
 pub mod cluster;
 pub mod control;
 pub mod coordinator;

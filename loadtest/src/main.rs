@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use holdfast_loadtest::cluster::{Cluster, ClusterSpec, default_bin_dir, tune_kernel};
-use holdfast_loadtest::plan::{GatewayAddr, Target};
+use holdfast_loadtest::plan::{GatewayAddr, Target, Transport};
 use holdfast_loadtest::progress::Progress;
 use holdfast_loadtest::quic::Trust;
 use holdfast_loadtest::scenario::{RunSpec, Scenario};
@@ -195,6 +195,13 @@ struct ClusterArgs {
     /// The gateways' token secret (default: their development secret).
     #[arg(long, env = "HOLDFAST_JWT_SECRET")]
     secret: Option<String>,
+    /// Give every gateway a TLS listener too, with a certificate for 127.0.0.1 and
+    /// localhost signed by a CA generated into the log directory (`certs/ca.pem`).
+    #[arg(long)]
+    tls: bool,
+    /// Enable every gateway's QUIC listener too, with the same generated certificate.
+    #[arg(long)]
+    quic: bool,
 }
 
 #[derive(ClapArgs, Debug)]
@@ -214,12 +221,30 @@ struct RunArgs {
     /// Most clients per worker process (each needs one file descriptor per client).
     #[arg(long, default_value_t = 19_000)]
     per_worker: u32,
-    /// Most connections pending (connecting or authenticating) at once.
-    #[arg(long, default_value_t = 512)]
-    max_pending: u32,
-    /// A gateway: `TCP` or `TCP/HTTP` (default HTTP: the TCP port + 80). Repeatable.
+    /// Most connections pending (connecting or authenticating) at once, all workers
+    /// together (default 512; 64 over QUIC, where a burst of handshakes overflows the
+    /// gateway's UDP receive buffer and the lost packets wait for quinn's retransmit timer).
+    #[arg(long)]
+    max_pending: Option<u32>,
+    /// A gateway: `TCP` or `TCP/HTTP` (default HTTP: the TCP port + 80), then optionally
+    /// `,tls=ADDR` and `,quic=ADDR` (its TLS and QUIC listeners, for --transport).
+    /// Repeatable.
     #[arg(long = "gateway")]
     gateways: Vec<String>,
+    /// How clients connect: `tcp`; `tls` (TLS 1.3 to each gateway's `[tls]` listener,
+    /// rustls on the same event loop: ~8 KB more per client); `quic` (its `[quic]`
+    /// listener, quinn on one runtime thread and one UDP socket per worker: ~37 KB more per
+    /// client and ~3x the CPU per heartbeat; docs/LOADTEST.md § Transports). With --cluster the
+    /// gateways get that listener and a generated certificate the clients trust; with
+    /// --gateway, name the listeners there and give --ca. A scheduler is asked for
+    /// gateways offering the transport (`transports=tls|quic`), so with --with-scheduler
+    /// the launched gateways advertise `tls://` and `quic://` endpoints.
+    #[arg(long, default_value = "tcp", value_parser = parse_transport)]
+    transport: Transport,
+    /// PEM file of the CA (or self-signed certificate) clients trust over TLS or QUIC
+    /// (default with --cluster: the generated one).
+    #[arg(long)]
+    ca: Option<PathBuf>,
     /// Ask this scheduler (base URL of its dispatch API) for a gateway before each connect.
     #[arg(long)]
     scheduler: Option<String>,
@@ -489,7 +514,9 @@ async fn run(cmd: Cmd) -> Result<(), String> {
                 backoff_ms: (500, 30_000),
                 cross_gateway: false,
                 target: Target::Fixed,
-                gateways: vec![GatewayAddr { tcp: addr, http }],
+                transport: Transport::Tcp,
+                ca: None,
+                gateways: vec![GatewayAddr::plain(addr, http)],
                 gateway_pids: vec![],
                 exe: std::env::current_exe().map_err(|e| e.to_string())?,
                 out_dir: out,
@@ -523,17 +550,32 @@ async fn run(cmd: Cmd) -> Result<(), String> {
     }
 }
 
+fn parse_transport(s: &str) -> Result<Transport, String> {
+    Transport::parse(s).ok_or_else(|| format!("{s:?}: tcp, tls or quic"))
+}
+
 fn parse_gateway(s: &str) -> Result<GatewayAddr, String> {
-    let (tcp, http) = match s.split_once('/') {
+    let mut parts = s.split(',');
+    let first = parts.next().unwrap_or_default();
+    let (tcp, http) = match first.split_once('/') {
         Some((t, h)) => (t, Some(h)),
-        None => (s, None),
+        None => (first, None),
     };
-    let tcp: SocketAddr = tcp.parse().map_err(|e| format!("--gateway {s}: {e}"))?;
+    let addr = |a: &str| a.parse::<SocketAddr>().map_err(|e| format!("--gateway {s}: {e}"));
+    let tcp = addr(tcp)?;
     let http = match http {
-        Some(h) => h.parse().map_err(|e| format!("--gateway {s}: {e}"))?,
+        Some(h) => addr(h)?,
         None => SocketAddr::new(tcp.ip(), tcp.port().wrapping_add(80)),
     };
-    Ok(GatewayAddr { tcp, http })
+    let mut g = GatewayAddr::plain(tcp, http);
+    for part in parts {
+        match part.split_once('=') {
+            Some(("tls", a)) => g.tls = Some(addr(a)?),
+            Some(("quic", a)) => g.quic = Some(addr(a)?),
+            _ => return Err(format!("--gateway {s}: {part:?} is not tls=ADDR or quic=ADDR")),
+        }
+    }
+    Ok(g)
 }
 
 async fn run_scenarios(a: RunArgs) -> Result<(), String> {
@@ -558,6 +600,10 @@ async fn run_scenarios(a: RunArgs) -> Result<(), String> {
         Some(url) => Target::Dispatch { url: url.clone() },
         None => Target::Fixed,
     };
+    let mut ca = a.ca.clone();
+    if a.transport != Transport::Tcp && a.cluster.is_none() && ca.is_none() {
+        return Err(format!("--transport {} needs --ca FILE (or --cluster)", a.transport.name()));
+    }
     let stop = stop_signal();
     if let Some(n) = a.cluster {
         if !a.no_sysctl {
@@ -586,17 +632,24 @@ async fn run_scenarios(a: RunArgs) -> Result<(), String> {
             bin_dir: a.bin_dir.clone().unwrap_or_else(default_bin_dir),
             log_dir: out.join("logs"),
             jwt_secret: (a.secret != DEV_SECRET).then(|| a.secret.clone()),
+            tls: a.transport == Transport::Tls,
+            quic: a.transport == Transport::Quic,
+            cert_dir: out.join("certs"),
         };
         let c = Cluster::start(&spec).await.map_err(|e| e.to_string())?;
         for g in &c.gateways {
             println!(
-                "cluster: {} pid {} tcp {} http {} log {}",
+                "cluster: {} pid {} tcp {} http {}{} log {}",
                 g.name,
                 g.pid,
                 g.addr.tcp,
                 g.addr.http,
+                secure_addrs(&g.addr),
                 g.log.display()
             );
+        }
+        if a.ca.is_none() {
+            ca = c.ca.clone();
         }
         if let Some(s) = &c.scheduler {
             println!(
@@ -627,7 +680,10 @@ async fn run_scenarios(a: RunArgs) -> Result<(), String> {
         clients: a.clients,
         rate,
         per_worker: a.per_worker,
-        max_pending: a.max_pending,
+        max_pending: a.max_pending.unwrap_or(match a.transport {
+            Transport::Quic => 64,
+            Transport::Tcp | Transport::Tls => 512,
+        }),
         heartbeat_ms: a.heartbeat_ms,
         token_ttl_secs: a.token_ttl_secs,
         secret: a.secret.clone(),
@@ -650,6 +706,8 @@ async fn run_scenarios(a: RunArgs) -> Result<(), String> {
         backoff_ms: (a.backoff_base_ms, a.backoff_cap_ms.max(a.backoff_base_ms)),
         cross_gateway: a.cross_gateway || (a.cluster.is_some() && a.status_nodes > 0),
         target,
+        transport: a.transport,
+        ca,
         gateways,
         gateway_pids: a.gateway_pid.clone(),
         exe: std::env::current_exe().map_err(|e| e.to_string())?,
@@ -666,6 +724,18 @@ async fn run_scenarios(a: RunArgs) -> Result<(), String> {
     let result = result.map_err(|e| e.to_string())?;
     println!("\nSummary\n{}", result.summary_table());
     Ok(())
+}
+
+/// ` tls ADDR` and ` quic ADDR` for the listeners a gateway has.
+fn secure_addrs(g: &GatewayAddr) -> String {
+    let mut out = String::new();
+    if let Some(tls) = g.tls {
+        out.push_str(&format!(" tls {tls}"));
+    }
+    if let Some(quic) = g.quic {
+        out.push_str(&format!(" quic {quic}"));
+    }
+    out
 }
 
 async fn cluster(a: ClusterArgs) -> Result<(), String> {
@@ -687,19 +757,26 @@ async fn cluster(a: ClusterArgs) -> Result<(), String> {
         bin_dir: a.bin_dir.unwrap_or_else(default_bin_dir),
         log_dir: log_dir.clone(),
         jwt_secret: a.secret,
+        tls: a.tls,
+        quic: a.quic,
+        cert_dir: log_dir.join("certs"),
     };
     let stop = stop_signal();
     let mut c = Cluster::start(&spec).await.map_err(|e| e.to_string())?;
     for g in &c.gateways {
         println!(
-            "gateway {} pid {} clients {} api http://{} metrics http://{}/metrics log {}",
+            "gateway {} pid {} clients {}{} api http://{} metrics http://{}/metrics log {}",
             g.name,
             g.pid,
             g.addr.tcp,
+            secure_addrs(&g.addr),
             g.addr.http,
             g.addr.http,
             g.log.display()
         );
+    }
+    if let Some(ca) = &c.ca {
+        println!("TLS/QUIC clients trust {}", ca.display());
     }
     if let Some(s) = &c.scheduler {
         println!(

@@ -5,6 +5,7 @@
 //! goes over these pipes, so a worker can also be driven by hand for debugging.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +18,67 @@ pub struct GatewayAddr {
     pub tcp: SocketAddr,
     /// Its HTTP push API (`http.addr`).
     pub http: SocketAddr,
+    /// Its TLS listener (`tls.addr`), if it has one.
+    #[serde(default)]
+    pub tls: Option<SocketAddr>,
+    /// Its QUIC listener (`quic.addr`, UDP), if QUIC is enabled.
+    #[serde(default)]
+    pub quic: Option<SocketAddr>,
+}
+
+impl GatewayAddr {
+    /// A gateway with a plain listener and a push API only.
+    pub fn plain(tcp: SocketAddr, http: SocketAddr) -> GatewayAddr {
+        GatewayAddr { tcp, http, tls: None, quic: None }
+    }
+
+    /// Where a client over `transport` connects, if this gateway offers it.
+    pub fn client(&self, transport: Transport) -> Option<SocketAddr> {
+        match transport {
+            Transport::Tcp => Some(self.tcp),
+            Transport::Tls => self.tls,
+            Transport::Quic => self.quic,
+        }
+    }
+
+    /// Whether `addr` is one of this gateway's client addresses (any transport).
+    pub fn serves(&self, addr: SocketAddr) -> bool {
+        self.tcp == addr || self.tls == Some(addr) || self.quic == Some(addr)
+    }
+}
+
+/// How the simulated clients reach a gateway (`run --transport`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Plain TCP to `listen.addr`.
+    #[default]
+    Tcp,
+    /// TLS 1.3 over TCP to `tls.addr` (rustls, ALPN `holdfast/1`).
+    Tls,
+    /// QUIC to `quic.addr` (quinn, ALPN `holdfast/1`).
+    Quic,
+}
+
+impl Transport {
+    /// The name the scheduler's dispatch API and the CLI use: `tcp`, `tls` or `quic`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+            Transport::Quic => "quic",
+        }
+    }
+
+    /// The transport named `name` (`tcp`, `tls`, `quic`).
+    pub fn parse(name: &str) -> Option<Transport> {
+        match name {
+            "tcp" => Some(Transport::Tcp),
+            "tls" => Some(Transport::Tls),
+            "quic" => Some(Transport::Quic),
+            _ => None,
+        }
+    }
 }
 
 /// How clients find a gateway.
@@ -71,6 +133,12 @@ pub struct Plan {
     /// `lt/{i % rooms}` after every authentication ([`room_name`]).
     #[serde(default)]
     pub rooms: u32,
+    /// How clients connect: TCP, TLS or QUIC.
+    #[serde(default)]
+    pub transport: Transport,
+    /// PEM file of the CA the clients trust (TLS and QUIC); required with either.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
 }
 
 /// The room of client `index` among `rooms`.
@@ -205,6 +273,29 @@ mod tests {
         assert_eq!(parse_payload(b"hello"), None);
         assert_eq!(parse_payload(b"hf:u:x"), None);
         assert_eq!(parse_payload(b"hf:b:1"), None);
+    }
+
+    #[test]
+    fn transports_round_trip_and_pick_the_gateway_listener() {
+        for t in [Transport::Tcp, Transport::Tls, Transport::Quic] {
+            assert_eq!(Transport::parse(t.name()), Some(t));
+            let json = serde_json::to_string(&t).unwrap();
+            assert_eq!(json, format!("\"{}\"", t.name()));
+        }
+        assert_eq!(Transport::parse("udp"), None);
+        let a = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        let mut g = GatewayAddr::plain(a(1), a(2));
+        assert_eq!(g.client(Transport::Tls), None);
+        g.tls = Some(a(3));
+        assert_eq!(g.client(Transport::Tls), Some(a(3)));
+        assert_eq!(g.client(Transport::Tcp), Some(a(1)));
+        assert!(g.serves(a(3)) && !g.serves(a(2)));
+        // Plans written before transports existed still parse: TCP, no CA.
+        let old = r#"{"tcp":"127.0.0.1:1","http":"127.0.0.1:2"}"#;
+        assert_eq!(
+            serde_json::from_str::<GatewayAddr>(old).unwrap(),
+            GatewayAddr::plain(a(1), a(2))
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use serde_json::json;
 
 use crate::cluster::Cluster;
 use crate::coordinator::{CoordinatorError, Totals, Workers};
-use crate::plan::{Command, GatewayAddr, Plan, Target, broadcast_payload, wall_ns};
+use crate::plan::{Command, GatewayAddr, Plan, Target, Transport, broadcast_payload, wall_ns};
 use crate::progress::Progress;
 use crate::report::{PhaseResult, RunResult, Sample, WorkerResult};
 use crate::stats::{Counters, HISTOGRAMS, Histograms, Summary, percentile_curve};
@@ -146,6 +146,10 @@ pub struct RunSpec {
     pub cross_gateway: bool,
     /// Fixed gateways or the scheduler.
     pub target: Target,
+    /// How clients connect: TCP, TLS or QUIC.
+    pub transport: Transport,
+    /// PEM file of the CA clients trust over TLS and QUIC.
+    pub ca: Option<PathBuf>,
     /// The gateways (push API of each).
     pub gateways: Vec<GatewayAddr>,
     /// Gateway processes to measure (CPU, RSS), if not launched here.
@@ -203,6 +207,8 @@ pub fn plans(spec: &RunSpec) -> Vec<Plan> {
             stats_interval_ms: 1000,
             push_via_any: spec.cross_gateway,
             rooms: spec.rooms,
+            transport: spec.transport,
+            ca: spec.ca.clone(),
         });
         first += clients;
     }
@@ -1110,6 +1116,7 @@ pub async fn run(
         stop,
         figures: BTreeMap::new(),
     };
+    run.figures.insert("transport".into(), json!(run.spec.transport.name()));
     if let Some((rss, _)) = run.gateway_usage() {
         run.figures.insert("gateway_rss_start_bytes".into(), json!(rss));
     }
@@ -1270,6 +1277,8 @@ mod tests {
             backoff_ms: (500, 30_000),
             cross_gateway: false,
             target: Target::Fixed,
+            transport: Transport::Tcp,
+            ca: None,
             gateways: vec![],
             gateway_pids: vec![],
             exe: PathBuf::new(),

@@ -42,9 +42,9 @@ macro_rules! counters {
 }
 
 counters! {
-    /// TCP connects started (first connections and reconnects).
+    /// Connects started, TCP, TLS or QUIC (first connections and reconnects).
     connects,
-    /// TCP connects that failed or timed out.
+    /// Connects that failed or timed out (for QUIC: the handshake or opening the stream).
     connect_failed,
     /// Connections that reached `AUTH_OK`.
     authenticated,
@@ -56,8 +56,11 @@ counters! {
     handshake_timeout,
     /// Connections closed because the gateway fell silent (idle timeout).
     idle_timeout,
-    /// Connections whose transport closed without a word (EOF, reset).
+    /// Connections whose transport closed without a word (EOF, reset, a TLS failure).
     transport_closed,
+    /// TLS connections ended by a TLS error (an untrusted certificate, an alert, a bad
+    /// record); also counted in `transport_closed`.
+    tls_failed,
     /// `KICK`s received.
     kicked,
     /// `REDIRECT`s received.
@@ -120,6 +123,7 @@ impl Counters {
             "handshake_timeout",
             "idle_timeout",
             "transport_closed",
+            "tls_failed",
             "kicked",
             "redirected",
             "server_error",

@@ -57,8 +57,9 @@ pub fn run(
     };
     let (req_tx, req_rx) = tokio::sync::mpsc::unbounded_channel();
     let (rep_tx, rep_rx) = std::sync::mpsc::channel();
+    let transport = plan.transport;
     let (mut engine, waker) = Engine::new(plan, req_tx, rep_rx, out).map_err(|e| e.to_string())?;
-    control::spawn(url, req_rx, rep_tx, waker as Arc<dyn control::Wake>, commands)
+    control::spawn(url, transport, req_rx, rep_tx, waker as Arc<dyn control::Wake>, commands)
         .map_err(|e| format!("control thread: {e}"))?;
     let result = engine.run().map_err(|e| e.to_string());
     engine.done(result.as_ref().err().cloned());

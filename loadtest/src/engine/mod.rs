@@ -1,11 +1,13 @@
 //! The client engine: one mio event loop driving every simulated client of a worker.
 //!
 //! Each client is a [`Conn`]: a `codec::client::Session` (the protocol) and, while
-//! connected, a socket. There is no task, thread, timer object or buffer per client: the
-//! loop reads every socket into one shared 64 KiB buffer, keeps every deadline in one heap
-//! ([`timers`]) and writes straight to the socket, keeping bytes only when the kernel
-//! refuses them. HTTP (dispatch, push API) happens on the control thread
-//! ([`crate::control`]).
+//! connected, a transport ([`link`]: TCP, TLS over TCP, or QUIC). There is no task, thread,
+//! timer object or buffer per TCP client: the loop reads every socket into one shared
+//! 64 KiB buffer, keeps every deadline in one heap ([`timers`]) and writes straight to the
+//! socket, keeping bytes only when the kernel refuses them. A TLS client adds rustls's
+//! connection state (boxed); a QUIC client adds quinn's connection, driven on the worker's
+//! QUIC runtime thread and polled from here by waker. HTTP (dispatch, push API) happens on
+//! the control thread ([`crate::control`]).
 //!
 //! A client behaves as a real one: it asks the scheduler for a gateway (or uses the fixed
 //! list), connects, authenticates with its own JWT, heartbeats at the granted interval,
@@ -14,13 +16,15 @@
 //! a new token, or capped exponential backoff with full jitter).
 
 mod conn;
+mod link;
 mod timers;
 
 use std::collections::VecDeque;
-use std::io::{ErrorKind, Read, Write};
-use std::net::SocketAddr;
+use std::io::{ErrorKind, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, TryRecvError};
+use std::task::Poll as TaskPoll;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -32,10 +36,14 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::control::{DispatchResult, PushOutcome, Reply, Request};
-use crate::plan::{Command, Plan, Report, Stamp, Target, parse_payload, room_name, wall_ns};
+use crate::plan::{
+    Command, Plan, Report, Stamp, Target, Transport, parse_payload, room_name, wall_ns,
+};
 use crate::stats::{Counters, Gauges, Histograms};
 use crate::{procfs, token};
 use conn::{Conn, NO_GATEWAY, PHASES, Phase};
+pub use link::LinkError;
+use link::{Link, Opened, QuicClients, is_tls_failure, token as link_token, untoken};
 use timers::{Kind, Timers};
 
 const WAKER: Token = Token(usize::MAX);
@@ -53,6 +61,8 @@ const FLOOD_PING_ID: u32 = 0x8000_0001;
 const TIMER_GRID_NS: u64 = 2_000_000;
 /// Unsent bytes past which a client is considered stuck and its connection dropped.
 const MAX_UNSENT: usize = 4 << 20;
+/// How long a stopping QUIC worker waits for its connections' closes to be sent.
+const QUIC_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Why the engine stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +73,9 @@ pub enum EngineError {
     /// The plan cannot work.
     #[error("plan: {0}")]
     Plan(String),
+    /// TLS or QUIC could not be set up.
+    #[error(transparent)]
+    Link(#[from] LinkError),
 }
 
 struct PushJob {
@@ -109,6 +122,12 @@ pub struct Engine {
     out: Box<dyn Write + Send>,
     stopping: bool,
     last_stats: Instant,
+    /// The TLS client configuration (TLS runs only).
+    tls: Option<Arc<rustls::ClientConfig>>,
+    /// quinn's runtime and endpoint (QUIC runs only).
+    quic: Option<QuicClients>,
+    /// QUIC clients woken, taken from the ready list each turn.
+    woken: Vec<u64>,
 }
 
 impl Engine {
@@ -123,8 +142,31 @@ impl Engine {
         if plan.target == Target::Fixed && plan.gateways.is_empty() {
             return Err(EngineError::Plan("no gateway address".into()));
         }
+        if plan.target == Target::Fixed
+            && let Some(g) = plan.gateways.iter().find(|g| g.client(plan.transport).is_none())
+        {
+            return Err(EngineError::Plan(format!(
+                "gateway {} has no {} address",
+                g.tcp,
+                plan.transport.name()
+            )));
+        }
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let tls = match plan.transport {
+            Transport::Tls => Some(link::tls_config(plan.ca.as_deref())?),
+            _ => None,
+        };
+        let quic = match plan.transport {
+            Transport::Quic => {
+                let source = plan
+                    .sources
+                    .first()
+                    .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |s| IpAddr::V4(*s));
+                Some(QuicClients::new(plan.ca.as_deref(), source, Arc::clone(&waker))?)
+            }
+            _ => None,
+        };
         let now = Instant::now();
         let mut flood = BytesMut::new();
         // Enough PINGs for one tick at the highest rate the gateway allows (62,500/s).
@@ -157,6 +199,9 @@ impl Engine {
             out,
             stopping: false,
             last_stats: now,
+            tls,
+            quic,
+            woken: Vec::new(),
         };
         Ok((engine, waker))
     }
@@ -192,6 +237,7 @@ impl Engine {
             for idx in std::mem::take(&mut self.again) {
                 self.on_ready(idx as usize, false, true, now);
             }
+            self.serve_woken(now);
             self.drain_replies(now);
             self.run_timers(now);
             self.ramp(now);
@@ -202,8 +248,29 @@ impl Engine {
             }
         }
         self.close_all();
+        if let Some(q) = &self.quic {
+            q.close(QUIC_CLOSE_GRACE);
+        }
         self.emit_stats();
         Ok(())
+    }
+
+    /// Serve the QUIC clients whose waker fired: poll a connect, or write and read.
+    fn serve_woken(&mut self, now: Instant) {
+        let Some(q) = &self.quic else { return };
+        q.ready.take(&mut self.woken);
+        if self.woken.is_empty() {
+            return;
+        }
+        self.woken.sort_unstable();
+        self.woken.dedup();
+        for i in 0..self.woken.len() {
+            let (idx, generation) = untoken(self.woken[i]);
+            if idx < self.conns.len() && self.conns[idx].generation == generation {
+                self.on_ready(idx, true, true, now);
+            }
+        }
+        self.woken.clear();
     }
 
     fn ns(&self, t: Instant) -> u64 {
@@ -328,7 +395,8 @@ impl Engine {
                 let c = &mut self.conns[idx];
                 let g = (self.plan.first_index as usize + idx + usize::from(c.cursor)) % n;
                 c.cursor = c.cursor.wrapping_add(1);
-                let addr = self.plan.gateways[g].tcp;
+                let gw = self.plan.gateways[g];
+                let addr = gw.client(self.plan.transport).unwrap_or(gw.tcp);
                 self.open(idx, addr, now);
             }
             Target::Dispatch { .. } => {
@@ -355,22 +423,18 @@ impl Engine {
             Some(self.plan.sources[idx % self.plan.sources.len()])
         };
         let gateway =
-            self.plan.gateways.iter().position(|g| g.tcp == addr).map_or(NO_GATEWAY, |g| g as u16);
-        let opened = crate::net::connect(addr, source).and_then(|mut stream| {
-            self.poll
-                .registry()
-                .register(&mut stream, Token(idx), Interest::READABLE | Interest::WRITABLE)
-                .map(|()| stream)
-        });
+            self.plan.gateways.iter().position(|g| g.serves(addr)).map_or(NO_GATEWAY, |g| g as u16);
+        let generation = self.conns[idx].generation.wrapping_add(1);
+        let opened = self.open_link(idx, generation, addr, source);
         let now_ns = self.ns(now);
         let c = &mut self.conns[idx];
-        c.generation = c.generation.wrapping_add(1);
+        c.generation = generation;
         c.gateway = gateway;
         c.since_ns = now_ns;
         match opened {
-            Ok(stream) => {
-                c.stream = Some(stream);
-                let generation = c.generation;
+            Ok(opened) => {
+                c.stream = opened.stream;
+                c.secure = opened.secure;
                 self.set_phase(idx, Phase::Connecting);
                 let at = now_ns + CONNECT_TIMEOUT.as_nanos() as u64;
                 self.timers.set(at, idx as u32, generation, Kind::ConnectTimeout);
@@ -379,6 +443,30 @@ impl Engine {
                 self.set_phase(idx, Phase::Connecting);
                 self.connect_failed(idx, now);
             }
+        }
+    }
+
+    /// Start a connection to `addr` over the plan's transport for slot `idx` at
+    /// `generation`, registered with the poll (TCP, TLS) or the QUIC ready list.
+    fn open_link(
+        &self,
+        idx: usize,
+        generation: u32,
+        addr: SocketAddr,
+        source: Option<Ipv4Addr>,
+    ) -> std::io::Result<Opened> {
+        if let Some(q) = &self.quic {
+            return q.connect(addr, link_token(idx, generation)).map_err(std::io::Error::other);
+        }
+        let mut stream = crate::net::connect(addr, source)?;
+        self.poll.registry().register(
+            &mut stream,
+            Token(idx),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        match &self.tls {
+            Some(config) => Opened::tls(stream, config, addr).map_err(std::io::Error::other),
+            None => Ok(Opened { stream: Some(stream), secure: None }),
         }
     }
 
@@ -400,6 +488,7 @@ impl Engine {
         if let Some(mut stream) = c.stream.take() {
             let _ = self.poll.registry().deregister(&mut stream);
         }
+        c.secure = None;
         c.unsent = None;
         c.generation = c.generation.wrapping_add(1);
         c.armed_ns = u64::MAX;
@@ -409,12 +498,21 @@ impl Engine {
     // ----- I/O ----------------------------------------------------------------------------
 
     fn on_ready(&mut self, idx: usize, writable: bool, readable: bool, now: Instant) {
-        if self.conns[idx].stream.is_none() {
-            return;
-        }
-        if self.conns[idx].phase == Phase::Connecting {
-            let c = &self.conns[idx];
-            let Some(stream) = c.stream.as_ref() else { return };
+        let c = &mut self.conns[idx];
+        let connecting = c.phase == Phase::Connecting;
+        let Some(mut link) = c.link() else { return };
+        if connecting && let Link::Quic(q) = &mut link {
+            match q.poll_connect() {
+                TaskPoll::Pending => return,
+                TaskPoll::Ready(Ok(())) => {
+                    self.set_phase(idx, Phase::Handshake);
+                    self.conns[idx].session.connect(now);
+                    self.after_input(idx, now);
+                }
+                TaskPoll::Ready(Err(_)) => return self.connect_failed(idx, now),
+            }
+        } else if connecting {
+            let Some(stream) = link.tcp() else { return };
             match stream.take_error() {
                 Ok(None) => {}
                 Ok(Some(_)) | Err(_) => return self.connect_failed(idx, now),
@@ -431,26 +529,47 @@ impl Engine {
             }
         }
         if writable {
+            self.flush_link(idx, now);
             self.flush_unsent(idx, now);
         }
         if readable {
             self.read(idx, now);
+            // Reading may have made room to write (a TLS handshake completing releases the
+            // plaintext rustls held): retry what was refused.
+            if self.conns[idx].unsent.is_some() {
+                self.flush_unsent(idx, now);
+            }
+        }
+    }
+
+    /// Write what the transport holds (TLS records); a failure closes the connection.
+    fn flush_link(&mut self, idx: usize, now: Instant) {
+        let c = &mut self.conns[idx];
+        let Some(mut link) = c.link() else { return };
+        match link.flush() {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(_) => {
+                c.session.transport_closed(now);
+                self.after_input(idx, now);
+            }
         }
     }
 
     fn read(&mut self, idx: usize, now: Instant) {
         for _ in 0..READS_PER_TURN {
             let c = &mut self.conns[idx];
-            let Some(stream) = c.stream.as_mut() else { return };
-            match stream.read(&mut self.buf) {
+            let Some(mut link) = c.link() else { return };
+            match link.read(&mut self.buf) {
                 Ok(0) => {
                     c.session.transport_closed(now);
                     return self.after_input(idx, now);
                 }
                 Ok(n) => {
+                    let again = link.read_again();
                     c.session.receive(&self.buf[..n], now);
                     self.after_input(idx, now);
-                    if n < self.buf.len() {
+                    if n < self.buf.len() && !again {
                         // A short read emptied the socket's receive queue; anything that
                         // arrives later raises a new edge. Saves the read that would only
                         // say WouldBlock: one syscall per heartbeat.
@@ -459,7 +578,10 @@ impl Engine {
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => {
+                Err(e) => {
+                    if is_tls_failure(&e) {
+                        self.counters.tls_failed += 1;
+                    }
                     c.session.transport_closed(now);
                     return self.after_input(idx, now);
                 }
@@ -471,7 +593,9 @@ impl Engine {
     /// Write `bytes` after whatever is still unsent; keep the rest.
     fn write(&mut self, idx: usize, bytes: Bytes, now: Instant) {
         let c = &mut self.conns[idx];
-        let Some(stream) = c.stream.as_mut() else { return };
+        if !c.is_open() {
+            return;
+        }
         if let Some(prev) = c.unsent.take() {
             let mut joined = BytesMut::with_capacity(prev.len() + bytes.len());
             joined.extend_from_slice(&prev);
@@ -484,7 +608,8 @@ impl Engine {
         }
         let mut rest = bytes;
         while !rest.is_empty() {
-            match stream.write(&rest) {
+            let Some(mut link) = c.link() else { return };
+            match link.write(&rest) {
                 Ok(n) => {
                     let _ = rest.split_to(n);
                 }
@@ -636,8 +761,11 @@ impl Engine {
                 delay
             }
             Reconnect::After { delay, addresses } => {
-                let addrs: VecDeque<SocketAddr> =
-                    addresses.iter().filter_map(|a| a.parse().ok()).collect();
+                let addrs: VecDeque<SocketAddr> = addresses
+                    .iter()
+                    .filter_map(|a| a.parse().ok())
+                    .map(|a| self.for_transport(a))
+                    .collect();
                 self.conns[idx].candidates =
                     if addrs.is_empty() { None } else { Some(Box::new(addrs)) };
                 delay
@@ -647,6 +775,22 @@ impl Engine {
         let generation = self.conns[idx].generation;
         let at = now_ns + u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX / 2);
         self.timers.set(at, idx as u32, generation, Kind::Reconnect);
+    }
+
+    /// The address to reach the gateway at `addr` over the plan's transport. A TLS client's
+    /// `REDIRECT` names the gateways' plain `tcp://` addresses (the gateway serves TLS on its
+    /// TCP loops and redirects by their transport): a known gateway's TLS address replaces
+    /// its plain one; an unknown address is tried as it is.
+    fn for_transport(&self, addr: SocketAddr) -> SocketAddr {
+        if self.plan.transport == Transport::Tcp {
+            return addr;
+        }
+        self.plan
+            .gateways
+            .iter()
+            .find(|g| g.tcp == addr)
+            .and_then(|g| g.client(self.plan.transport))
+            .unwrap_or(addr)
     }
 
     fn schedule_refresh(&mut self, idx: usize, now: Instant) {
@@ -967,7 +1111,7 @@ impl Engine {
     fn close_all(&mut self) {
         let now = Instant::now();
         for idx in 0..self.conns.len() {
-            if self.conns[idx].stream.is_some() {
+            if self.conns[idx].is_open() {
                 if matches!(self.conns[idx].session.state(), State::AwaitAuth | State::Established)
                 {
                     self.conns[idx].session.close();
@@ -976,8 +1120,8 @@ impl Engine {
                     self.write(idx, bytes, now);
                 }
                 while self.conns[idx].session.poll_event().is_some() {}
-                if let Some(s) = self.conns[idx].stream.as_ref() {
-                    let _ = s.shutdown(std::net::Shutdown::Write);
+                if let Some(mut link) = self.conns[idx].link() {
+                    link.shutdown();
                 }
                 self.drop_socket(idx);
             }
