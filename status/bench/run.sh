@@ -13,7 +13,7 @@ cd "$(dirname "$0")/../.."
 SECS=${SECS:-10}
 FILL=${FILL:-1000000}
 # Runtime threads per status node (node.threads).
-THREADS=${THREADS:-2}
+THREADS=${THREADS:-1}
 cargo build --release -j 1 -p holdfast-status --bins >&2
 BIN=target/release/holdfast-status
 BENCH=target/release/holdfast-status-bench

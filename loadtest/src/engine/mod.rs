@@ -51,8 +51,12 @@ const WAKER: Token = Token(usize::MAX);
 const READS_PER_TURN: usize = 8;
 /// Time allowed for a TCP connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Flooders write every this often.
-const FLOOD_TICK: Duration = Duration::from_millis(10);
+/// Flooders write every this often, one group of them per tick.
+const FLOOD_TICK: Duration = Duration::from_millis(2);
+/// Flooders are split into this many groups, each writing on its own tick: each flooder
+/// writes every `FLOOD_TICK × FLOOD_GROUPS` (10 ms), and their writes are spread over that
+/// period as independent clients' would be, not fired all at once.
+const FLOOD_GROUPS: usize = 5;
 /// Id of every flood `PING` (the session's own ids count up from 1 and never reach it).
 const FLOOD_PING_ID: u32 = 0x8000_0001;
 /// Timers fire on this grid (2 ms, as the reference harness in `../shared/peers` wakes):
@@ -116,6 +120,10 @@ pub struct Engine {
     flooders: Vec<u32>,
     flood_frames: Bytes,
     last_flood: Instant,
+    /// Flood ticks so far (which group writes next).
+    flood_round: usize,
+    /// The fraction of a frame per flooder owed from earlier ticks.
+    flood_carry: f64,
     broadcasts: Vec<[u64; 2]>,
     next_message: u64,
     rng: u64,
@@ -195,6 +203,8 @@ impl Engine {
             flooders: Vec::new(),
             flood_frames: flood.freeze(),
             last_flood: now,
+            flood_round: 0,
+            flood_carry: 0.0,
             broadcasts: Vec::new(),
             out,
             stopping: false,
@@ -1004,12 +1014,20 @@ impl Engine {
             }
         }
         if self.flood_rate > 0 && now.duration_since(self.last_flood) >= FLOOD_TICK {
-            let dt = now.duration_since(self.last_flood).as_secs_f64().min(0.1);
+            // This group last wrote FLOOD_GROUPS ticks ago.
+            let dt =
+                (now.duration_since(self.last_flood).as_secs_f64() * FLOOD_GROUPS as f64).min(0.1);
             self.last_flood = now;
-            let frames = ((f64::from(self.flood_rate) * dt) as usize).max(1);
-            for i in 0..self.flooders.len() {
-                let idx = self.flooders[i] as usize;
-                self.flood(idx, frames, now);
+            let owed = f64::from(self.flood_rate) * dt + self.flood_carry;
+            let frames = owed as usize;
+            self.flood_carry = owed - frames as f64;
+            let group = self.flood_round % FLOOD_GROUPS;
+            self.flood_round = self.flood_round.wrapping_add(1);
+            if frames > 0 {
+                for i in (group..self.flooders.len()).step_by(FLOOD_GROUPS) {
+                    let idx = self.flooders[i] as usize;
+                    self.flood(idx, frames, now);
+                }
             }
         }
     }

@@ -6,8 +6,10 @@
 //! - `lookup-max`: the same as `write` with lookups of `--batch` users: the lookup capacity.
 //! - `lookup`: open-loop lookups of `--batch` random users per request at `--rate` users
 //!   per second for `--secs` (requests are issued on schedule whatever the answers do);
-//!   latency measured from each request's issue; `max_issue_lag_us` says how far the
-//!   generator fell behind its schedule (tokio's timer has 1 ms granularity); prints
+//!   requests are paced by a thread of their own (the OS's sleep, not tokio's 1 ms timer,
+//!   so they are spread evenly rather than fired a millisecond's worth at once); latency
+//!   measured from each request's issue; `max_issue_lag_us` says how far the pacer fell
+//!   behind its schedule; prints
 //!   `p50_us= p99_us= p999_us= max_us=`.
 //! - `fill`: store `--users` users with one session each, once (for memory per session).
 //!
@@ -171,24 +173,38 @@ async fn lookup(store: Arc<dyn PresenceStore>, args: &Args) -> Result<(), String
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?,
     ));
     let errors = Arc::new(AtomicU64::new(0));
-    let mut rng = Rng(0xDEAD_BEEF);
     let start = Instant::now();
     let end = start + Duration::from_secs(args.secs);
-    let mut tasks = Vec::new();
-    let mut k: u64 = 0;
-    let mut max_lag = Duration::ZERO;
-    loop {
-        let scheduled = start + interval.mul_f64(k as f64);
-        if scheduled >= end {
-            break;
+    // Pace on a thread of its own with the OS's fine-grained sleep: tokio's timer would
+    // fire a millisecond's worth of requests at once (a burst of rate / 1000), which is not
+    // the steady open-loop load this measures.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let pacer = std::thread::spawn(move || {
+        let mut max_lag = Duration::ZERO;
+        for k in 0u64.. {
+            let scheduled = start + interval.mul_f64(k as f64);
+            if scheduled >= end {
+                break;
+            }
+            let now = Instant::now();
+            if scheduled > now {
+                std::thread::sleep(scheduled - now);
+            }
+            max_lag = max_lag.max(Instant::now().saturating_duration_since(scheduled));
+            if tx.send(()).is_err() {
+                break;
+            }
         }
-        tokio::time::sleep_until(scheduled.into()).await;
+        max_lag
+    });
+    let mut rng = Rng(0xDEAD_BEEF);
+    let mut tasks = Vec::new();
+    while rx.recv().await.is_some() {
         let users: Vec<UserId> = (0..args.batch)
             .map(|_| UserId::from(format!("user-{}", rng.next() % args.users)))
             .collect();
         let (store, hist, errors) = (Arc::clone(&store), Arc::clone(&hist), Arc::clone(&errors));
         let issued = Instant::now();
-        max_lag = max_lag.max(issued.saturating_duration_since(scheduled));
         tasks.push(tokio::spawn(async move {
             let r = store.lookup(users).await;
             let us = issued.elapsed().as_micros() as u64;
@@ -197,11 +213,11 @@ async fn lookup(store: Arc<dyn PresenceStore>, args: &Args) -> Result<(), String
             }
             let _ = hist.lock().map(|mut h| h.record(us.max(1)));
         }));
-        k += 1;
         if tasks.len() > 10_000 {
             tasks.retain(|t| !t.is_finished());
         }
     }
+    let max_lag = pacer.join().map_err(|_| "pacer thread panicked")?;
     for t in tasks {
         let _ = t.await;
     }
