@@ -43,6 +43,12 @@ pub struct QuicConfig {
     /// Use quinn's default transport parameters instead of the tuned ones (default false;
     /// for comparison: about 37 KB per idle connection instead of a few).
     pub quinn_defaults: bool,
+    /// The UDP socket's receive buffer, in bytes (default 4 MiB; 0: the kernel's default,
+    /// `net.core.rmem_default`, often 208 KiB). Every client's packets queue here until
+    /// the QUIC thread reads them: a burst of handshakes overflowing it is dropped and
+    /// resent only after the clients' retransmission timers. The kernel caps it at
+    /// `net.core.rmem_max`; the gateway warns when it got less than asked.
+    pub socket_receive_buffer_bytes: u32,
 }
 
 impl Default for QuicConfig {
@@ -58,6 +64,7 @@ impl Default for QuicConfig {
             receive_window: 16 * 1024,
             send_window: 64 * 1024,
             quinn_defaults: false,
+            socket_receive_buffer_bytes: 4 * 1024 * 1024,
         }
     }
 }

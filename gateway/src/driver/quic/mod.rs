@@ -137,12 +137,15 @@ pub(crate) fn spawn(
         .enable_all()
         .build()
         .map_err(io_err("start the QUIC runtime"))?;
+    let listen_err =
+        |e| QuicError::Io { what: format!("listen on {} (udp)", cfg.quic.addr), source: e };
+    let socket =
+        udp_socket(cfg.quic.addr, cfg.quic.socket_receive_buffer_bytes).map_err(listen_err)?;
     let endpoint = {
         let _entered = runtime.enter();
-        quinn::Endpoint::server(server, cfg.quic.addr).map_err(|e| QuicError::Io {
-            what: format!("listen on {} (udp)", cfg.quic.addr),
-            source: e,
-        })?
+        let tokio: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+        quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, tokio)
+            .map_err(listen_err)?
     };
     let addr = endpoint.local_addr().map_err(io_err("read the QUIC address"))?;
 
@@ -263,5 +266,46 @@ async fn handshake(
             m.quic.handshake_failures[f as usize].inc();
             node.admission_dropped();
         }
+    }
+}
+
+/// The QUIC listener's UDP socket, bound to `addr`, with its receive buffer raised to
+/// `receive_buffer` bytes (0: the kernel's default). The kernel may grant less (it caps the
+/// size at `net.core.rmem_max`): that is logged, not an error.
+fn udp_socket(addr: SocketAddr, receive_buffer: u32) -> io::Result<std::net::UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    if receive_buffer > 0 {
+        socket.set_recv_buffer_size(receive_buffer as usize)?;
+        // Linux reports twice what it grants (the doubling covers its bookkeeping).
+        let granted = socket.recv_buffer_size()? / 2;
+        if granted < receive_buffer as usize {
+            tracing::warn!(
+                asked = receive_buffer,
+                granted,
+                "quic.socket_receive_buffer_bytes capped by the kernel: raise net.core.rmem_max"
+            );
+        }
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_udp_socket_gets_the_receive_buffer_asked_for() {
+        let local = SocketAddr::from(([127, 0, 0, 1], 0));
+        // 96 KiB: below any kernel's default cap, so granted exactly.
+        let socket = socket2::Socket::from(udp_socket(local, 96 * 1024).expect("binds"));
+        assert_eq!(socket.recv_buffer_size().expect("reads") / 2, 96 * 1024);
+        assert_ne!(socket.local_addr().expect("bound").as_socket().expect("inet").port(), 0);
+        let default = socket2::Socket::from(udp_socket(local, 0).expect("binds"));
+        assert!(default.recv_buffer_size().expect("reads") > 0, "the kernel's default");
     }
 }
