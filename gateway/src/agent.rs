@@ -129,8 +129,8 @@ impl GatewayHooks for Hooks {
         if workers.is_empty() || order.connections == 0 {
             return;
         }
-        // A loop's clients came over its transport (TCP, or QUIC for the QUIC loop after the
-        // TCP ones): only targets of that transport are of use to them.
+        // A loop's clients came over its transport (TCP or TLS for the TCP loops, QUIC for the
+        // QUIC loop after them): only targets of that transport are of use to them.
         let redirect_for = |transport: Transport| {
             let addresses: Vec<String> = order
                 .target
@@ -144,10 +144,12 @@ impl GatewayHooks for Hooks {
             node.cfg.drain.redirect(Code::REBALANCE, jitter_ms, addresses)
         };
         let tcp = redirect_for(Transport::Tcp);
+        let tls = redirect_for(Transport::Tls).0;
         let quic = redirect_for(Transport::Quic);
         let n = workers.len() as u64;
         for (i, w) in workers.iter().enumerate() {
-            let (redirect, hold_ms) = if i < node.worker_count { &tcp } else { &quic };
+            let tcp_loop = i < node.worker_count;
+            let (redirect, hold_ms) = if tcp_loop { &tcp } else { &quic };
             let hold_ms = *hold_ms;
             let share = order.connections / n + u64::from((i as u64) < order.connections % n);
             if share == 0 {
@@ -158,6 +160,7 @@ impl GatewayHooks for Hooks {
                 count: Some(share),
                 over_ms: order.over_ms,
                 redirect: redirect.clone(),
+                tls_redirect: tcp_loop.then(|| tls.clone()),
                 hold_ms,
                 reason: SweepReason::Rebalance,
             };

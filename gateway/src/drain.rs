@@ -52,6 +52,7 @@ pub(crate) fn begin(node: &Node) -> bool {
             count: None,
             over_ms: cfg.window_ms,
             redirect,
+            tls_redirect: None,
             hold_ms,
             reason: SweepReason::Drain,
         }));

@@ -99,6 +99,7 @@ impl Fence {
                     // No make-before-break: without a lease this node must stop serving.
                     overlap: false,
                 },
+                tls_redirect: None,
                 hold_ms: 0,
                 reason: SweepReason::Fenced,
             }));

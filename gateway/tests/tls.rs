@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use holdfast_codec::Platform;
 use holdfast_codec::client::Event;
 use holdfast_tests::{
-    Client, GatewayProcess, HaproxyProcess, TestCa, Webhook, client_config, connect_from,
-    read_frames, tls_client_config, token,
+    Client, GatewayProcess, HaproxyProcess, SCHEDULER_SECRET, SchedulerProcess, TestCa, Webhook,
+    client_config, connect_from, eventually, free_port, read_frames, tls_client_config, token,
 };
 use serde_json::json;
 
@@ -251,4 +251,60 @@ fn behind_haproxy_the_proxy_header_comes_before_the_client_hello() {
     let mut plain = Client::login(gw.tcp, "plain");
     gw.post("/v1/push/user", json!({"user": "plain", "payload": "plain"}));
     assert_eq!(&plain.expect_push().payload[..], b"plain");
+}
+
+/// A full gateway answers a TLS client `REDIRECT` `SERVER_FULL` naming the other gateway's
+/// `tls://` address (the TLS listener shares the TCP loops, but its clients can only use
+/// TLS targets), and a plain client the `tcp://` one.
+#[test]
+fn a_full_gateway_redirects_tls_clients_to_tls_addresses() {
+    let ca = TestCa::new("full");
+    let (cert, key, _) = ca.issue("gateway");
+    let scheduler = SchedulerProcess::spawn(&["fleet.report_interval_ms=100", "fleet.ttl_ms=600"]);
+    let spawn = |id: u16, max: u32| {
+        let (tcp, tls) = (free_port(), free_port());
+        let sets = [
+            format!("node.id={id}"),
+            format!("listen.max_connections={max}"),
+            format!("listen.addr=127.0.0.1:{tcp}"),
+            format!("tls.addr=127.0.0.1:{tls}"),
+            format!("scheduler.addrs=[\"{}\"]", scheduler.control),
+            format!("scheduler.secret={SCHEDULER_SECRET}"),
+            "scheduler.report_interval_ms=100".to_owned(),
+            format!("scheduler.endpoints=[\"tcp://127.0.0.1:{tcp}\", \"tls://127.0.0.1:{tls}\"]"),
+        ];
+        let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+        gateway(&cert, &key, &sets)
+    };
+    let full = spawn(1, 2);
+    let roomy = spawn(2, 1000);
+    let _kept: Vec<Client> =
+        (0..2).map(|i| Client::login_tls(tls_addr(&full), &ca.ca_pem, &format!("k-{i}"))).collect();
+    // Within a few report intervals the scheduler's answer names the other gateway.
+    let redirected_to = |tls: bool| {
+        eventually(SECS, || {
+            let config = client_config(token("late"), Platform::Linux, "d");
+            let mut c = if tls {
+                Client::connect_tls(tls_addr(&full), &ca.ca_pem, config)
+            } else {
+                Client::connect(full.tcp, config)
+            };
+            let reconnect = c.expect(SECS, "REDIRECT", |e| match e {
+                Event::Redirected { reconnect, .. } => Some(reconnect),
+                Event::Authenticated(_) => panic!("a full gateway authenticated a client"),
+                _ => None,
+            });
+            match reconnect {
+                holdfast_codec::client::Reconnect::After { addresses, .. }
+                    if !addresses.is_empty() =>
+                {
+                    Some(addresses)
+                }
+                _ => None,
+            }
+        })
+        .unwrap_or_else(|| panic!("no gateway named: {}", scheduler.control_get("/v1/gateways")))
+    };
+    assert_eq!(redirected_to(true), vec![tls_addr(&roomy).to_string()], "TLS: tls:// targets");
+    assert_eq!(redirected_to(false), vec![roomy.tcp.to_string()], "plain: tcp:// targets");
 }

@@ -162,6 +162,9 @@ pub struct Sweep {
     /// The frame each connection gets. With its `OVERLAP` flag each connection stays open,
     /// delivering, until its client has moved (make-before-break) or `hold_ms` passes.
     pub redirect: Redirect,
+    /// What TLS connections of a TCP loop get instead, when the addresses differ by
+    /// transport (a rebalance names `tls://` targets for them); `None`: `redirect`.
+    pub tls_redirect: Option<Redirect>,
     /// With `OVERLAP`: how long a redirected connection is held at most, in ms (the
     /// redirect's delay and jitter plus `drain.overlap_ms`).
     pub hold_ms: u32,

@@ -40,6 +40,10 @@ pub(crate) trait Carrier: Transport + Sized {
     fn tls_unfinished(&self) -> Option<TlsFailure> {
         None
     }
+    /// The connection speaks TLS over TCP (it came in on the TLS listener).
+    fn is_tls(&self) -> bool {
+        false
+    }
 }
 
 impl Carrier for Stream {
@@ -69,6 +73,9 @@ impl Carrier for Stream {
 
     fn tls_unfinished(&self) -> Option<TlsFailure> {
         Stream::tls_unfinished(self)
+    }
+    fn is_tls(&self) -> bool {
+        Stream::is_tls(self)
     }
 }
 

@@ -109,6 +109,15 @@ impl Stream {
         self.edge.get_or_insert_with(Box::default).device = Some(device);
     }
 
+    /// TLS over TCP (from the TLS listener, also while a PROXY header before it is read).
+    pub(crate) fn is_tls(&self) -> bool {
+        match self.edge.as_ref().and_then(|e| e.layer.as_deref()) {
+            Some(Layer::Tls(_)) => true,
+            Some(Layer::Proxy(p)) => p.tls.is_some(),
+            None => false,
+        }
+    }
+
     fn tls_ref(&self) -> Option<&Tls> {
         match self.edge.as_ref()?.layer.as_deref()? {
             Layer::Tls(t) => Some(t),

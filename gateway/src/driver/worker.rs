@@ -1169,15 +1169,8 @@ impl<T: Carrier> Worker<T> {
                     code: Code::SERVER_FULL,
                     delay_ms: 0,
                     jitter_ms: FULL_JITTER_MS,
-                    // A loop's clients came over its transport: TCP, or QUIC for the QUIC
-                    // loop after the TCP ones.
-                    addresses: self.node.alternatives(
-                        if usize::from(self.index) < self.node.worker_count {
-                            holdfast_scheduler::model::Transport::Tcp
-                        } else {
-                            holdfast_scheduler::model::Transport::Quic
-                        },
-                    ),
+                    // Addresses of the transport the client came over.
+                    addresses: self.node.alternatives(self.transport_of(key)),
                     overlap: false,
                 }),
                 Admit::Refused(r) => Close::AuthFail(Code::OVERLOADED, r.message().to_owned()),
@@ -1186,6 +1179,19 @@ impl<T: Carrier> Worker<T> {
             return;
         }
         self.rearm(key);
+    }
+
+    /// The transport connection `key` came over: QUIC on the QUIC loop (after the TCP
+    /// ones), TLS or plain TCP on a TCP loop.
+    fn transport_of(&self, key: usize) -> holdfast_scheduler::model::Transport {
+        use holdfast_scheduler::model::Transport;
+        if usize::from(self.index) >= self.node.worker_count {
+            Transport::Quic
+        } else if self.conns.get(key).is_some_and(|c| c.transport.is_tls()) {
+            Transport::Tls
+        } else {
+            Transport::Tcp
+        }
     }
 
     fn on_upstream_result(&mut self, result: UpstreamResult) {
@@ -1466,7 +1472,12 @@ impl<T: Carrier> Worker<T> {
             if !established {
                 continue;
             }
-            let (redirect, hold_ms) = (s.sweep.redirect.clone(), s.sweep.hold_ms);
+            let tls = self.conns.get(key).is_some_and(|c| c.transport.is_tls());
+            let redirect = match &s.sweep.tls_redirect {
+                Some(r) if tls => r.clone(),
+                _ => s.sweep.redirect.clone(),
+            };
+            let hold_ms = s.sweep.hold_ms;
             self.call(key, |c, ctx| c.session.redirect(ctx, redirect, hold_ms));
             if self.conns.get(key).is_some_and(|c| c.session.phase() == Phase::Moving) {
                 self.node.metrics.connections_moving.inc();
