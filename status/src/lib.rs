@@ -13,7 +13,8 @@
 //! - [`error`]: [`StoreError`], what a store call fails with (moved, fenced, unavailable,
 //!   timeout, invalid, protocol).
 //! - [`store`]: the [`PresenceStore`] trait and how a gateway drives it.
-//! - [`table`]: the sans-IO core: sessions by user, leases by gateway, fencing, tombstones.
+//! - [`table`]: the sans-IO core: sessions by user (each user's sessions packed in one
+//!   allocation), leases by gateway, fencing, tombstones.
 //! - [`memory`]: [`InProcessStore`], the table behind a mutex (single-node default).
 //! - [`batcher`]: [`batcher::Batcher`], the gateway's presence task: queue, batch, renew,
 //!   resync, fence.
