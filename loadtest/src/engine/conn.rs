@@ -67,6 +67,9 @@ pub(crate) struct Conn {
     pub(crate) flooder: bool,
     /// A `REFRESH` awaits its answer.
     pub(crate) refreshing: bool,
+    /// The refresh job reached this client while it was not connected (being moved, or
+    /// reconnecting): it refreshes as soon as it is authenticated again.
+    pub(crate) refresh_owed: bool,
     /// The client has connected at least once (so the next connect is a reconnect).
     pub(crate) was_up: bool,
 }
@@ -87,6 +90,7 @@ impl Conn {
             phase: Phase::Idle,
             flooder: false,
             refreshing: false,
+            refresh_owed: false,
             was_up: false,
         }
     }

@@ -678,6 +678,9 @@ impl Engine {
                 self.conns[idx].was_up = true;
                 self.set_phase(idx, Phase::Established);
                 self.schedule_refresh(idx, now);
+                if self.conns[idx].refresh_owed {
+                    self.refresh_now(idx, now);
+                }
                 // The first time only: the session rejoins its rooms on every new connection.
                 let session = &mut self.conns[idx].session;
                 if self.plan.rooms > 0 && session.rooms().next().is_none() {
@@ -812,9 +815,16 @@ impl Engine {
     }
 
     fn refresh_now(&mut self, idx: usize, now: Instant) {
-        if self.conns[idx].phase != Phase::Established || self.conns[idx].refreshing {
+        if self.conns[idx].refreshing {
             return;
         }
+        if self.conns[idx].phase != Phase::Established {
+            // Not connected at its turn (a move, a reconnect): refresh once it is back,
+            // unless it is gone for good.
+            self.conns[idx].refresh_owed = self.conns[idx].phase != Phase::Down;
+            return;
+        }
+        self.conns[idx].refresh_owed = false;
         let Ok(token) = self.mint(idx) else { return };
         let now_ns = self.ns(now);
         let c = &mut self.conns[idx];
