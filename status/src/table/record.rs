@@ -181,18 +181,18 @@ impl Record {
     /// A copy holding only the sessions for which `keep` holds (`None` if none is left);
     /// `self` unchanged when every session stays.
     pub(super) fn filtered(&self, mut keep: impl FnMut(View<'_>) -> bool) -> Filtered {
-        let kept: Vec<bool> = self.sessions().map(&mut keep).collect();
-        let dropped = kept.iter().filter(|k| !**k).count();
+        let mut total = 0;
+        let kept: Vec<Part<'_>> = self
+            .sessions()
+            .inspect(|_| total += 1)
+            .filter(|v| keep(*v))
+            .map(Part::Packed)
+            .collect();
+        let dropped = total - kept.len();
         if dropped == 0 {
             return Filtered::Unchanged;
         }
-        let mut flags = kept.iter();
-        let parts = self
-            .sessions()
-            .filter(|_| flags.next().copied().unwrap_or(false))
-            .map(Part::Packed)
-            .collect::<Vec<_>>();
-        Filtered::Changed { record: Record::build(self.user(), parts.into_iter()), dropped }
+        Filtered::Changed { record: Record::build(self.user(), kept.into_iter()), dropped }
     }
 
     /// Bytes allocated for this record.
