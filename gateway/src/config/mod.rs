@@ -45,15 +45,25 @@ pub const MIN_SECRET_BYTES: usize = 16;
 /// The largest `auth.leeway_secs` accepted: more would keep expired tokens alive for long.
 pub const MAX_LEEWAY_SECS: u64 = 3600;
 
+mod auth;
+mod cluster;
+mod delivery;
+mod listen;
 mod load;
+mod node;
 mod quic;
-mod sections;
+mod rooms;
 #[cfg(test)]
 mod tests;
 mod validate;
 
+pub use auth::*;
+pub use cluster::*;
+pub use delivery::*;
+pub use listen::*;
+pub use node::*;
 pub use quic::QuicConfig;
-pub use sections::*;
+pub use rooms::*;
 
 /// The whole gateway configuration, one field per TOML section.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
