@@ -15,7 +15,9 @@
 //! - `admit.rs`: admission at accept (fence, `max_connections`, pending handshakes, accept
 //!   rate), shared by the TCP acceptor and the QUIC listener.
 //! - [`worker`]: one event loop (mio): readiness, fair turns, timers, commands, broadcasts;
-//!   it carries out what sessions decide and does the node's bookkeeping for them.
+//!   it carries out what sessions decide and does the node's bookkeeping for them. A file
+//!   per concern: `mod.rs` (the loop, driving a session), `readiness.rs`, `fair.rs`,
+//!   `timers.rs`, `control.rs` (commands), `push.rs`, `lifecycle.rs`, `joins.rs` (rooms).
 //! - [`commands`]: the loops' queues (a bounded control queue for the API, an internal one).
 //! - `rooms.rs`: one loop's room memberships (room → its members here, connection → its
 //!   rooms, the token's `rooms` claim), read by pushes to a room without a lock.
