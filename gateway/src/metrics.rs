@@ -290,6 +290,10 @@ pub struct Metrics {
     pub yields: IntCounter,
     /// Turns in which connections with work left over waited for the loop's backlog share.
     pub backlog_waits: IntCounter,
+    /// Event loops currently served by loop 0's thread because they were idle.
+    pub loops_lent: IntGauge,
+    /// Times an idle event loop was handed to loop 0's thread.
+    pub loop_lends: IntCounter,
     /// Times the allocator was trimmed after a burst drained.
     pub memory_trims: IntCounter,
     /// Token refreshes, by outcome (`ok`, `refused`).
@@ -604,6 +608,17 @@ impl Metrics {
                 "holdfast_gateway_backlog_waits_total",
                 "Turns in which connections with work left over (pipelining peers) waited \
                  because they had used limits.backlog_share_percent of their loop's time.",
+            ),
+            loops_lent: gauge(
+                r,
+                "holdfast_gateway_loops_lent",
+                "Event loops currently served by loop 0's thread because they were idle \
+                 (node.lend_idle_loops).",
+            ),
+            loop_lends: counter(
+                r,
+                "holdfast_gateway_loop_lends_total",
+                "Times an idle event loop was handed to loop 0's thread.",
             ),
             memory_trims: counter(
                 r,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use holdfast_codec::client::Event;
 use holdfast_codec::{Code, Frame, Hello, Platform};
 use holdfast_tests::{
-    Client, GatewayProcess, Webhook, client_config, read_frames, token, token_with,
+    Client, GatewayProcess, Webhook, client_config, eventually, read_frames, token, token_with,
 };
 use serde_json::json;
 
@@ -462,4 +462,80 @@ fn rs256_tokens_are_verified_with_the_configured_public_key() {
         auth_fail(&gw, client_config(token("mia"), Platform::Ios, "p")),
         Code::INVALID_TOKEN
     );
+}
+
+/// `node.lend_idle_loops` (on by default): an idle loop is served by loop 0's thread, its
+/// clients still get their pushes, logins, heartbeats and closes; pipelined frames hand it
+/// back to its own thread, and it is lent again once idle; `SIGTERM` ends both threads
+/// cleanly.
+#[test]
+fn an_idle_loop_is_served_by_loop_zero_and_handed_back_for_work() {
+    let gw = gateway(&["drain.on_sigterm=false"]);
+    // Six clients: three on each loop (new sockets go to the loops in turn).
+    let mut clients: Vec<Client> =
+        (0..6).map(|i| Client::login(gw.tcp, &format!("lend{i}"))).collect();
+    assert_eq!(gw.wait_metric("holdfast_gateway_loops_lent", 1.0, SECS), 1.0, "lent when idle");
+    let lends = gw.metric("holdfast_gateway_loop_lends_total");
+    assert!(lends >= 1.0);
+
+    // Served while lent: a push to each user, on whichever loop holds it.
+    for (i, c) in clients.iter_mut().enumerate() {
+        let (status, answer) =
+            gw.post("/v1/push/user", json!({"user": format!("lend{i}"), "payload": "one"}));
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["delivered"].as_array().map(Vec::len), Some(1), "{answer}");
+        assert_eq!(&c.expect_push().payload[..], b"one");
+    }
+    // A new login, and a close, on each loop.
+    for i in 6..8 {
+        clients.push(Client::login(gw.tcp, &format!("lend{i}")));
+    }
+    drop(clients.remove(0));
+    drop(clients.remove(0));
+    let closed = eventually(SECS, || {
+        (gw.metric("holdfast_gateway_connections_established") == 6.0).then_some(())
+    });
+    assert!(closed.is_some(), "closes seen on both loops");
+    // Heartbeats answered (the sessions ping on their own) and nobody evicted meanwhile.
+    for c in &mut clients {
+        c.run_for(Duration::from_millis(100));
+    }
+
+    // Pipelined frames are work for two: a burst of 200 `PING`s on each loop (more than
+    // one turn's frames) hands the lent loop back to its own thread; once idle again it is
+    // lent again (a lend needs it back first).
+    let bursts: Vec<TcpStream> = (0..2)
+        .map(|i| {
+            let mut s = TcpStream::connect(gw.tcp).expect("connects");
+            let mut bytes = holdfast_tests::hello_bytes(&format!("burst{i}"));
+            let pings: Vec<Frame> = (0..200)
+                .map(|id| Frame::Ping(holdfast_codec::Ping { id, timestamp: None }))
+                .collect();
+            bytes.extend(holdfast_tests::encode_frames(&pings));
+            s.write_all(&bytes).expect("HELLO and PINGs");
+            s
+        })
+        .collect();
+    let relent = gw.wait_metric("holdfast_gateway_loop_lends_total", lends + 1.0, SECS);
+    assert!(relent > lends, "lent again after the burst: {relent}");
+    drop(bursts);
+    // Still served: a push to all, after the hand-back and the new lend.
+    let quiet = eventually(SECS, || {
+        (gw.metric("holdfast_gateway_connections_established") == 6.0).then_some(())
+    });
+    assert!(quiet.is_some(), "the burst connections closed");
+    let (status, answer) = gw.post("/v1/push/all", json!({"payload": "all", "ack": false}));
+    assert_eq!((status, answer["delivered_count"].as_u64()), (200, Some(6)), "{answer}");
+    for c in &mut clients {
+        assert_eq!(&c.expect_push().payload[..], b"all");
+    }
+
+    // Shutdown with a loop lent: both loops close their clients and the process exits 0.
+    let mut gw = gw;
+    gw.signal(libc::SIGTERM);
+    let status = gw.wait_exit(Duration::from_secs(15)).expect("exits after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    for c in &mut clients {
+        assert!(c.closed_within(SECS), "client closed at shutdown");
+    }
 }

@@ -4,7 +4,9 @@
 //! per-connection path takes a lock or touches another thread's memory: the read buffer and
 //! the output buffers are the worker's (one per loop, reused), the connection's timer is one
 //! 4-byte entry in the worker's [`Wheel`], and the record is a [`Conn`]. The rest of the
-//! process reaches a worker through its queues ([`commands`](super::commands)).
+//! process reaches a worker through its queues ([`commands`](super::commands)). An idle loop
+//! may be run by loop 0's thread instead of its own (`lend.rs`), but always by one thread
+//! at a time, moved there and back whole.
 //!
 //! # One turn of the loop
 //!
@@ -45,6 +47,7 @@
 //! - `lifecycle.rs`: what sessions ask of the node (login, token refresh, upstream,
 //!   departure), adoption of new connections, shutdown;
 //! - `joins.rs`: room joins and leaves of this loop's connections;
+//! - `lend.rs`: an idle loop lent to loop 0's thread, and taken back when there is work;
 //! - `control.rs`: the command queues (the API's commands, the node's internal messages);
 //! - `push.rs`: pushes, broadcasts in chunks, redirect sweeps;
 //! - `timers.rs`: the connections' timers and the loop's counters.
@@ -55,6 +58,7 @@
 mod control;
 mod fair;
 mod joins;
+pub(crate) mod lend;
 mod lifecycle;
 mod push;
 mod readiness;
@@ -215,49 +219,68 @@ impl<T: Carrier> Worker<T> {
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.poll_timeout();
-            if let Err(e) = self.poll.poll(&mut events, timeout)
-                && e.kind() != io::ErrorKind::Interrupted
-            {
-                return Err(e);
-            }
-            self.set_now();
-            let mut woken = false;
-            for (i, ev) in events.iter().enumerate() {
-                if ev.token() == WAKER {
-                    woken = true;
-                    continue;
-                }
-                // Commands (pushes above all) are not kept waiting for a whole busy turn.
-                if i % SLICE == SLICE - 1 {
-                    self.drain_commands();
-                }
-                let key = ev.token().0;
-                if ev.is_writable() {
-                    self.on_writable(key);
-                }
-                if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                    self.on_readable(key, ev.is_read_closed() || ev.is_error());
-                }
-            }
-            if woken {
-                self.drain_feed();
-            }
-            self.resume_within_share();
-            if woken || self.commands_pending {
-                self.drain_commands();
-            }
-            self.continue_broadcast();
-            self.continue_sweep();
-            self.on_ticks();
-            self.flush_stats(false);
-            if let Some(deadline) = self.stopping
-                && (self.conns.len() == 0 || self.now.ms() >= deadline)
-            {
-                self.abandon_all();
-                self.flush_stats(true);
+            if self.turn(&mut events, timeout)? {
                 return Ok(());
             }
         }
+    }
+
+    /// One turn of the loop: poll for at most `timeout`, serve what is ready, then the
+    /// loop's own work (module doc). True once shutdown has completed. Tokens of loops
+    /// lent to this one's thread (`lend.rs`) are left in `events` for the caller.
+    fn turn(&mut self, events: &mut Events, timeout: Option<Duration>) -> io::Result<bool> {
+        if let Err(e) = self.poll.poll(events, timeout)
+            && e.kind() != io::ErrorKind::Interrupted
+        {
+            return Err(e);
+        }
+        self.set_now();
+        let mut woken = false;
+        for (i, ev) in events.iter().enumerate() {
+            if ev.token() == WAKER {
+                woken = true;
+                continue;
+            }
+            if lend::is_guest(ev.token()) {
+                continue;
+            }
+            // Commands (pushes above all) are not kept waiting for a whole busy turn.
+            if i % SLICE == SLICE - 1 {
+                self.drain_commands();
+            }
+            let key = ev.token().0;
+            if ev.is_writable() {
+                self.on_writable(key);
+            }
+            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                self.on_readable(key, ev.is_read_closed() || ev.is_error());
+            }
+        }
+        if woken {
+            self.drain_feed();
+        }
+        self.resume_within_share();
+        if woken || self.commands_pending {
+            self.drain_commands();
+        }
+        self.continue_broadcast();
+        self.continue_sweep();
+        self.on_ticks();
+        self.flush_stats(false);
+        if let Some(deadline) = self.stopping
+            && (self.conns.len() == 0 || self.now.ms() >= deadline)
+        {
+            self.abandon_all();
+            self.flush_stats(true);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Microseconds since the last poll returned: how long the turn has been busy.
+    fn busy_us(&self) -> u64 {
+        let mono = Instant::now().saturating_duration_since(self.origin).as_micros() as u64;
+        mono.saturating_sub(self.now.mono_us)
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
