@@ -278,34 +278,20 @@ fn start_with(cfg: Config, presence: Option<Arc<dyn Presence>>) -> Result<Runnin
     });
     let mut threads = Vec::new();
     let mut handles = Vec::new();
-    let mut workers_built = Vec::new();
+    let (mut loops, mut wakers) = (Vec::new(), Vec::new());
     for index in 0..worker_count {
         let poll = Poll::new().map_err(io_err("create a worker poll"))?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(io_err("create a waker"))?);
         let (handle, rx) = queues(node.cfg.node.command_queue, Arc::clone(&waker));
         handles.push(handle);
-        workers_built.push((Worker::new(index as u8, Arc::clone(&node), poll, rx), waker));
+        loops.push(Worker::new(index as u8, Arc::clone(&node), poll, rx));
+        wakers.push(waker);
     }
     // Idle loops lend themselves to loop 0's thread (`driver/worker/lend.rs`).
-    let lending = node.cfg.node.lend_idle_loops && worker_count > 1;
-    let (mut host, mut lenders) = match lending {
-        true => {
-            let (host, lenders) = crate::driver::worker::lend::desk(
-                worker_count - 1,
-                Arc::clone(&workers_built[0].1),
-            );
-            (Some(host), lenders.into_iter())
-        }
-        false => (None, Vec::new().into_iter()),
-    };
-    for (index, (worker, _)) in workers_built.into_iter().enumerate() {
+    let roles = crate::driver::worker::lend::roles(node.cfg.node.lend_idle_loops, &wakers);
+    for (index, (worker, role)) in loops.into_iter().zip(roles).enumerate() {
         let name = format!("holdfast-worker-{index}");
-        let role = if index == 0 { host.take().map(Ok) } else { lenders.next().map(Err) };
-        let body = move || match role {
-            None => worker.run(),
-            Some(Ok(host)) => worker.run_hosting(host),
-            Some(Err(lender)) => Box::new(worker).run_lending(lender),
-        };
+        let body = move || worker.run_as(role);
         let thread = std::thread::Builder::new()
             .name(name.clone())
             .spawn(move || run_or_abort(&name, body))

@@ -123,19 +123,34 @@ pub(crate) struct Lender {
     load: Arc<HostLoad>,
 }
 
-/// The host's end and one lender's end for each of `lenders` loops; `host_waker` wakes
-/// loop 0.
-pub(crate) fn desk(lenders: usize, host_waker: Arc<Waker>) -> (Host, Vec<Lender>) {
+/// How each TCP loop runs, given their `wakers` in order: with `lending`, loop 0 hosts and
+/// the others lend themselves to it; otherwise (or with one loop) each runs alone.
+pub(crate) fn roles(lending: bool, wakers: &[Arc<Waker>]) -> Vec<Role> {
+    let (loops, Some(host_waker)) = (wakers.len(), wakers.first()) else { return Vec::new() };
+    if !lending || loops < 2 {
+        return (0..loops).map(|_| Role::Alone).collect();
+    }
     let (tx, inbox) = std::sync::mpsc::channel();
     let load = Arc::new(HostLoad::default());
-    let lenders = (0..lenders)
-        .map(|_| Lender {
+    let lenders = (1..loops).map(|_| {
+        Role::Lender(Lender {
             host: tx.clone(),
-            host_waker: Arc::clone(&host_waker),
+            host_waker: Arc::clone(host_waker),
             load: Arc::clone(&load),
         })
-        .collect();
-    (Host { inbox, load }, lenders)
+    });
+    let host = Role::Host(Host { inbox, load: Arc::clone(&load) });
+    std::iter::once(host).chain(lenders).collect()
+}
+
+/// How one TCP loop runs.
+pub(crate) enum Role {
+    /// On its own thread, always.
+    Alone,
+    /// Loop 0: also serves the loops lent to it.
+    Host(Host),
+    /// Another loop: lends itself to loop 0 while idle.
+    Lender(Lender),
 }
 
 /// A loop being served by the host.
@@ -155,9 +170,18 @@ impl Guest {
 }
 
 impl Worker<Stream> {
+    /// Run a TCP loop in its role until shutdown completes.
+    pub(crate) fn run_as(self, role: Role) -> std::io::Result<()> {
+        match role {
+            Role::Alone => self.run(),
+            Role::Host(host) => self.run_hosting(host),
+            Role::Lender(lender) => Box::new(self).run_lending(lender),
+        }
+    }
+
     /// Run a TCP loop other than loop 0 until shutdown completes, lending it to loop 0's
     /// thread whenever it is idle.
-    pub(crate) fn run_lending(mut self: Box<Self>, lender: Lender) -> std::io::Result<()> {
+    fn run_lending(mut self: Box<Self>, lender: Lender) -> std::io::Result<()> {
         let mut events = Events::with_capacity(1024);
         let mut load = Load::new(Instant::now());
         loop {
@@ -191,7 +215,7 @@ impl Worker<Stream> {
     }
 
     /// Run loop 0 until shutdown completes, also serving the loops lent to it.
-    pub(crate) fn run_hosting(mut self, host: Host) -> std::io::Result<()> {
+    fn run_hosting(mut self, host: Host) -> std::io::Result<()> {
         let mut events = Events::with_capacity(1024);
         let mut spare = Events::with_capacity(1024);
         let mut guests: Vec<Guest> = Vec::new();
