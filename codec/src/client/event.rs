@@ -132,8 +132,11 @@ pub enum Event {
     /// The retiring connection of a make-before-break move is done (the new one is
     /// established and the linger passed, or the server ended the old one): write
     /// [`Session::poll_transmit_retiring`](super::Session::poll_transmit_retiring) once
-    /// more, close that transport, then call
-    /// [`Session::retiring_closed`](super::Session::retiring_closed).
+    /// more, shut down that transport's write side and keep reading it into
+    /// [`Session::receive_retiring`](super::Session::receive_retiring) until it ends, then
+    /// call [`Session::retiring_closed`](super::Session::retiring_closed); close it without
+    /// waiting once [`Session::has_retiring`](super::Session::has_retiring) is false
+    /// ([`RETIRED_DRAIN`](super::RETIRED_DRAIN)).
     Retired,
     /// An `ERROR` not about a request; with `fatal` a [`Event::Closed`] follows.
     ServerError {

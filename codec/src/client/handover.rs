@@ -9,8 +9,12 @@
 //! and acknowledged at once by message id. When the new connection is established, and
 //! [`Config::overlap_linger`](super::Config::overlap_linger) has passed, or when the server
 //! ends the old connection, the session emits [`Event::Retired`]: write
-//! [`Session::poll_transmit_retiring`] once more, close that transport and call
-//! [`Session::retiring_closed`].
+//! [`Session::poll_transmit_retiring`] once more and shut down that transport's write side,
+//! but keep reading it: a push the old gateway wrote before it saw the end of stream is
+//! still handed out (it cannot be acknowledged any more; the server reports it to the
+//! backend as unacknowledged). When the transport ends, call [`Session::retiring_closed`];
+//! when the server does not end it within [`RETIRED_DRAIN`], or sends bytes that are not a
+//! frame, the session forgets it ([`Session::has_retiring`] turns false): close it then.
 //!
 //! When the new connection rejoins the session's rooms (`rooms.rs`), the old one is kept
 //! past the linger until every rejoin is answered, so no room push falls between the two.
@@ -24,6 +28,10 @@ use bytes::{Bytes, BytesMut};
 
 use super::{Event, Session};
 use crate::{Ack, CodeClass, ErrorFrame, Frame, decode};
+
+/// How long a retired connection is read after the session half-closed it, waiting for the
+/// server to end it (it does at once, after what it had already sent).
+pub const RETIRED_DRAIN: Duration = Duration::from_secs(5);
 
 /// The previous connection during a make-before-break move.
 #[derive(Debug)]
@@ -43,15 +51,16 @@ pub(super) struct Retiring {
     held: bool,
     /// Ids of the room requests sent on it that awaited their answer when it began retiring.
     room_requests: BTreeSet<u32>,
-    /// [`Event::Retired`] was emitted: input is ignored, only the last bytes remain to write.
-    done: bool,
+    /// [`Event::Retired`] was emitted: the write side is shut; input is read for pushes
+    /// only, until the server ends it or this time (then the session forgets it).
+    drained_by: Option<Instant>,
 }
 
 impl Retiring {
     /// The next time something happens to it, unless it is done.
     pub(super) fn deadline(&self) -> Option<Instant> {
-        if self.done {
-            return None;
+        if self.drained_by.is_some() {
+            return self.drained_by;
         }
         let idle = self.idle_timeout.and_then(|t| self.last_rx.checked_add(t));
         let retire = if self.held { None } else { self.retire_at };
@@ -76,7 +85,7 @@ impl Session {
             retire_at: None,
             held: false,
             room_requests: self.rooms.drop_pending(),
-            done: false,
+            drained_by: None,
         }));
     }
 
@@ -91,7 +100,7 @@ impl Session {
     /// The new connection is established: retire the old one after the linger.
     pub(super) fn schedule_retire(&mut self, now: Instant) {
         let linger = self.config.overlap_linger;
-        if let Some(r) = self.retiring.as_mut().filter(|r| !r.done) {
+        if let Some(r) = self.retiring.as_mut().filter(|r| r.drained_by.is_none()) {
             r.retire_at = Some(now.checked_add(linger).unwrap_or(now));
         }
     }
@@ -99,23 +108,52 @@ impl Session {
     /// How long the retiring connection still lingers (zero when there is none, or it is
     /// done).
     pub(super) fn linger_left(&self, now: Instant) -> Duration {
-        let at = self.retiring.as_ref().filter(|r| !r.done).and_then(|r| r.retire_at);
+        let at =
+            self.retiring.as_ref().filter(|r| r.drained_by.is_none()).and_then(|r| r.retire_at);
         at.map_or(Duration::ZERO, |t| t.saturating_duration_since(now))
     }
 
-    /// Emit [`Event::Retired`] for the retiring connection, once.
+    /// Emit [`Event::Retired`] for the retiring connection, once, and start its drain.
     pub(super) fn retire(&mut self) {
-        if let Some(r) = self.retiring.as_mut().filter(|r| !r.done) {
-            r.done = true;
-            r.inbound.clear();
+        let now = self.last_now;
+        if let Some(r) = self.retiring.as_mut().filter(|r| r.drained_by.is_none()) {
+            r.drained_by = Some(now.checked_add(RETIRED_DRAIN).unwrap_or(now));
             self.events.push_back(Event::Retired);
         }
     }
 
-    /// Retire the old connection if its time has come.
+    /// Retire the old connection if its time has come; forget it when its drain is over.
     pub(super) fn retiring_timeout(&mut self, now: Instant) {
-        if self.retiring.as_ref().and_then(|r| r.deadline()).is_some_and(|d| d <= now) {
-            self.retire();
+        let Some(r) = self.retiring.as_ref() else { return };
+        if r.deadline().is_some_and(|d| d <= now) {
+            if r.drained_by.is_some() {
+                self.retiring = None;
+            } else {
+                self.retire();
+            }
+        }
+    }
+
+    /// Bytes from a retired connection's transport: pushes not seen before are handed out
+    /// (unacknowledged: the write side is shut); anything else is ignored, and bytes that
+    /// are not a frame end the drain.
+    fn drain_retired(&mut self) {
+        let max_frame = self.config.max_frame;
+        loop {
+            let Some(r) = self.retiring.as_mut() else { return };
+            match decode(&mut r.inbound, max_frame) {
+                Ok(None) => return,
+                Ok(Some(Frame::Push(push))) => {
+                    if self.seen.first_time(push.message_id) {
+                        self.events.push_back(Event::Push(push));
+                    }
+                }
+                Ok(Some(_)) => {}
+                Err(_) => {
+                    self.retiring = None;
+                    return;
+                }
+            }
         }
     }
 
@@ -125,15 +163,19 @@ impl Session {
     /// Pushes not seen before become [`Event::Push`] and are acknowledged at once; a `PING`
     /// is answered; upstream answers become events; room answers (`ROOM_OK`, a non-fatal
     /// 7xx `ERROR` or one naming a room request sent on it) are ignored. `KICK`, `REDIRECT`,
-    /// a fatal `ERROR` or bytes that are not a frame end it ([`Event::Retired`]). Ignored
-    /// when there is no retiring connection.
+    /// a fatal `ERROR` or bytes that are not a frame end it ([`Event::Retired`]). After
+    /// [`Event::Retired`] only pushes not seen before are handed out, unacknowledged.
+    /// Ignored when there is no retiring connection.
     pub fn receive_retiring(&mut self, bytes: &[u8], now: Instant) {
         self.tick(now);
         let max_frame = self.config.max_frame;
-        let Some(r) = self.retiring.as_mut().filter(|r| !r.done) else { return };
+        let Some(r) = self.retiring.as_mut() else { return };
         r.inbound.extend_from_slice(bytes);
         loop {
-            let Some(r) = self.retiring.as_mut().filter(|r| !r.done) else { return };
+            let Some(r) = self.retiring.as_mut() else { return };
+            if r.drained_by.is_some() {
+                return self.drain_retired();
+            }
             let frame = match decode(&mut r.inbound, max_frame) {
                 Ok(None) => return,
                 Ok(Some(frame)) => frame,
@@ -180,14 +222,15 @@ impl Session {
         if r.outbound.is_empty() { None } else { Some(r.outbound.split().freeze()) }
     }
 
-    /// The retiring connection's transport is closed (after [`Event::Retired`], or because
+    /// The retiring connection's transport is closed (it ended after [`Event::Retired`], or
     /// it died): forget it. Idempotent.
     pub fn retiring_closed(&mut self) {
         self.retiring = None;
     }
 
-    /// True while a previous connection is kept open for a make-before-break move (until
-    /// [`Session::retiring_closed`]).
+    /// True while a previous connection is kept open for a make-before-break move, or read
+    /// to its end after [`Event::Retired`] (until [`Session::retiring_closed`], the end of
+    /// [`RETIRED_DRAIN`], or bytes on it that are not a frame).
     pub fn has_retiring(&self) -> bool {
         self.retiring.is_some()
     }

@@ -56,7 +56,9 @@
 //! [`Event::Redirected`] `{ overlap: true, .. }`: after the advised delay it opens the next
 //! transport and calls [`Session::connect`] while still reading the old one into
 //! [`Session::receive_retiring`] and writing [`Session::poll_transmit_retiring`] to it; at
-//! [`Event::Retired`] it closes the old transport and calls [`Session::retiring_closed`].
+//! [`Event::Retired`] it writes that once more, shuts down the old transport's write side
+//! and reads it to its end (then calls [`Session::retiring_closed`]), or closes it once
+//! [`Session::has_retiring`] turns false ([`RETIRED_DRAIN`]).
 //! `gateway/tests/moving.rs` is a complete tokio driver doing this.
 //!
 //! # Token lifetime
@@ -103,6 +105,7 @@ pub use backoff::{Backoff, BackoffConfig};
 pub use config::{Config, ConfigError};
 pub use error::{SendError, SessionError};
 pub use event::{CloseReason, Event};
+pub use handover::RETIRED_DRAIN;
 pub use reconnect::{Reconnect, THROTTLED_MIN_DELAY};
 pub use rooms::MAX_ROOM_REQUESTS_IN_FLIGHT;
 

@@ -673,11 +673,48 @@ fn an_overlap_redirect_keeps_the_connection_until_the_next_one_is_established() 
     assert!(!h.events().contains(&Event::Retired));
     h.tick(300 + 1_000);
     assert!(h.events().contains(&Event::Retired));
-    h.feed_retiring(&[push_id(6, 505)], 1_400);
-    assert!(h.events().is_empty(), "input after Retired is ignored");
+    h.sent_retiring();
+    // Retired: the write side is shut, but the old connection is read to its end. A push
+    // the old gateway wrote before it saw the end of stream is still handed out, once, and
+    // nothing is answered on it any more.
+    h.feed_retiring(
+        &[push_id(6, 505), push_id(7, 504), Frame::Ping(Ping { id: 9, timestamp: None })],
+        1_400,
+    );
+    assert_eq!(Harness::pushed_ids(&h.events()), vec![505]);
+    assert!(h.sent_retiring().is_empty(), "no ACK, no PONG after Retired");
+    assert!(h.s.has_retiring(), "read until the server ends it");
     h.s.retiring_closed();
     assert!(!h.s.has_retiring());
     assert_eq!(h.s.state(), State::Established);
+}
+
+#[test]
+fn a_retired_connection_is_forgotten_when_the_server_does_not_end_it() {
+    let retired = || {
+        let mut h = Harness::established();
+        h.feed(&[overlap_redirect()], 100);
+        h.events();
+        h.s.connect(h.at(200));
+        h.feed(&[Frame::AuthOk(auth_ok())], 300);
+        h.tick(1_300);
+        assert!(h.events().contains(&Event::Retired));
+        h
+    };
+    // A server that never ends it: forgotten after RETIRED_DRAIN, and the driver closes it.
+    let mut h = retired();
+    let drain = RETIRED_DRAIN.as_millis() as u64;
+    assert!(h.s.poll_timeout().unwrap() <= h.at(1_300 + drain), "the driver is woken for it");
+    h.tick(1_300 + drain - 1);
+    assert!(h.s.has_retiring());
+    h.tick(1_300 + drain);
+    assert!(!h.s.has_retiring());
+    assert!(h.events().is_empty(), "no second Retired");
+    // Bytes that are not a frame end the drain at once.
+    let mut h = retired();
+    h.s.receive_retiring(&[0xFF; 12], h.at(1_400));
+    assert!(!h.s.has_retiring());
+    assert_eq!(h.s.state(), State::Established, "the new connection is untouched");
 }
 
 #[test]

@@ -72,18 +72,51 @@ pub(crate) fn failed(
 }
 
 /// Push to users wherever they are connected.
+///
+/// A user whom presence placed on another gateway that then no longer held them has
+/// usually just moved: in a make-before-break move (`docs/PROTOCOL.md` § Moving without a
+/// gap) the old connection may close while the push is on its way to it, and the new one
+/// may be on this gateway already. Such users get one second look, here and in presence
+/// (skipping the gateways that said no), before they are answered offline.
 pub(crate) async fn push_users(
     node: &Node,
     cluster: &Cluster,
     msg: &Arc<PushMsg>,
     users: &[String],
 ) -> Result<PushAnswer, Busy> {
+    let mut seen = HashSet::new();
+    let unique: Vec<String> = users.iter().filter(|u| seen.insert(u.as_str())).cloned().collect();
+    let (mut answer, gone) = route_users(node, cluster, msg, &unique, &HashSet::new()).await?;
+    if gone.is_empty() {
+        return Ok(answer);
+    }
+    let mut seen = HashSet::new();
+    let again: Vec<String> =
+        gone.iter().filter(|(u, _)| seen.insert(u.as_str())).map(|(u, _)| u.clone()).collect();
+    let (second, _) = route_users(node, cluster, msg, &again, &gone).await?;
+    answer.delivered.extend(second.delivered);
+    answer.failed.extend(second.failed);
+    answer.offline_users.extend(second.offline_users);
+    Ok(answer)
+}
+
+/// One look for `users` (each named once): delivered here, then forwarded to every other
+/// gateway presence names for them, except the `(user, gateway)` pairs in `skip`.
+///
+/// Users found nowhere are `offline_users` of the answer, unless some gateway presence
+/// named said it no longer held them: those are returned apart, with every such gateway,
+/// for a second look.
+async fn route_users(
+    node: &Node,
+    cluster: &Cluster,
+    msg: &Arc<PushMsg>,
+    users: &[String],
+    skip: &HashSet<(String, u16)>,
+) -> Result<(PushAnswer, HashSet<(String, u16)>), Busy> {
     let me = node.cfg.node.id;
     let mut answer = deliver::to_users_here(node, msg, users).await?;
     let offline_here = std::mem::take(&mut answer.offline_users);
-    let mut seen = HashSet::new();
-    let unique: Vec<&String> = users.iter().filter(|u| seen.insert(u.as_str())).collect();
-    let keys: Vec<UserId> = unique.iter().map(|u| Arc::from(u.as_str())).collect();
+    let keys: Vec<UserId> = users.iter().map(|u| Arc::from(u.as_str())).collect();
     let found = match cluster.lookup(keys).await {
         Ok(found) => found,
         Err(e) => {
@@ -91,19 +124,22 @@ pub(crate) async fn push_users(
             for u in offline_here {
                 answer.failed.push(failed(Some(Arc::from(u)), None, me, PRESENCE_UNAVAILABLE));
             }
-            return Ok(answer);
+            return Ok((answer, HashSet::new()));
         }
     };
     // gateway -> its users; user -> the other gateways that hold it
     let mut remote: BTreeMap<u16, Vec<String>> = BTreeMap::new();
     let mut holders: HashMap<&str, Vec<u16>> = HashMap::new();
-    for (user, sessions) in unique.iter().zip(found) {
-        let mut gateways: Vec<u16> =
-            sessions.iter().map(|s| s.gateway).filter(|g| *g != me).collect();
+    for (user, sessions) in users.iter().zip(found) {
+        let mut gateways: Vec<u16> = sessions
+            .iter()
+            .map(|s| s.gateway)
+            .filter(|g| *g != me && !skip.contains(&(user.clone(), *g)))
+            .collect();
         gateways.sort_unstable();
         gateways.dedup();
         for g in &gateways {
-            remote.entry(*g).or_default().push((*user).clone());
+            remote.entry(*g).or_default().push(user.clone());
         }
         holders.insert(user.as_str(), gateways);
     }
@@ -137,13 +173,19 @@ pub(crate) async fn push_users(
             }
         }
     }
+    let mut gone = HashSet::new();
     for u in offline_here {
         let elsewhere = holders.get(u.as_str()).map_or(&[][..], |g| g.as_slice());
-        if elsewhere.iter().all(|g| offline_there.contains(&(u.clone(), *g))) {
+        if !elsewhere.iter().all(|g| offline_there.contains(&(u.clone(), *g))) {
+            continue;
+        }
+        if elsewhere.is_empty() {
             answer.offline_users.push(u);
+        } else {
+            gone.extend(elsewhere.iter().map(|g| (u.clone(), *g)));
         }
     }
-    Ok(answer)
+    Ok((answer, gone))
 }
 
 /// Push to one connection, on whichever gateway holds it.

@@ -729,6 +729,42 @@ fn a_moving_connection_keeps_delivering_until_the_client_closes_it() {
 }
 
 #[test]
+fn a_moving_connection_ended_by_the_client_writes_what_is_queued_first() {
+    for drained in [true, false] {
+        let mut p = Peer::new(limits());
+        p.login(0);
+        p.call(|s, ctx| s.redirect(ctx, overlap(Code::SERVER_DRAINING), 12_000));
+        p.frames();
+        // A push the transport did not take (the driver encodes the frame): queued.
+        assert_eq!(p.push(true, 51), Ok(1));
+        assert!(p.call(|s, ctx| s.enqueue(ctx, &[0x5A; 64], 0)));
+        let queued = p.s.queued();
+        assert_eq!(queued, 64);
+        // The client half-closes its old connection: the close is recorded at once, the
+        // push as unacknowledged ...
+        p.call(|s, ctx| s.handle_eof(ctx));
+        let closed = p.closed();
+        assert_eq!((closed.reason, closed.moving), (CloseReason::Redirected, true));
+        assert_eq!(closed.unacked, vec![(1, 51)]);
+        assert_eq!(p.push(true, 52), Err(PushFailure::Closed), "nothing more is taken");
+        // ... but the queued push still goes out before the write side is shut.
+        assert!(!p.s.is_closed() && !p.s.poll_shutdown(), "bytes left to write");
+        if drained {
+            assert_eq!(p.s.poll_transmit().map(<[u8]>::len), Some(queued));
+            p.call(|s, ctx| s.handle_transmitted(ctx, queued, 0));
+            assert!(p.s.poll_shutdown(), "all written: shut the write side");
+            assert!(p.s.is_closed(), "and end: the client's end of stream came first");
+            assert!(!p.s.poll_shutdown(), "once");
+        } else {
+            // A client that reads nothing more is given up at the linger.
+            p.fire();
+            assert!(p.s.is_closed());
+        }
+        assert!(p.events().is_empty(), "one close event");
+    }
+}
+
+#[test]
 fn the_hold_deadline_ends_a_moving_connection_with_a_plain_redirect() {
     let mut p = Peer::new(limits());
     p.login(0);
