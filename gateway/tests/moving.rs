@@ -203,10 +203,6 @@ fn a_rebalance_moves_clients_make_before_break_and_every_push_arrives_exactly_on
         secret.as_str(),
         "scheduler.report_interval_ms=100",
         "scheduler.capacity_connections=4000",
-        // Balanced on connections only: B serves every push API call, and its CPU share
-        // would otherwise make the scheduler trade the connection balance for CPU balance
-        // (`docs/SCHEDULER.md` § Priorities in rebalancing), back and forth.
-        "scheduler.capacity_cpu_cores=10000",
     ];
     move_clients(Trigger::Rebalance, 2_000, &sets);
     drop(scheduler);

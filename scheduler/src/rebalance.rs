@@ -15,7 +15,12 @@
 //! - a source is told to shed enough connections to come back to the mean, no more than
 //!   the targets have room for (their distance to the mean), no more than
 //!   `max_shed_per_gateway_per_sec × window`, and the whole pool no more than
-//!   `max_shed_per_sec × window`, counting shedding already in progress.
+//!   `max_shed_per_sec × window`, counting shedding already in progress;
+//! - and, on a less important dimension, never so many that the source falls below the low
+//!   watermark of a more important one, or the targets together rise above its high
+//!   watermark: otherwise the more important dimension orders the same connections back,
+//!   and the fleet moves clients to and fro for ever (a gateway that serves the push API is
+//!   hotter on CPU than its peers with as many connections).
 //!
 //! A gateway gets at most one order per round, for the most important dimension it is hot
 //! on. The clients it redirects ask dispatch again (or use the suggested target, the coldest
@@ -103,6 +108,12 @@ pub fn plan(view: &View, me: &str, in_flight: &BTreeMap<String, u64>) -> Vec<Pla
             targets.sort_by(|a, b| a.util[d].total_cmp(&b.util[d]).then_with(|| a.id.cmp(&b.id)));
             // Room on the targets, in load units of dimension d.
             let mut room: f64 = targets.iter().map(|g| (mean - g.util[d]) * g.capacity[d]).sum();
+            // ... and in connections, before a target would pass a more important
+            // dimension's high watermark.
+            let mut conn_room: f64 = targets
+                .iter()
+                .map(|g| headroom(g, more_important, |e| pool.high[e] - g.util[e]))
+                .sum();
             let target: Vec<Endpoint> =
                 targets.first().map(|t| t.endpoints.clone()).unwrap_or_default();
 
@@ -119,12 +130,20 @@ pub fn plan(view: &View, me: &str, in_flight: &BTreeMap<String, u64>) -> Vec<Pla
                 let excess = (s.util[d] - mean) * s.capacity[d];
                 // Round up, but not for float noise (300.000000001 is 300).
                 let want = (excess.min(room) / per_conn - 1e-6).ceil().max(0.0) as u64;
-                let n = want.min(per_gateway_cap).min(budget).min(conns as u64);
+                // Connections the source can give before it would fall below a more
+                // important dimension's low watermark.
+                let spare = headroom(s, more_important, |e| s.util[e] - pool.low[e]);
+                let n = want
+                    .min(per_gateway_cap)
+                    .min(budget)
+                    .min(conns as u64)
+                    .min(spare.min(conn_room).floor() as u64);
                 if n == 0 {
                     continue;
                 }
                 budget -= n;
                 room -= n as f64 * per_conn;
+                conn_room -= n as f64;
                 if s.coordinator.as_deref() == Some(me) {
                     orders.push(PlannedOrder {
                         gateway: s.id.to_string(),
@@ -138,6 +157,23 @@ pub fn plan(view: &View, me: &str, in_flight: &BTreeMap<String, u64>) -> Vec<Pla
     }
     debug_assert!(orders.iter().all(|o| o.dimension.index() < DIMS));
     orders
+}
+
+/// How many connections `g` can give or take on the dimensions `dims` before `margin`
+/// (utilisation left on a dimension, before its watermark) runs out, at `g`'s own load per
+/// connection on each; unbounded for no dimension, or for one `g` has no per-connection
+/// figure for (no capacity there, or no connections yet: then connections themselves
+/// bound it).
+fn headroom(g: &crate::view::GatewayView, dims: &[usize], margin: impl Fn(usize) -> f64) -> f64 {
+    let conns = g.load[Dim::Connections.index()];
+    dims.iter()
+        .filter(|&&e| g.capacity[e] > 0.0)
+        .filter_map(|&e| {
+            let per_conn =
+                if e == Dim::Connections.index() { 1.0 } else { g.load[e] / conns.max(1.0) };
+            (per_conn > 0.0).then(|| (margin(e) * g.capacity[e] / per_conn).max(0.0))
+        })
+        .fold(f64::INFINITY, f64::min)
 }
 
 #[cfg(test)]
@@ -311,6 +347,35 @@ mod tests {
         // 0.5, high 0.575): a is hot, but the only gateway below the mean is c, hot on cpu.
         let got: Vec<_> = orders.iter().map(|o| (o.gateway.as_str(), o.dimension)).collect();
         assert_eq!(got, [("c", Dim::Cpu)]);
+    }
+
+    #[test]
+    fn a_less_important_move_keeps_the_more_important_dimension_in_its_band() {
+        // Connections first (the default). b serves the push API: as many connections as
+        // its peer, within the band, but hot on CPU. Shedding to the mean on CPU would move
+        // 328 connections to a, push a far above the connections high watermark and have
+        // connections order them back, for ever. Only what keeps both inside the band goes.
+        let rules = "[rebalance]\nmax_shed_per_sec = 1000\nmax_shed_per_gateway_per_sec = 1000\nwindow_ms = 1000\n";
+        let state = |a: f64, b: f64, b_cpu: f64| {
+            let mut f = Fleet::new();
+            for (id, conns, cpu) in [("a", a, 0.1), ("b", b, b_cpu)] {
+                let mut r = report(id, conns, 4000.0);
+                r.gateway.capacity.cpu = 2.0;
+                r.load.cpu = cpu;
+                r.coordinator = Some("s1".into());
+                f.apply(r, 0).expect("ok");
+            }
+            View::build(Arc::new(Rules::from_toml(rules).expect("valid")), &f, 0, 10_000)
+        };
+        // Connections: mean 0.2375, band ± 0.0356 (high 1,092.5 and low 807.5 of 4,000).
+        let v = state(1080.0, 820.0, 0.5);
+        let orders = plan(&v, "s1", &BTreeMap::new());
+        let [o] = orders.as_slice() else { panic!("{orders:?}") };
+        assert_eq!((o.gateway.as_str(), o.dimension), ("b", Dim::Cpu));
+        assert_eq!(o.connections, 12, "b may fall to 807.5, a may rise to 1,092.5");
+        // Once b is at the connections low watermark it sheds nothing more on CPU.
+        let v = state(1092.0, 808.0, 0.5);
+        assert!(plan(&v, "s1", &BTreeMap::new()).is_empty());
     }
 
     /// The worked example of `docs/SCHEDULER.md`, with redirected clients placed by the real
