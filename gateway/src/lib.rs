@@ -10,11 +10,13 @@
 //! - [`session`]: the server side of one connection as a sans-IO state machine — handshake,
 //!   heartbeats and idle, token expiry and refresh, acknowledgements, upstream accounting,
 //!   backpressure decisions, rate limit, every close reason. No socket, clock or thread;
-//!   tested on a virtual clock.
+//!   tested on a virtual clock. A file per concern: `mod.rs` (the state, the verdicts, the
+//!   close), `input.rs`, `output.rs`, `timers.rs` (deadlines), `close.rs`, `limits.rs`.
 //! - [`driver`]: the I/O — the acceptor (plain and TLS listeners), N mio event loops that
 //!   each own their connections for life and pump one session per connection over a
 //!   [`driver::Transport`] (plain TCP, PROXY, TLS: rustls's handshake, then our TLS 1.3
-//!   record layer, behind the connection's rare-state pointer), the compact connection
+//!   record layer, behind the connection's rare-state pointer; `driver/tls/`: the state in
+//!   `mod.rs`, then `handshake.rs`, `read.rs`, `write.rs`), the compact connection
 //!   record, the timing wheel, the loops' command queues; [`driver::quic`]: a quinn
 //!   endpoint on its own thread feeding one more loop of the same code over QUIC streams
 //!   (`[quic]`, off by default).
@@ -35,8 +37,10 @@
 //!   `driver`).
 //! - Shared pieces: [`auth`] (JWT), [`tls`] (the certificate chain and key, the live server
 //!   configuration `SIGHUP` replaces), [`registry`] (user → connections, kick policy), [`ids`]
-//!   (connection ids), [`metrics`], [`config`], [`memory`] (allocator tuning, trimming
-//!   after bursts); [`server`] assembles and stops a node.
+//!   (connection ids), [`metrics`] (the handles in `mod.rs`, families by concern in
+//!   `labels.rs`, `webhooks.rs`, `cluster.rs`, `quic.rs`, helpers in `register.rs`),
+//!   [`config`], [`memory`] (allocator tuning, trimming after bursts); [`server`] assembles
+//!   and stops a node.
 //!
 //! # A request's way through
 //!

@@ -2,7 +2,7 @@
 //! live one that `SIGHUP` replaces ([`LiveTls`]).
 //!
 //! What the listener does with it (the handshake, then the record layer of an established
-//! connection) is the transport's: `driver/tls.rs` and `driver/record.rs`.
+//! connection) is the transport's: `driver/tls/` and `driver/record.rs`.
 //!
 //! The configuration is TLS 1.3 only, with the `ring` provider (it builds with nothing but a
 //! C compiler), the ALPN protocol [`ALPN`] (a client that offers ALPN must offer it; one that

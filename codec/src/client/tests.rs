@@ -7,8 +7,8 @@ use bytes::{Bytes, BytesMut};
 use super::rng::SplitMix64;
 use super::*;
 use crate::{
-    Ack, AuthFail, Code, DEFAULT_MAX_FRAME, Extension, Kick, Platform, Redirect, RefreshOk, RoomOk,
-    RoomRequest, UpstreamReply, encode,
+    Ack, AuthFail, Code, DEFAULT_MAX_FRAME, ErrorFrame, Extension, Kick, Ping, Platform, Push,
+    Redirect, RefreshOk, RoomOk, RoomRequest, UpstreamReply, encode,
 };
 
 /// A session plus a virtual clock: `at(ms)` is the base instant plus `ms` milliseconds.

@@ -8,7 +8,8 @@
 //! - `stream.rs`: [`Stream`], the transport the loops drive — the socket, and on a PROXY or
 //!   TLS listener the layer in front of the session's bytes; [`proxy`]: the PROXY protocol;
 //!   [`tls`]: a TLS server connection (rustls's handshake, then `record.rs`, our TLS 1.3
-//!   record protection with the keys rustls hands over).
+//!   record protection with the keys rustls hands over); a file per concern: `tls/mod.rs`
+//!   (the state), `handshake.rs`, `read.rs`, `write.rs`.
 //! - [`accept`]: the acceptor thread: a `socket2` listener, `max_connections`, PROXY trust,
 //!   admission (pending handshakes, accept rate), round-robin hand-off of each new socket
 //!   to a loop.

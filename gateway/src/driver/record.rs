@@ -7,7 +7,7 @@
 //! key is expanded for each record (a fraction of a microsecond), never kept.
 //!
 //! Only what an established connection needs: application data, alerts, and post-handshake
-//! handshake messages (which `driver/tls.rs` passes to rustls's `KernelConnection` for key
+//! handshake messages (which `driver/tls/` passes to rustls's `KernelConnection` for key
 //! updates).
 
 use ring::aead;

@@ -12,6 +12,7 @@ use mio::net::TcpStream;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 
 use super::*;
+use crate::driver::record::{APPLICATION_DATA, MAX_CIPHERTEXT, RecordError};
 
 /// A server config and a client config that trusts it.
 pub(crate) fn configs() -> (Arc<ServerConfig>, Arc<rustls::ClientConfig>) {

@@ -1,239 +1,34 @@
 //! The gateway's Prometheus metrics: registered once at start-up, handles kept, so the hot
 //! path is one atomic add. Names are `holdfast_gateway_<what>_<unit>`; labels are bounded
 //! (reason, outcome, endpoint), never a user id or an address.
+//!
+//! This file holds [`Metrics`], every handle of the node, and registers them; the rest by
+//! concern: `labels.rs` (the bounded label values, [`Refusal`]), `webhooks.rs`
+//! ([`UpstreamMetrics`], [`EventsMetrics`]), `cluster.rs` ([`ClusterMetrics`]), `quic.rs`
+//! ([`QuicMetrics`]) and `register.rs` (the registration helpers).
+
+mod cluster;
+mod labels;
+mod quic;
+mod register;
+mod webhooks;
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntGauge, Registry, TextEncoder,
 };
 
 pub use crate::driver::SweepReason;
 pub use crate::driver::proxy::ProxyRefusal;
 pub use crate::driver::tls::TlsFailure;
 pub use crate::session::CloseReason;
+pub use cluster::{ClusterMetrics, FORWARD_OUTCOMES};
+pub use labels::{
+    AUTH_FAILURE_REASONS, PUSH_ENDPOINTS, ROOM_JOIN_RESULTS, ROOM_PUSH_OUTCOMES, Refusal,
+};
+pub use quic::{QUIC_HANDSHAKE_FAILURES, QuicMetrics, QuicRefusal};
+pub use webhooks::{EventsMetrics, UpstreamMetrics};
 
-/// Labels of `auth_failures_total`.
-pub const AUTH_FAILURE_REASONS: [&str; 7] = [
-    "missing",
-    "invalid",
-    "expired",
-    "not_yet_valid",
-    "claim_mismatch",
-    "unsupported_version",
-    "malformed_hello",
-];
-
-/// Labels of `room_joins_total`.
-pub const ROOM_JOIN_RESULTS: [&str; 6] =
-    ["ok", "forbidden", "too_many_rooms", "invalid_room", "rooms_full", "check_failed"];
-
-/// Labels of `room_pushes_total`: delivered at once, held to be merged, a held push dropped
-/// (`rooms.hold_max`), refused (`rooms.overflow = "reject"`).
-pub const ROOM_PUSH_OUTCOMES: [&str; 4] = ["sent", "held", "dropped", "rejected"];
-
-/// Why a client was refused admission: the `reason` label of
-/// `holdfast_gateway_admission_refused_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refusal {
-    /// A `HELLO` arrived while the gateway drains (`AUTH_FAIL` 602).
-    Draining = 0,
-    /// `admission.max_handshakes` connections were pending: closed at accept.
-    HandshakesInFlight = 1,
-    /// Over `admission.accepts_per_sec` (`AUTH_FAIL` 602, token not verified).
-    AcceptRate = 2,
-    /// Over `admission.per_source_per_sec` for the client's address (`AUTH_FAIL` 602).
-    SourceRate = 3,
-    /// A flapping user and device (`admission.flap_*`): `AUTH_FAIL` `THROTTLED` (603).
-    Flapping = 4,
-}
-
-impl Refusal {
-    /// Every reason, in label order.
-    pub const ALL: [Refusal; 5] = [
-        Refusal::Draining,
-        Refusal::HandshakesInFlight,
-        Refusal::AcceptRate,
-        Refusal::SourceRate,
-        Refusal::Flapping,
-    ];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Refusal::Draining => "draining",
-            Refusal::HandshakesInFlight => "handshakes_in_flight",
-            Refusal::AcceptRate => "accept_rate",
-            Refusal::SourceRate => "source_rate",
-            Refusal::Flapping => "flapping",
-        }
-    }
-
-    /// What the client is told (`AUTH_FAIL` `OVERLOADED`'s reason).
-    pub fn message(self) -> &'static str {
-        match self {
-            Refusal::Draining => "gateway draining; connect to another",
-            Refusal::HandshakesInFlight | Refusal::AcceptRate => {
-                "gateway busy with new connections; retry with backoff"
-            }
-            Refusal::SourceRate => "too many connections from your address; retry with backoff",
-            Refusal::Flapping => "reconnecting too often; refused for a while",
-        }
-    }
-}
-
-/// Push API endpoints, the `endpoint` label of `push_api_duration_seconds`.
-pub const PUSH_ENDPOINTS: [&str; 7] = ["user", "users", "conn", "all", "batch", "kick", "room"];
-
-/// Handles for `UPSTREAM` forwarding.
-#[derive(Clone)]
-pub struct UpstreamMetrics {
-    /// Webhook round-trip latency.
-    pub latency: Histogram,
-    /// Requests answered by the webhook.
-    pub ok: IntCounter,
-    /// Requests that timed out.
-    pub timeout: IntCounter,
-    /// Requests that failed (connection error, non-2xx, bad answer).
-    pub error: IntCounter,
-    /// Requests refused before forwarding (no webhook, too many in flight).
-    pub rejected: IntCounter,
-}
-
-/// Handles for the connect/disconnect event webhook.
-#[derive(Clone)]
-pub struct EventsMetrics {
-    /// Events delivered to the webhook.
-    pub sent: IntCounter,
-    /// Events dropped because the queue was full.
-    pub dropped: IntCounter,
-    /// Events given up on after the webhook kept failing.
-    pub failed: IntCounter,
-    /// Unacknowledged push ids carried in disconnect events.
-    pub unacked_reported: IntCounter,
-}
-
-/// `outcome` labels of `holdfast_gateway_forwards_total`.
-pub const FORWARD_OUTCOMES: [&str; 4] = ["ok", "unavailable", "timeout", "unknown_peer"];
-
-/// Why a QUIC connection attempt was refused before its handshake: the `reason` label of
-/// `holdfast_gateway_quic_refused_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum QuicRefusal {
-    /// The gateway drains or stops.
-    Draining = 0,
-    /// The gateway is fenced (no presence lease).
-    Fenced = 1,
-    /// `admission.max_handshakes` handshakes are pending.
-    HandshakesInFlight = 2,
-}
-
-impl QuicRefusal {
-    /// Every reason, in label order.
-    pub const ALL: [QuicRefusal; 3] =
-        [QuicRefusal::Draining, QuicRefusal::Fenced, QuicRefusal::HandshakesInFlight];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            QuicRefusal::Draining => "draining",
-            QuicRefusal::Fenced => "fenced",
-            QuicRefusal::HandshakesInFlight => "handshakes_in_flight",
-        }
-    }
-}
-
-/// Labels of `holdfast_gateway_quic_handshake_failures_total`, in order.
-pub const QUIC_HANDSHAKE_FAILURES: [&str; 3] = ["timeout", "handshake", "no_stream"];
-
-/// Handles of the QUIC listener (registered whether or not `[quic]` is enabled).
-#[derive(Clone)]
-pub struct QuicMetrics {
-    /// Connection attempts taken into a handshake.
-    pub accepted: IntCounter,
-    /// Connection attempts refused before any handshake work; index with `QuicRefusal`.
-    pub refused: Vec<IntCounter>,
-    /// Handshakes that gave no stream; index with [`QUIC_HANDSHAKE_FAILURES`].
-    pub handshake_failures: Vec<IntCounter>,
-    /// QUIC connections held by the QUIC loop (also counted in `connections`).
-    pub connections: IntGauge,
-    /// Client address changes seen on QUIC connections (migrations, NAT rebindings).
-    pub migrations: IntCounter,
-}
-
-impl QuicMetrics {
-    fn new(r: &Registry) -> QuicMetrics {
-        QuicMetrics {
-            accepted: counter(
-                r,
-                "holdfast_gateway_quic_accepted_total",
-                "QUIC connection attempts taken into a handshake.",
-            ),
-            refused: counter_family(
-                r,
-                "holdfast_gateway_quic_refused_total",
-                "QUIC connection attempts refused before the handshake, by reason.",
-                "reason",
-                &QuicRefusal::ALL.map(QuicRefusal::as_str),
-            ),
-            handshake_failures: counter_family(
-                r,
-                "holdfast_gateway_quic_handshake_failures_total",
-                "QUIC handshakes that did not open a stream, by reason.",
-                "reason",
-                &QUIC_HANDSHAKE_FAILURES,
-            ),
-            connections: gauge(
-                r,
-                "holdfast_gateway_quic_connections",
-                "QUIC connections held (also in holdfast_gateway_connections).",
-            ),
-            migrations: counter(
-                r,
-                "holdfast_gateway_quic_migrations_total",
-                "Client address changes seen on QUIC connections.",
-            ),
-        }
-    }
-}
-
-/// Handles for presence, fencing, cross-gateway forwarding and scheduler orders. Registered
-/// whatever the configuration (they stay at 0 on a single in-process node).
-#[derive(Clone)]
-pub struct ClusterMetrics {
-    /// Online/offline writes the presence store acknowledged.
-    pub presence_writes: IntCounter,
-    /// Writes waiting for the presence store (queued or being retried).
-    pub presence_queued: IntGauge,
-    /// Write batches that failed and were kept for a retry.
-    pub presence_retries: IntCounter,
-    /// Full resyncs of this gateway's sessions sent to the store.
-    pub presence_resyncs: IntCounter,
-    /// Times the store refused the lease (a new generation was taken).
-    pub presence_lease_losses: IntCounter,
-    /// 1 while the gateway is fenced (no lease: accepts nothing, redirects its clients).
-    pub fenced: IntGauge,
-    /// Times the gateway fenced itself.
-    pub fences: IntCounter,
-    /// Pushes and kicks forwarded to other gateways, by outcome; index with
-    /// [`FORWARD_OUTCOMES`].
-    pub forwards: Vec<IntCounter>,
-    /// Round trip of a forward to another gateway.
-    pub forward_duration: Histogram,
-    /// Requests served for other gateways on the internal listener.
-    pub forwards_served: IntCounter,
-    /// Internal-listener handshakes, by outcome (`ok`, `refused`).
-    pub peer_handshakes: Vec<IntCounter>,
-    /// Sessions on other gateways displaced by a newer login here (kick policy).
-    pub remote_displaced: IntCounter,
-    /// Shed orders received from the scheduler.
-    pub shed_orders: IntCounter,
-    /// `REDIRECT`s sent to established clients, by reason; index with `SweepReason as usize`.
-    pub redirects: Vec<IntCounter>,
-    /// Connections still to redirect for accepted shed orders.
-    pub shed_pending: IntGauge,
-    /// Sockets and handshakes refused because the gateway was fenced.
-    pub rejected_fenced: IntCounter,
-}
+use register::{counter, counter_family, gauge, latency_buckets};
 
 /// Every metric handle of a gateway process.
 #[derive(Clone)]
@@ -332,39 +127,6 @@ pub struct Metrics {
     pub tls_reloads: Vec<IntCounter>,
 }
 
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).expect("static metric definition is valid");
-    registry.register(Box::new(c.clone())).expect("metric names are unique");
-    c
-}
-
-fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).expect("static metric definition is valid");
-    registry.register(Box::new(g.clone())).expect("metric names are unique");
-    g
-}
-
-fn counter_family(
-    registry: &Registry,
-    name: &str,
-    help: &str,
-    label: &str,
-    values: &[&str],
-) -> Vec<IntCounter> {
-    let family =
-        IntCounterVec::new(Opts::new(name, help), &[label]).expect("static metric is valid");
-    registry.register(Box::new(family.clone())).expect("metric names are unique");
-    values.iter().map(|v| family.with_label_values(&[v])).collect()
-}
-
-/// Latency buckets from 50 µs to 10 s.
-fn latency_buckets() -> Vec<f64> {
-    vec![
-        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-        1.0, 2.5, 5.0, 10.0,
-    ]
-}
-
 impl Metrics {
     /// Registers every gateway metric, plus the process collector (RSS, CPU, open fds).
     pub fn new() -> Metrics {
@@ -411,99 +173,7 @@ impl Metrics {
             "reason",
             &["logged_in_elsewhere", "admin"],
         );
-        let forward_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "holdfast_gateway_forward_duration_seconds",
-                "Round trip of pushes and kicks forwarded to other gateways.",
-            )
-            .buckets(latency_buckets()),
-        )
-        .expect("static metric is valid");
-        r.register(Box::new(forward_duration.clone())).expect("metric names are unique");
-        let cluster = ClusterMetrics {
-            presence_writes: counter(
-                r,
-                "holdfast_gateway_presence_writes_total",
-                "Online/offline writes acknowledged by the presence store.",
-            ),
-            presence_queued: gauge(
-                r,
-                "holdfast_gateway_presence_queued",
-                "Presence writes waiting (queued or being retried).",
-            ),
-            presence_retries: counter(
-                r,
-                "holdfast_gateway_presence_retries_total",
-                "Presence write batches that failed and were kept for a retry.",
-            ),
-            presence_resyncs: counter(
-                r,
-                "holdfast_gateway_presence_resyncs_total",
-                "Full resyncs of this gateway's sessions sent to the presence store.",
-            ),
-            presence_lease_losses: counter(
-                r,
-                "holdfast_gateway_presence_lease_losses_total",
-                "Times the presence store refused the lease and a new generation was taken.",
-            ),
-            fenced: gauge(
-                r,
-                "holdfast_gateway_fenced",
-                "1 while the gateway holds no presence lease (accepts nothing, redirects).",
-            ),
-            fences: counter(
-                r,
-                "holdfast_gateway_fences_total",
-                "Times the gateway fenced itself for want of a presence lease.",
-            ),
-            forwards: counter_family(
-                r,
-                "holdfast_gateway_forwards_total",
-                "Pushes and kicks forwarded to other gateways, by outcome.",
-                "outcome",
-                &FORWARD_OUTCOMES,
-            ),
-            forward_duration,
-            forwards_served: counter(
-                r,
-                "holdfast_gateway_forwards_served_total",
-                "Requests from other gateways served on the internal listener.",
-            ),
-            peer_handshakes: counter_family(
-                r,
-                "holdfast_gateway_peer_handshakes_total",
-                "Handshakes on the internal listener, by outcome.",
-                "outcome",
-                &["ok", "refused"],
-            ),
-            remote_displaced: counter(
-                r,
-                "holdfast_gateway_remote_displaced_total",
-                "Sessions on other gateways displaced by a newer login here.",
-            ),
-            shed_orders: counter(
-                r,
-                "holdfast_gateway_shed_orders_total",
-                "Shed orders received from the scheduler.",
-            ),
-            redirects: counter_family(
-                r,
-                "holdfast_gateway_redirects_total",
-                "REDIRECTs sent to established clients, by reason.",
-                "reason",
-                &SweepReason::ALL.map(SweepReason::as_str),
-            ),
-            shed_pending: gauge(
-                r,
-                "holdfast_gateway_shed_pending",
-                "Connections still to redirect for accepted shed orders.",
-            ),
-            rejected_fenced: counter(
-                r,
-                "holdfast_gateway_rejected_fenced_total",
-                "Sockets and handshakes refused because the gateway was fenced.",
-            ),
-        };
+        let cluster = ClusterMetrics::new(r);
         #[cfg(target_os = "linux")]
         {
             let pc = prometheus::process_collector::ProcessCollector::new(
@@ -801,7 +471,7 @@ mod tests {
     /// the presence client's, which a shared presence backend registers in the same registry.
     #[test]
     fn every_metric_is_documented() {
-        let doc = include_str!("../../docs/OPERATIONS.md");
+        let doc = include_str!("../../../docs/OPERATIONS.md");
         let m = Metrics::new();
         holdfast_status::client_metrics::ClientMetrics::new(&m.registry, "status")
             .expect("client metrics register beside the gateway's");
