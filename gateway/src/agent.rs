@@ -4,10 +4,10 @@
 //! every `scheduler.report_interval_ms` it reports to every instance this gateway's
 //! registration (its node id and presence lease generation as id and generation, region,
 //! zone, group, tags, endpoints, capacity) and its load, read from counters the gateway
-//! keeps anyway ([`Hooks::sample`]: established connections; CPU, I/O bytes and resident
+//! keeps anyway (`Hooks::sample`: established connections; CPU, I/O bytes and resident
 //! memory of the process from `/proc/self`; whether it is fenced; shed connections still
 //! pending). A shed order from the instance coordinating this gateway becomes one
-//! [`Sweep`] per event loop ([`Hooks::shed`]): that loop's share of the connections get
+//! [`Sweep`] per event loop (`Hooks::shed`): that loop's share of the connections get
 //! `REDIRECT` `REBALANCE` (402) with the order's jitter and target addresses, spread evenly
 //! over the order's `over_ms`. Nothing here waits on an event loop.
 

@@ -20,10 +20,10 @@
 //!   record, the timing wheel, the loops' command queues; [`driver::quic`]: a quinn
 //!   endpoint on its own thread feeding one more loop of the same code over QUIC streams
 //!   (`[quic]`, off by default).
-//! - [`node`] (crate-private): the node's shared state — configuration, metrics, registry,
+//! - `node` (crate-private): the node's shared state — configuration, metrics, registry,
 //!   verifier, webhooks, presence, worker handles — so the API, the loops and the assembly
 //!   never import one another.
-//! - Control plane, ordinary tokio code off the hot path: [`api`] (crate-private: the HTTP
+//! - Control plane, ordinary tokio code off the hot path: `api` (crate-private: the HTTP
 //!   push API, `GET /v1/presence`, health, `/metrics`), [`upstream`] and [`events`]
 //!   (webhooks), [`presence`] (the hook the loops call at login and close), `cluster`
 //!   (crate-private: shared presence through `holdfast_status`, the internal channel for

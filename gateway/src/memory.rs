@@ -11,7 +11,7 @@
 //! queue or request body that large is its own mapping, returned to the system the moment
 //! it is freed) and caps the number of malloc arenas at one per four CPUs, at least two
 //! (fewer arenas, less memory stranded in partly used pages; the event loops' hot path
-//! allocates nothing, so they do not contend for them), and [`reclaim`] calls
+//! allocates nothing, so they do not contend for them), and `reclaim` calls
 //! `malloc_trim(0)` after a burst has drained (from the control runtime, never on an event
 //! loop). Small allocations, the per-connection records, are unaffected.
 

@@ -1,4 +1,4 @@
-//! The `client` and `demo` subcommands: a few clients on tokio, each over [`crate::drive`],
+//! The `client` and `demo` subcommands: a few clients on tokio, each over [`crate::drive`](mod@crate::drive),
 //! printing what happens, as a newcomer would watch it.
 
 use std::net::SocketAddr;

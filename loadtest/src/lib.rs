@@ -46,7 +46,7 @@
 //!   - `scenario/flood.rs`: `flood` (push p99 without and with a flood);
 //!   - `scenario/session.rs`: `refresh` and `kick`;
 //!   - `scenario/outage.rs`: `drain`, `storm`, `fleet-restart`.
-//! - [`token`] mints development JWTs; [`demo`] and [`drive`] run a few clients on tokio for the
+//! - [`token`] mints development JWTs; [`demo`] and [`drive`](mod@drive) run a few clients on tokio for the
 //!   `client` and `demo` subcommands, over TCP, TLS ([`tls`]: `client --tls-ca`) or QUIC
 //!   ([`quic`]: connect, trust by CA file or pinned fingerprint).
 //! - [`cli`]: the command line, which `main.rs` parses and dispatches:

@@ -189,7 +189,7 @@ pub fn local_for(addr: SocketAddr) -> SocketAddr {
 /// How long [`drive`] waits at the end for its close to reach the gateway.
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// [`crate::drive`] over QUIC: run `session` on `c`'s stream until it closes or `on_event`
+/// [`crate::drive`](mod@crate::drive) over QUIC: run `session` on `c`'s stream until it closes or `on_event`
 /// says stop, then close the connection and wait (at most a second) for the close to be
 /// sent, so the gateway sees it at once rather than at its idle timeout.
 pub async fn drive(

@@ -1,5 +1,5 @@
 //! A worker process (`holdfast-loadtest worker`): reads its [`Plan`] from the first line of
-//! stdin, runs an [`Engine`] with its control thread, writes [`Report`] lines on stdout, and
+//! stdin, runs an [`Engine`] with its control thread, writes `Report` lines on stdout, and
 //! exits after [`Command::Stop`](crate::plan::Command::Stop) or when stdin closes.
 
 use std::io::{BufRead, BufReader, Write};

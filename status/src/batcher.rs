@@ -3,7 +3,7 @@
 //! The event loops call [`Batcher::online`] and [`Batcher::offline`] (a channel send, never
 //! a wait). One task owns the [`PresenceStore`] and:
 //!
-//! - renews the lease every `renew_every`; when a renewal says [`Renewed::resync`], sends
+//! - renews the lease every `renew_every`; when a renewal says `Renewed::resync`, sends
 //!   the gateway's full session set (from its [`SessionSource`]) with
 //!   [`PresenceStore::resync`];
 //! - flushes queued writes with [`PresenceStore::apply`] when `max_batch` are queued or

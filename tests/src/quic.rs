@@ -1,4 +1,4 @@
-//! QUIC for the blocking test [`Client`](crate::Client): [`QuicWire`], a real quinn
+//! QUIC for the blocking test [`Client`]: [`QuicWire`], a real quinn
 //! connection to a gateway's `[quic]` listener (the certificate pinned by the fingerprint
 //! the gateway printed), driven from the test's thread on a runtime of its own, read and
 //! written as a blocking `Read + Write` stream.

@@ -9,7 +9,7 @@
 //!   and the upstream admission limits) carries accepted sockets, upstream answers and kicks
 //!   from another loop's logins: dropping any of those would lose a client or a reply.
 //!
-//! A loop handles at most [`COMMAND_BUDGET`] commands per turn, so a burst of API calls
+//! A loop handles at most `COMMAND_BUDGET` commands per turn, so a burst of API calls
 //! cannot stall heartbeats; the rest wait for the next turn.
 
 use std::net::SocketAddr;

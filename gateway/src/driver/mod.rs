@@ -15,7 +15,7 @@
 //!   to a loop.
 //! - `admit.rs`: admission at accept (fence, `max_connections`, pending handshakes, accept
 //!   rate), shared by the TCP acceptor and the QUIC listener.
-//! - [`worker`]: one event loop (mio): readiness, fair turns, timers, commands, broadcasts;
+//! - `worker`: one event loop (mio): readiness, fair turns, timers, commands, broadcasts;
 //!   it carries out what sessions decide and does the node's bookkeeping for them. A file
 //!   per concern: `mod.rs` (the loop, driving a session), `readiness.rs`, `fair.rs`,
 //!   `timers.rs`, `control.rs` (commands), `push.rs`, `lifecycle.rs`, `joins.rs` (rooms).
@@ -26,7 +26,7 @@
 //!   generations; [`wheel`]: the timing wheel of per-connection deadlines.
 //! - [`supervise`]: what happens when a loop fails (the process aborts).
 //! - [`quic`]: the QUIC driver — a quinn endpoint on its own thread, and one more loop (the
-//!   same [`worker`] code) over QUIC streams, woken through `feed.rs` (readiness for
+//!   same `worker` code) over QUIC streams, woken through `feed.rs` (readiness for
 //!   transports that wake by `Waker`, not by `mio`).
 
 pub mod accept;

@@ -1,9 +1,9 @@
 //! The client engine: one mio event loop driving every simulated client of a worker.
 //!
-//! Each client is a [`Conn`]: a `codec::client::Session` (the protocol) and, while
-//! connected, a transport ([`link`]: TCP, TLS over TCP, or QUIC). There is no task, thread,
+//! Each client is a `Conn`: a `codec::client::Session` (the protocol) and, while
+//! connected, a transport (`link`: TCP, TLS over TCP, or QUIC). There is no task, thread,
 //! timer object or buffer per TCP client: the loop reads every socket into one shared
-//! 64 KiB buffer, keeps every deadline in one heap ([`timers`]) and writes straight to the
+//! 64 KiB buffer, keeps every deadline in one heap (`timers`) and writes straight to the
 //! socket, keeping bytes only when the kernel refuses them. A TLS client adds rustls's
 //! connection state (boxed); a QUIC client adds quinn's connection, driven on the worker's
 //! QUIC runtime thread and polled from here by waker. HTTP (dispatch, push API) happens on

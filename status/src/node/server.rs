@@ -3,7 +3,7 @@
 //!
 //! A connection starts with the node's `CHALLENGE`; the first frame must be a `HELLO`
 //! carrying the right MAC within `limits.handshake_timeout_ms`. Every reason this side
-//! closes a connection goes through [`refuse`].
+//! closes a connection goes through `refuse`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

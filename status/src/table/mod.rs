@@ -82,7 +82,7 @@ pub struct RenewResult {
 
 /// Sessions by user and leases by gateway. See the module doc.
 ///
-/// Users are kept in one open-addressing table of packed [`Record`]s (16 bytes a slot, one
+/// Users are kept in one open-addressing table of packed `Record`s (16 bytes a slot, one
 /// allocation per user), hashed with xxh3 under a per-table random seed, so ids chosen to
 /// collide cannot be precomputed.
 #[derive(Debug)]

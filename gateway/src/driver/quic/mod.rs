@@ -12,17 +12,17 @@
 //!
 //! quinn is tokio-based and drives each connection from its own task, so a QUIC stream
 //! cannot be registered with a `mio` poll. The QUIC loop is nevertheless one more
-//! [`Worker`](crate::driver::worker): index `node.workers` (after the TCP loops) in the
+//! `Worker` (`driver::worker`): index `node.workers` (after the TCP loops) in the
 //! node's worker handles and in every [`ConnId`](crate::ids::ConnId) it hands out, so the
 //! push API, kicks, broadcasts, drains, shed orders, fencing and shutdown reach QUIC clients
-//! through the same queues as TCP ones. Only the transport differs: [`QuicStream`] polls
+//! through the same queues as TCP ones. Only the transport differs: `QuicStream` polls
 //! quinn's stream with a per-connection waker that puts the connection on the loop's feed
 //! (`driver/feed.rs`). The acceptor never hands this loop a TCP socket.
 //!
 //! # Layout
 //!
 //! - this file: start and stop, the accept loop (admission before any handshake work);
-//! - `stream.rs`: [`QuicStream`], the transport;
+//! - `stream.rs`: `QuicStream`, the transport;
 //! - `tls.rs`: certificates (the development one from `rcgen`), rustls, ALPN;
 //! - `tune.rs`: quinn's transport parameters (windows, streams, idle timeout).
 

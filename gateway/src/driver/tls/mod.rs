@@ -1,22 +1,22 @@
-//! [`Tls`]: a server TLS connection over a non-blocking socket, as the event loops need it —
+//! `Tls`: a server TLS connection over a non-blocking socket, as the event loops need it —
 //! ciphertext in from the socket, plaintext out to the session and back, readiness kept
 //! honest.
 //!
 //! Two phases. **Handshake**: rustls's unbuffered server connection (boxed, with our own
 //! `incoming`/`outgoing` buffers) until it can send application data. **Open**: rustls hands
 //! over the traffic keys and a `KernelConnection` (the interface meant for kernel TLS, used
-//! here for key updates); records are protected by [`record`](super::record). Every buffer
+//! here for key updates); records are protected by `record` (`driver::record`). Every buffer
 //! is freed as soon as it is empty, so an idle established connection holds the keys, the
 //! `KernelConnection` and this struct: about 1.1 KB, where rustls's buffered connection keeps
 //! about 7 KB (`docs/BENCHMARKS.md` § TLS).
 //!
-//! Readiness: [`Tls::read`] decrypts every complete record it has and reads the socket until
+//! Readiness: `Tls::read` decrypts every complete record it has and reads the socket until
 //! it would block or the caller's buffer is full, so a short read still means "nothing more
 //! until the next readable event" — as for plain TCP — except when it stopped at its
-//! per-turn budget of ciphertext, which [`Tls::read_again`] tells. [`Tls::write`] takes at most one
+//! per-turn budget of ciphertext, which `Tls::read_again` tells. `Tls::write` takes at most one
 //! record's worth of plaintext per call and refuses more (`WouldBlock`) while earlier
-//! ciphertext is still unwritten; what is unwritten is [`Tls::pending_output`], and the loop
-//! keeps writable interest until [`Tls::flush`] has written it.
+//! ciphertext is still unwritten; what is unwritten is `Tls::pending_output`, and the loop
+//! keeps writable interest until `Tls::flush` has written it.
 //!
 //! This file holds the state (`Tls`, its phases) and the failure reasons ([`TlsFailure`]);
 //! `handshake.rs` drives rustls until it hands over the keys, `read.rs` is the read side
