@@ -201,11 +201,9 @@ pub enum Phase {
     /// established, until the client closes or the hold deadline, which ends it with a
     /// plain `REDIRECT`.
     Moving,
-    /// A final frame is queued; input is discarded until the close.
+    /// A final frame (or, after the client ended a moving connection, what was still queued
+    /// for it) is being written; input is discarded until the close.
     Closing,
-    /// The client ended a moving connection (make-before-break: it half-closes the old
-    /// connection and reads it to the end): what is queued is written, then it ends.
-    Flushing,
     /// The final frame is written and the write side shut; waiting for the peer's close or
     /// the linger deadline.
     Lingering,
@@ -480,8 +478,7 @@ impl Session {
     ///
     /// Idempotent: a connection already closing keeps its first reason.
     pub fn close(&mut self, ctx: &mut Ctx<'_>, close: Close) {
-        if matches!(self.phase, Phase::Closing | Phase::Flushing | Phase::Lingering | Phase::Closed)
-        {
+        if matches!(self.phase, Phase::Closing | Phase::Lingering | Phase::Closed) {
             return;
         }
         let established = self.is_established();
@@ -510,37 +507,30 @@ impl Session {
     /// The peer closed its side of the stream (a read returned 0).
     pub fn handle_eof(&mut self, ctx: &mut Ctx<'_>) {
         match self.phase {
-            Phase::Closing | Phase::Flushing | Phase::Lingering => self.phase = Phase::Closed,
+            Phase::Closing | Phase::Lingering => self.phase = Phase::Closed,
             Phase::Closed => {}
             Phase::Moving => {
                 // The client's end of a move: what is still queued (pushes sent before the
-                // end of stream arrived) goes out before the close, for the client reads
-                // its old connection to the end.
+                // end of stream arrived) goes out first, for the client reads its old
+                // connection to the end; then it closes as after a final frame.
                 let queued = self.queued() > 0;
                 self.close(ctx, Close::Moved);
                 if queued && self.phase == Phase::Closed {
-                    self.phase = Phase::Flushing;
+                    self.phase = Phase::Closing;
                 }
             }
             _ => self.close(ctx, Close::PeerClosed),
         }
     }
 
-    /// True once, when the final frame of a closing connection (or the rest of a flushing
-    /// one) has been handed to the transport entirely: the driver shuts the transport's
-    /// write side now.
+    /// True once, when the final frame of a closing connection has been handed to the
+    /// transport entirely: the driver shuts the transport's write side now.
     pub fn poll_shutdown(&mut self) -> bool {
-        let next = match self.phase {
-            Phase::Closing => Phase::Lingering,
-            // The peer's end of stream came first: nothing left to wait for.
-            Phase::Flushing => Phase::Closed,
-            _ => return false,
-        };
-        if self.queued() > 0 {
-            return false;
+        if self.phase == Phase::Closing && self.queued() == 0 {
+            self.phase = Phase::Lingering;
+            return true;
         }
-        self.phase = next;
-        true
+        false
     }
 
     /// Free the rare state if nothing in it is live any more.

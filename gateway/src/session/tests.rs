@@ -753,8 +753,11 @@ fn a_moving_connection_ended_by_the_client_writes_what_is_queued_first() {
             assert_eq!(p.s.poll_transmit().map(<[u8]>::len), Some(queued));
             p.call(|s, ctx| s.handle_transmitted(ctx, queued, 0));
             assert!(p.s.poll_shutdown(), "all written: shut the write side");
-            assert!(p.s.is_closed(), "and end: the client's end of stream came first");
             assert!(!p.s.poll_shutdown(), "once");
+            // Then, as after any final frame, until the client's close (or the linger).
+            assert_eq!(p.s.phase(), Phase::Lingering);
+            p.call(|s, ctx| s.handle_eof(ctx));
+            assert!(p.s.is_closed());
         } else {
             // A client that reads nothing more is given up at the linger.
             p.fire();

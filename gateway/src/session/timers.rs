@@ -32,7 +32,7 @@ impl Session {
                 }
                 Some(due)
             }
-            Phase::Closing | Phase::Flushing | Phase::Lingering => {
+            Phase::Closing | Phase::Lingering => {
                 Some(since(self.last_rx) + u64::from(limits.linger_ms))
             }
             Phase::Closed => None,
@@ -85,7 +85,7 @@ impl Session {
                     self.close_slow_consumer(ctx);
                 }
             }
-            Phase::Closing | Phase::Flushing | Phase::Lingering => {
+            Phase::Closing | Phase::Lingering => {
                 if passed(self.last_rx, limits.linger_ms) {
                     self.phase = Phase::Closed;
                 }
