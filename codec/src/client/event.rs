@@ -28,7 +28,9 @@ pub enum Event {
         reconnect: Reconnect,
     },
     /// A push for the application. With `auto_ack` off and `ack_required` set, call
-    /// [`Session::processed`](super::Session::processed) with its `seq` once handled.
+    /// [`Session::processed`](super::Session::processed) with its `seq` once handled. A push
+    /// that came on the retiring connection of a move was acknowledged by the session and
+    /// carries `seq` 0 (calling `processed` with it does nothing).
     Push(Push),
     /// The backend answered an `UPSTREAM`.
     UpstreamReply(UpstreamReply),

@@ -6,7 +6,9 @@
 //! [`Session::connect`] makes it the *retiring* connection: its bytes go to
 //! [`Session::receive_retiring`], its output comes from [`Session::poll_transmit_retiring`].
 //! Pushes on it are handed out once (the session's de-duplication spans both connections)
-//! and acknowledged at once by message id. When the new connection is established, and
+//! and acknowledged at once by message id, by the session itself: they carry `seq` 0, so a
+//! [`Session::processed`] call for one (ignored) never acknowledges a push of the new
+//! connection that has the same sequence. When the new connection is established, and
 //! [`Config::overlap_linger`](super::Config::overlap_linger) has passed, or when the server
 //! ends the old connection, the session emits [`Event::Retired`]: write
 //! [`Session::poll_transmit_retiring`] once more and shut down that transport's write side,
@@ -27,7 +29,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use super::{Event, Session};
-use crate::{Ack, CodeClass, ErrorFrame, Frame, decode};
+use crate::{Ack, CodeClass, ErrorFrame, Frame, Push, decode};
 
 /// How long a retired connection is read after the session half-closed it, waiting for the
 /// server to end it (it does at once, after what it had already sent).
@@ -145,7 +147,7 @@ impl Session {
                 Ok(None) => return,
                 Ok(Some(Frame::Push(push))) => {
                     if self.seen.first_time(push.message_id) {
-                        self.events.push_back(Event::Push(push));
+                        self.events.push_back(Event::Push(Push { seq: 0, ..push }));
                     }
                 }
                 Ok(Some(_)) => {}
@@ -189,7 +191,9 @@ impl Session {
                         let _ = Frame::Ack(ack).encode(&mut r.outbound);
                     }
                     if self.seen.first_time(push.message_id) {
-                        self.events.push_back(Event::Push(push));
+                        // Acknowledged here already: its sequence is the old connection's,
+                        // which `Session::processed` must never see (0 is ignored there).
+                        self.events.push_back(Event::Push(Push { seq: 0, ..push }));
                     }
                 }
                 Frame::Ping(ping) => {

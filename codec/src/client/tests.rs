@@ -690,6 +690,39 @@ fn an_overlap_redirect_keeps_the_connection_until_the_next_one_is_established() 
 }
 
 #[test]
+fn a_push_of_the_retiring_connection_never_acknowledges_one_of_the_new_connection() {
+    // Manual acknowledgement: the application reports each push it has processed.
+    let cfg = Config { auto_ack: false, ..config() };
+    let mut h = Harness::established_with(cfg, auth_ok());
+    h.feed(&[overlap_redirect()], 100);
+    h.events();
+    h.s.connect(h.at(200));
+    h.sent();
+    h.feed(&[Frame::AuthOk(auth_ok())], 300);
+    h.events();
+    // Push 1 of the new connection awaits processing; push 1 of the old one arrives too.
+    h.feed(&[push_id(1, 700)], 310);
+    h.feed_retiring(&[push_id(1, 701)], 320);
+    let events = h.events();
+    let seqs: Vec<(u64, u32)> = events
+        .iter()
+        .filter_map(|e| if let Event::Push(p) = e { Some((p.message_id, p.seq)) } else { None })
+        .collect();
+    assert_eq!(seqs, vec![(700, 1), (701, 0)], "the old connection's push carries seq 0");
+    assert!(
+        h.sent_retiring().contains(&Frame::Ack(Ack { cumulative: 0, message_ids: vec![701] })),
+        "acknowledged on its own connection by the session"
+    );
+    // The application reports what it was given for 701: nothing is acknowledged for 700.
+    h.s.processed(seqs[1].1, h.at(330));
+    h.tick(330 + 10_000);
+    assert!(
+        !h.sent().iter().any(|f| matches!(f, Frame::Ack(_))),
+        "700 is not acknowledged before it is processed"
+    );
+}
+
+#[test]
 fn a_retired_connection_is_forgotten_when_the_server_does_not_end_it() {
     let retired = || {
         let mut h = Harness::established();
