@@ -169,8 +169,13 @@ fn headroom(g: &crate::view::GatewayView, dims: &[usize], margin: impl Fn(usize)
     dims.iter()
         .filter(|&&e| g.capacity[e] > 0.0)
         .filter_map(|&e| {
-            let per_conn =
-                if e == Dim::Connections.index() { 1.0 } else { g.load[e] / conns.max(1.0) };
+            let per_conn = if e == Dim::Connections.index() {
+                1.0
+            } else if conns >= 1.0 {
+                g.load[e] / conns
+            } else {
+                return None; // an empty gateway's load says nothing per connection
+            };
             (per_conn > 0.0).then(|| (margin(e) * g.capacity[e] / per_conn).max(0.0))
         })
         .fold(f64::INFINITY, f64::min)
