@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use super::process::{free_port, free_udp_port, poll_stats, start_process};
+use super::process::{free_port, free_udp_port, poll_stats, ready_field, start_process};
 use super::{Cluster, ClusterError, ClusterSpec, GatewayProc, SchedulerProc, StatusProc};
 use crate::plan::GatewayAddr;
 
@@ -60,17 +60,7 @@ impl Cluster {
             .flat_map(|s| ["--set".to_owned(), (*s).to_owned()])
             .collect();
             let (child, line) = start_process(&bin, &args, &[], &log).await?;
-            let field = |k: &str| {
-                line.split_whitespace()
-                    .find_map(|w| w.strip_prefix(k))
-                    .and_then(|a| a.parse().ok())
-                    .ok_or_else(|| {
-                        ClusterError::Spawn(
-                            "holdfast-scheduler".into(),
-                            format!("ready line {line:?}"),
-                        )
-                    })
-            };
+            let field = |k: &str| ready_field(&line, k, "holdfast-scheduler");
             let pid = child.id().unwrap_or(0);
             cluster.scheduler = Some(SchedulerProc {
                 dispatch: field("dispatch=")?,
@@ -148,12 +138,7 @@ impl Cluster {
             env.push(("HOLDFAST_JWT_SECRET".to_owned(), secret.clone()));
         }
         let (child, line) = start_process(bin, &args, &env, &log).await?;
-        let ready = |k: &str| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(k))
-                .and_then(|a| a.parse().ok())
-                .ok_or_else(|| ClusterError::Spawn(name.clone(), format!("ready line {line:?}")))
-        };
+        let ready = |k: &str| ready_field(&line, k, &name);
         let addr = GatewayAddr {
             tcp: ready("tcp=")?,
             http: ready("http=")?,
@@ -244,17 +229,7 @@ impl Cluster {
             let env = [("HOLDFAST_STATUS_SECRET".to_owned(), LOCAL_SECRET.to_owned())];
             let log = spec.log_dir.join(format!("status-{id}.log"));
             let (child, line) = start_process(&bin, &args, &env, &log).await?;
-            let field = |k: &str| {
-                line.split_whitespace()
-                    .find_map(|w| w.strip_prefix(k))
-                    .and_then(|a| a.parse().ok())
-                    .ok_or_else(|| {
-                        ClusterError::Spawn(
-                            "holdfast-status".into(),
-                            format!("ready line {line:?}"),
-                        )
-                    })
-            };
+            let field = |k: &str| ready_field(&line, k, "holdfast-status");
             let pid = child.id().unwrap_or(0);
             self.status.push(StatusProc {
                 data: field("data=")?,

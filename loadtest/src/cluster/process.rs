@@ -84,6 +84,18 @@ pub(super) async fn start_process(
     Ok((child, line))
 }
 
+/// The value after `key` (say `control=`) in a process's ready line, parsed.
+pub(super) fn ready_field<T: std::str::FromStr>(
+    line: &str,
+    key: &str,
+    process: &str,
+) -> Result<T, ClusterError> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| ClusterError::Spawn(process.into(), format!("ready line {line:?}")))
+}
+
 pub(super) async fn poll_stats(http: std::net::SocketAddr, established: Arc<AtomicU64>) {
     let Ok(client) = reqwest::Client::builder().timeout(Duration::from_secs(2)).no_proxy().build()
     else {
