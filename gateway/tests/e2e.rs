@@ -539,3 +539,60 @@ fn an_idle_loop_is_served_by_loop_zero_and_handed_back_for_work() {
         assert!(c.closed_within(SECS), "client closed at shutdown");
     }
 }
+
+/// Heartbeat answers deferred to the end of the turn and sent with `io_uring` in the call
+/// that sleeps (`node.io_uring`, the default), and written at once (`false`): either way
+/// every `PING` gets its `PONG`, in order, and pushes to the same connection in between
+/// (whose writes flush a deferred answer first) arrive whole and in order.
+#[test]
+fn heartbeat_answers_keep_the_stream_in_order_with_and_without_io_uring() {
+    for setting in ["node.io_uring=true", "node.io_uring=false"] {
+        let gw = gateway(&[setting]);
+        let user = format!("hb-{}", setting.len());
+        let mut s = TcpStream::connect(gw.tcp).expect("connects");
+        s.write_all(&holdfast_tests::hello_bytes(&user)).expect("HELLO");
+        let (frames, closed) = read_frames(&mut s, Duration::from_millis(500));
+        assert!(matches!(frames.first(), Some(Frame::AuthOk(_))) && !closed, "{frames:?}");
+        let mut id = 0;
+        let mut got = Vec::new();
+        for round in 0..40u32 {
+            // One PING alone (a lone answer: deferred), or two in one write (written at once).
+            let pings: Vec<Frame> = (0..1 + round % 2)
+                .map(|_| {
+                    id += 1;
+                    Frame::Ping(holdfast_codec::Ping { id, timestamp: None })
+                })
+                .collect();
+            s.write_all(&holdfast_tests::encode_frames(&pings)).expect("PING");
+            let body = json!({"user": user, "payload": format!("p{round}"), "ack": false});
+            let (status, answer) = gw.post("/v1/push/user", body);
+            assert_eq!(status, 200, "{answer}");
+            let (frames, closed) = read_frames(&mut s, Duration::from_millis(50));
+            assert!(!closed, "{setting}: closed after {got:?} {frames:?}");
+            got.extend(frames);
+        }
+        let expected = id as usize + 40;
+        let more = eventually(SECS, || {
+            let (frames, closed) = read_frames(&mut s, Duration::from_millis(100));
+            assert!(!closed, "{setting}: closed");
+            got.extend(frames);
+            (got.len() >= expected).then_some(())
+        });
+        assert!(more.is_some(), "{setting}: {} of {expected} frames", got.len());
+        let pongs: Vec<u32> = got
+            .iter()
+            .filter_map(|f| if let Frame::Pong(p) = f { Some(p.id) } else { None })
+            .collect();
+        assert_eq!(pongs, (1..=id).collect::<Vec<_>>(), "{setting}: answers in order");
+        let pushes: Vec<String> = got
+            .iter()
+            .filter_map(|f| match f {
+                Frame::Push(p) => Some(String::from_utf8_lossy(&p.payload).into_owned()),
+                _ => None,
+            })
+            .collect();
+        let want: Vec<String> = (0..40).map(|r| format!("p{r}")).collect();
+        assert_eq!(pushes, want, "{setting}: pushes whole and in order");
+        assert_eq!(got.len(), expected, "{setting}: nothing else: {got:?}");
+    }
+}

@@ -23,11 +23,17 @@ pub struct NodeConfig {
     /// lightly loaded node (fewer CPU microseconds per heartbeat); costs nothing under load,
     /// where every loop runs on its own thread. `docs/OPERATIONS.md` § Idle loops.
     pub lend_idle_loops: bool,
+    /// Hand each turn's heartbeat answers (`PONG`s) to the kernel with `io_uring`, in the
+    /// same system call in which the event loop goes to sleep (default true). A client on
+    /// the same CPU then runs when the loop sleeps anyway, instead of preempting it after
+    /// every answer. Where `io_uring` is unavailable (old kernel, `kernel.io_uring_disabled`,
+    /// a seccomp profile) the gateway logs it once and writes at once, as with false.
+    pub io_uring: bool,
 }
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        NodeConfig { id: 1, workers: 0, command_queue: 1024, lend_idle_loops: true }
+        NodeConfig { id: 1, workers: 0, command_queue: 1024, lend_idle_loops: true, io_uring: true }
     }
 }
 

@@ -44,9 +44,19 @@ pub(crate) trait Carrier: Transport + Sized {
     fn is_tls(&self) -> bool {
         false
     }
+    /// Whether the loop may defer writes to this kind of transport (`worker/outbox.rs`):
+    /// then it keeps an outbox.
+    const DEFERS: bool = false;
+    /// The socket's descriptor when the session's bytes go to it unchanged (plain TCP, no
+    /// PROXY header being read, no TLS): a write the loop may defer.
+    fn plain_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }
 
 impl Carrier for Stream {
+    const DEFERS: bool = true;
+
     fn from_accepted(stream: Stream) -> Option<Stream> {
         Some(stream)
     }
@@ -76,6 +86,9 @@ impl Carrier for Stream {
     }
     fn is_tls(&self) -> bool {
         Stream::is_tls(self)
+    }
+    fn plain_fd(&self) -> Option<std::os::fd::RawFd> {
+        Stream::plain_fd(self)
     }
 }
 

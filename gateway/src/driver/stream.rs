@@ -99,6 +99,15 @@ impl Stream {
         Stream { tcp, timer_tick: 0, edge: Some(Box::new(edge)) }
     }
 
+    /// The socket's descriptor when nothing sits between it and the session's bytes.
+    pub(crate) fn plain_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        match self.edge.as_ref() {
+            Some(e) if e.layer.is_some() => None,
+            _ => Some(self.tcp.as_raw_fd()),
+        }
+    }
+
     /// The device id kept for this connection, if any.
     pub(crate) fn device(&self) -> Option<&Arc<str>> {
         self.edge.as_ref()?.device.as_ref()

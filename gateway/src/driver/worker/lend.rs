@@ -11,7 +11,9 @@
 //! connections, ids, queues and timers do not change. The host registers the lent loop's
 //! `Poll` (an epoll descriptor) in its own, so its one `epoll_wait` wakes for either loop's
 //! sockets, queues and wakers, and also sleeps no longer than the lent loop's next timer;
-//! then it runs the lent loop's [`turn`](Worker::turn) with a zero timeout.
+//! then it runs the lent loop's [`turn`](Worker::turn) with a zero timeout, lending it this
+//! thread's outbox for the turn so that its heartbeat answers go out in the host's sleep
+//! (`outbox.rs`); they are flushed before the loop leaves again.
 //!
 //! When: each loop measures the share of wall time it spends in turns, per second. A loop
 //! lends itself when its share plus the host's is under [`LEND_BELOW_PERMILLE`], at most
@@ -198,15 +200,22 @@ impl Worker<Stream> {
             {
                 continue;
             }
+            // This thread's outbox stays here: the host lends the loop its own.
+            self.flush_outbox(None);
+            let own = self.outbox.take();
             let (back, returned) = std::sync::mpsc::sync_channel(1);
             if let Err(e) = lender.host.send(Lent { worker: self, back }) {
                 // The host has stopped: keep running here.
                 self = e.0.worker;
+                self.outbox = own;
                 continue;
             }
             let _ = lender.host_waker.wake();
             match returned.recv() {
-                Ok(Back::Worker(w)) => self = w,
+                Ok(Back::Worker(w)) => {
+                    self = w;
+                    self.outbox = own;
+                }
                 // Finished, or the host dropped it on its way out (closing its sockets).
                 Ok(Back::Finished) | Err(_) => return Ok(()),
             }
@@ -236,6 +245,10 @@ impl Worker<Stream> {
                 Ok(f) => f,
                 Err(e) => break Err(e),
             };
+            // What the kernel did not take of the guests' answers, sent in our sleep.
+            for g in &mut guests {
+                self.give_unsent(g);
+            }
             for ev in events.iter().filter(|ev| is_guest(ev.token())) {
                 if let Some(g) = guests.iter_mut().find(|g| g.token() == ev.token()) {
                     g.ready = true;
@@ -281,7 +294,7 @@ impl Worker<Stream> {
 
     /// Start serving a lent loop: its poll joins ours.
     fn take_guest(&mut self, guests: &mut Vec<Guest>, lent: Lent) {
-        let g = Guest { worker: lent.worker, back: lent.back, ready: true, due: None };
+        let mut g = Guest { worker: lent.worker, back: lent.back, ready: true, due: None };
         let fd = g.worker.poll.as_raw_fd();
         let registered =
             self.poll.registry().register(&mut SourceFd(&fd), g.token(), Interest::READABLE);
@@ -290,6 +303,7 @@ impl Worker<Stream> {
             let _ = g.back.send(Back::Worker(g.worker));
             return;
         }
+        g.worker.hosted = true;
         let m = &self.node.metrics;
         m.loops_lent.inc();
         m.loop_lends.inc();
@@ -308,11 +322,15 @@ impl Worker<Stream> {
                 continue;
             }
             g.ready = false;
-            let finished = g.worker.turn(spare, Some(Duration::ZERO))?;
+            // Its answers go in our outbox, to be sent in our sleep.
+            g.worker.outbox = self.outbox.take();
+            let turn = g.worker.turn(spare, Some(Duration::ZERO));
+            self.outbox = g.worker.outbox.take();
+            let finished = turn?;
             let busy_turn = spare.iter().count() >= BUSY_TURN_EVENTS;
             if finished {
-                let g = guests.swap_remove(i);
-                self.release_guest(&g);
+                let mut g = guests.swap_remove(i);
+                self.release_guest(&mut g);
                 let _ = g.back.send(Back::Finished);
                 continue;
             }
@@ -331,15 +349,28 @@ impl Worker<Stream> {
     }
 
     /// Stop serving a lent loop: its poll leaves ours.
-    fn release_guest(&mut self, g: &Guest) {
+    fn release_guest(&mut self, g: &mut Guest) {
+        // Its deferred answers go out before it leaves (or closes its sockets).
+        self.flush_outbox(None);
+        self.give_unsent(g);
+        g.worker.hosted = false;
         let fd = g.worker.poll.as_raw_fd();
         let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
         self.node.metrics.loops_lent.dec();
     }
 
+    /// Hand a lent loop what the kernel did not take of its deferred answers.
+    fn give_unsent(&mut self, g: &mut Guest) {
+        let Some(out) = self.outbox.as_mut() else { return };
+        let unsent = out.take_unsent(g.worker.index);
+        if !unsent.is_empty() {
+            g.worker.settle_unsent_of(unsent);
+        }
+    }
+
     /// Send a lent loop back to its own thread.
-    fn hand_back(&mut self, g: Guest) {
-        self.release_guest(&g);
+    fn hand_back(&mut self, mut g: Guest) {
+        self.release_guest(&mut g);
         let _ = g.back.send(Back::Worker(g.worker));
     }
 

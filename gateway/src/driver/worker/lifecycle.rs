@@ -254,6 +254,9 @@ impl<T: Carrier> Worker<T> {
 
     /// Drop a closed connection: the socket, its slot, the node's counts.
     pub(super) fn release(&mut self, key: usize) {
+        if self.outbox.as_ref().is_some_and(|o| o.holds(self.index, key)) {
+            self.flush_outbox(None); // before the socket closes and its number is reused
+        }
         let Some(mut conn) = self.conns.remove(key) else { return };
         let _ = self.poll.registry().deregister(&mut conn.transport);
         self.queued_delta -= conn.session.queued() as i64;

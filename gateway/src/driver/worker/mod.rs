@@ -10,9 +10,12 @@
 //!
 //! # One turn of the loop
 //!
-//! 1. `poll` with a timeout: zero when work is left over from the last turn, else the
-//!    earliest of the next wheel tick, the next counter flush, the resumed connections'
-//!    share coming back, a redirect sweep's next step and the shutdown deadline.
+//! 1. Sleep until something is ready, for at most a timeout: zero when work is left over
+//!    from the last turn, else the earliest of the next wheel tick, the next counter flush,
+//!    the resumed connections' share coming back, a redirect sweep's next step and the
+//!    shutdown deadline. With heartbeat answers deferred from the last turn, they go to the
+//!    kernel in the same `io_uring_enter` that sleeps (`outbox.rs`) and `poll` only
+//!    collects what is ready; otherwise `poll` sleeps.
 //! 2. For each ready connection: write what it has queued (writable), then read **once**
 //!    (readable) and feed the bytes to its session, which handles at most
 //!    `limits.frames_per_turn` frames; a connection with more to do (a full read, or frames
@@ -30,8 +33,11 @@
 //!
 //! # The hot paths
 //!
-//! - **Heartbeat**: one `read`, the session answers `PONG` into the loop's `tx` buffer, one
-//!   `write`. No allocation, no timer operation, no shared counter (the loop counts locally).
+//! - **Heartbeat**: one `read`, the session answers `PONG` into the loop's `tx` buffer, and
+//!   the answer waits in the thread's [`Outbox`] for the end of the turn, when every answer
+//!   goes to the kernel in the `io_uring_enter` that also sleeps (`outbox.rs`; without
+//!   `io_uring`, one `write`). No allocation, no timer operation, no shared counter (the
+//!   loop counts locally).
 //! - **Idle**: an idle authenticated connection has no buffer at all; its one wheel entry
 //!   fires at its deadline and reschedules itself if traffic arrived since.
 //! - **Push**: the frame is encoded once per worker; each connection's copy gets its own
@@ -48,6 +54,8 @@
 //!   departure), adoption of new connections, shutdown;
 //! - `joins.rs`: room joins and leaves of this loop's connections;
 //! - `lend.rs`: an idle loop lent to loop 0's thread, and taken back when there is work;
+//! - `outbox.rs`: heartbeat answers deferred to the end of the turn and submitted with
+//!   `io_uring` in the call that sleeps;
 //! - `control.rs`: the command queues (the API's commands, the node's internal messages);
 //! - `push.rs`: pushes, broadcasts in chunks, redirect sweeps;
 //! - `timers.rs`: the connections' timers and the loop's counters.
@@ -60,15 +68,18 @@ mod fair;
 mod joins;
 pub(crate) mod lend;
 mod lifecycle;
+mod outbox;
 mod push;
 mod readiness;
 mod timers;
 
 use std::collections::VecDeque;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use holdfast_codec::{FrameType, Head};
 use mio::{Events, Interest, Poll, Token};
 
 use super::Stream;
@@ -82,6 +93,7 @@ use super::wheel::Wheel;
 use crate::ids::ConnId;
 use crate::node::Node;
 use crate::session::{Close, Ctx, Event, Limits, Now, PushFailure, Stats};
+use outbox::{Outbox, Unsent};
 
 use fair::BacklogShare;
 use push::{ActiveSweep, Broadcast, SWEEP_PACE_MS};
@@ -111,6 +123,12 @@ pub(crate) struct Worker<T: Carrier> {
     queues: Queues<Stream>,
     /// Readiness and arrivals of transports that wake by `Waker` instead of by `mio`.
     feed: Option<Feed<T>>,
+    /// This thread's heartbeat answers waiting for the end of the turn (`outbox.rs`); lent
+    /// to a loop served on this thread for its turn. `None`: every write goes out at once.
+    outbox: Option<Outbox>,
+    /// Served by loop 0's thread now (`lend.rs`): its turns leave deferred answers for the
+    /// host's sleep.
+    hosted: bool,
     conns: Slots<Conn<T>>,
     wheel: Wheel,
     origin: Instant,
@@ -175,6 +193,15 @@ impl<T: Carrier> Worker<T> {
         let slots = (longest_ms / tick.as_millis().max(1) as u64 + 2).min(MAX_WHEEL_SLOTS);
         let origin = Instant::now();
         let per_worker = cfg.listen.max_connections / node.worker_count.max(1) + 1;
+        let outbox = match T::DEFERS && cfg.node.io_uring {
+            false => None,
+            true => Outbox::new()
+                .inspect_err(|e| {
+                    tracing::info!(event_loop = index, error = %e,
+                        "io_uring unavailable: heartbeat answers are written at once");
+                })
+                .ok(),
+        };
         let max_slot = ConnId::MAX_SLOT as usize;
         Worker {
             index,
@@ -200,6 +227,8 @@ impl<T: Carrier> Worker<T> {
             rooms: Index::default(),
             scratch: Vec::new(),
             feed: None,
+            outbox,
+            hosted: false,
             limits,
             node,
             poll,
@@ -229,12 +258,15 @@ impl<T: Carrier> Worker<T> {
     /// loop's own work (module doc). True once shutdown has completed. Tokens of loops
     /// lent to this one's thread (`lend.rs`) are left in `events` for the caller.
     fn turn(&mut self, events: &mut Events, timeout: Option<Duration>) -> io::Result<bool> {
+        let timeout = self.flush_before_poll(timeout);
         if let Err(e) = self.poll.poll(events, timeout)
             && e.kind() != io::ErrorKind::Interrupted
         {
             return Err(e);
         }
         self.set_now();
+        // What the kernel did not take of the last deferred answers goes first.
+        self.settle_unsent();
         let mut woken = false;
         for (i, ev) in events.iter().enumerate() {
             if ev.token() == WAKER {
@@ -270,6 +302,7 @@ impl<T: Carrier> Worker<T> {
         if let Some(deadline) = self.stopping
             && (self.conns.len() == 0 || self.now.ms() >= deadline)
         {
+            self.flush_outbox(None);
             self.abandon_all();
             self.flush_stats(true);
             return Ok(true);
@@ -390,6 +423,10 @@ impl<T: Carrier> Worker<T> {
         }
         let Some(conn) = self.conns.get_mut(key) else { return };
         if conn.session.poll_shutdown() {
+            if self.outbox.as_ref().is_some_and(|o| o.holds(self.index, key)) {
+                self.flush_outbox(None); // a deferred answer goes before the end of stream
+            }
+            let Some(conn) = self.conns.get_mut(key) else { return };
             conn.transport.shutdown_write();
             if conn.transport.pending_output() {
                 self.want_writable(key, true); // close_notify still to go
@@ -409,9 +446,21 @@ impl<T: Carrier> Worker<T> {
     /// Hand `bytes` to the connection's transport, queueing in its session what the
     /// transport does not take; what went wrong, if anything.
     fn transmit(&mut self, key: usize, bytes: &[u8]) -> Result<(), PushFailure> {
+        if self.outbox.as_ref().is_some_and(|o| o.holds(self.index, key)) {
+            self.flush_outbox(None); // what was deferred for it goes first
+        }
+        let generation = self.conns.generation(key);
         let Some(conn) = self.conns.get_mut(key) else { return Err(PushFailure::Closed) };
         let mut rest = bytes;
         let was_empty = conn.session.queued() == 0;
+        if was_empty
+            && is_lone_pong(bytes)
+            && let Some(out) = self.outbox.as_mut().filter(|o| o.usable())
+            && let Some(fd) = conn.transport.plain_fd()
+        {
+            out.defer(self.index, key, generation, fd, bytes);
+            return Ok(());
+        }
         if was_empty {
             match write_some(&mut conn.transport, bytes) {
                 Ok(n) => rest = &bytes[n..],
@@ -440,6 +489,56 @@ impl<T: Carrier> Worker<T> {
         }
     }
 
+    /// Before the poll: submit the deferred answers. A loop on its own thread sleeps in the
+    /// same call (the poll after it only collects what is ready); a hosted loop leaves them
+    /// for the host's sleep.
+    fn flush_before_poll(&mut self, timeout: Option<Duration>) -> Option<Duration> {
+        if self.hosted || self.outbox.as_ref().is_none_or(|o| o.is_empty()) {
+            return timeout;
+        }
+        self.flush_outbox(Some(timeout));
+        Some(Duration::ZERO)
+    }
+
+    /// Submit the deferred writes now (with `wait`, then sleep until the poll is ready, see
+    /// [`Outbox::flush`]), and settle what the kernel did not take of this loop's.
+    fn flush_outbox(&mut self, wait: Option<Option<Duration>>) {
+        let Some(out) = self.outbox.as_mut() else { return };
+        if out.is_empty() && wait.is_none() {
+            return;
+        }
+        if let Err(e) = out.flush(self.poll.as_raw_fd(), wait) {
+            tracing::warn!(error = %e, "io_uring failed: heartbeat answers are written at once");
+        }
+        self.settle_unsent();
+    }
+
+    /// Settle what the kernel did not take of this loop's deferred writes.
+    fn settle_unsent(&mut self) {
+        let Some(out) = self.outbox.as_mut() else { return };
+        let unsent = out.take_unsent(self.index);
+        self.settle_unsent_of(unsent);
+    }
+
+    /// Queue the rest of each write the kernel did not take whole (it goes out before
+    /// anything else for that connection), or close a connection whose socket failed.
+    fn settle_unsent_of(&mut self, unsent: Vec<Unsent>) {
+        for u in unsent {
+            if self.conns.find(u.key, u.generation).is_none() {
+                continue;
+            }
+            if u.failed {
+                self.call(u.key, |c, ctx| c.session.close(ctx, Close::IoError));
+                continue;
+            }
+            let kernel = self.conns.get(u.key).map_or(0, |c| c.transport.unsent_bytes());
+            match self.with(u.key, |c, ctx| c.session.enqueue(ctx, &u.rest, kernel)) {
+                Some(true) => self.want_writable(u.key, true),
+                _ => self.settle(u.key),
+            }
+        }
+    }
+
     /// Ask for writable events only while bytes are queued: a socket registered for them all
     /// the time gets one after every write whose ACK frees send buffer space, a wake-up per
     /// heartbeat for nothing.
@@ -451,6 +550,12 @@ impl<T: Carrier> Worker<T> {
             self.call(key, |c, ctx| c.session.close(ctx, Close::IoError));
         }
     }
+}
+
+/// Whether `bytes` are one `PONG` frame and nothing else: the writes the outbox defers.
+fn is_lone_pong(bytes: &[u8]) -> bool {
+    Head::peek(bytes)
+        .is_some_and(|h| h.kind == FrameType::Pong as u8 && h.frame_len() == bytes.len() as u64)
 }
 
 fn wall_ms() -> u64 {
