@@ -548,6 +548,13 @@ fn an_idle_loop_is_served_by_loop_zero_and_handed_back_for_work() {
 fn heartbeat_answers_keep_the_stream_in_order_with_and_without_io_uring() {
     for setting in ["node.io_uring=true", "node.io_uring=false"] {
         let gw = gateway(&[setting]);
+        let uring = gw.metric("holdfast_gateway_io_uring_loops");
+        if setting.ends_with("false") {
+            assert_eq!(uring, 0.0, "no loop uses io_uring when it is off");
+        } else {
+            // Every TCP loop, where the kernel allows io_uring (it does on our machines).
+            assert!(uring >= 1.0, "loops using io_uring: {uring}");
+        }
         let user = format!("hb-{}", setting.len());
         let mut s = TcpStream::connect(gw.tcp).expect("connects");
         s.write_all(&holdfast_tests::hello_bytes(&user)).expect("HELLO");

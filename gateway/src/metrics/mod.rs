@@ -89,6 +89,8 @@ pub struct Metrics {
     pub loops_lent: IntGauge,
     /// Times an idle event loop was handed to loop 0's thread.
     pub loop_lends: IntCounter,
+    /// Event loops whose heartbeat answers go to the kernel with `io_uring` now.
+    pub io_uring_loops: IntGauge,
     /// Times the allocator was trimmed after a burst drained.
     pub memory_trims: IntCounter,
     /// Token refreshes, by outcome (`ok`, `refused`).
@@ -289,6 +291,12 @@ impl Metrics {
                 r,
                 "holdfast_gateway_loop_lends_total",
                 "Times an idle event loop was handed to loop 0's thread.",
+            ),
+            io_uring_loops: gauge(
+                r,
+                "holdfast_gateway_io_uring_loops",
+                "Event loops whose heartbeat answers go to the kernel with io_uring in the \
+                 call that sleeps (node.io_uring); 0 where io_uring is off or unavailable.",
             ),
             memory_trims: counter(
                 r,

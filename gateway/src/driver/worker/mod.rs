@@ -202,6 +202,9 @@ impl<T: Carrier> Worker<T> {
                 })
                 .ok(),
         };
+        if outbox.is_some() {
+            node.metrics.io_uring_loops.inc();
+        }
         let max_slot = ConnId::MAX_SLOT as usize;
         Worker {
             index,
@@ -507,8 +510,12 @@ impl<T: Carrier> Worker<T> {
         if out.is_empty() && wait.is_none() {
             return;
         }
+        let usable = out.usable();
         if let Err(e) = out.flush(self.poll.as_raw_fd(), wait) {
             tracing::warn!(error = %e, "io_uring failed: heartbeat answers are written at once");
+            if usable {
+                self.node.metrics.io_uring_loops.dec();
+            }
         }
         self.settle_unsent();
     }
