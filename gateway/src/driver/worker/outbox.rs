@@ -72,6 +72,8 @@ pub(super) struct Outbox {
     bytes: Vec<u8>,
     sends: Vec<Deferred>,
     unsent: Vec<Unsent>,
+    /// Completions being reaped (user data, result): reused, no allocation per turn.
+    reaped: Vec<(u64, i32)>,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -95,6 +97,7 @@ impl Outbox {
             bytes: Vec::new(),
             sends: Vec::new(),
             unsent: Vec::new(),
+            reaped: Vec::new(),
         })
     }
 
@@ -225,15 +228,17 @@ impl Outbox {
     }
 
     fn reap(&mut self) {
-        let done: Vec<(u64, i32)> =
-            self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
-        for (user_data, result) in done {
+        let mut done = std::mem::take(&mut self.reaped);
+        done.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+        for &(user_data, result) in &done {
             if user_data == POLL {
                 self.armed = false;
             } else if (user_data as usize) < self.sends.len() {
                 self.settle(user_data as usize, result);
             }
         }
+        done.clear();
+        self.reaped = done;
     }
 
     /// Record the kernel's answer to send `i`; marks it settled (`len` = `u32::MAX`).
